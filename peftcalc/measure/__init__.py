@@ -1,0 +1,1 @@
+"""The only part of peftcalc that imports torch, transformers and peft."""

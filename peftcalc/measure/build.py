@@ -1,0 +1,35 @@
+"""Build the real transformers model of a ModelSpec from its config: random weights, never a download."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
+                          AutoModelForSeq2SeqLM)
+
+from peftcalc.model.spec import ModelSpec
+
+AUTO_CLASS = {
+    "decoder": AutoModelForCausalLM,
+    "encoder-decoder": AutoModelForSeq2SeqLM,
+    "encoder": AutoModelForMaskedLM,  # the pretraining head, as the checkpoints ship it
+}
+
+
+def hf_config(spec: ModelSpec) -> Any:
+    """The transformers config object of a spec (its config.json, read by transformers)."""
+    cfg = dict(spec.hf_config)
+    model_type = cfg.pop("model_type")
+    for key in ("architectures", "transformers_version", "_name_or_path", "auto_map", "torch_dtype", "dtype"):
+        cfg.pop(key, None)
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def build_model(spec: ModelSpec, device: str = "meta", **config_overrides: Any) -> torch.nn.Module:
+    """The transformers model for `spec`, created on `device` (meta: no memory, any size)."""
+    cfg = hf_config(spec)
+    for k, v in config_overrides.items():
+        setattr(cfg, k, v)
+    with torch.device(device):
+        return AUTO_CLASS[spec.arch.kind].from_config(cfg)

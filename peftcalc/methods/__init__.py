@@ -1,0 +1,81 @@
+"""The methods, by name: each a small frozen dataclass in its own module, built from shared options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.methods.adapter import BottleneckAdapter
+from peftcalc.methods.base import Adaptation, Method, ParamCount, TensorGroup
+from peftcalc.methods.full import Full
+from peftcalc.methods.ia3 import IA3
+from peftcalc.methods.lora import dora, lora, qlora
+from peftcalc.methods.prefix import PrefixTuning
+from peftcalc.methods.prompt import PromptTuning, PTuning
+
+__all__ = ["Adaptation", "Method", "ParamCount", "TensorGroup", "MethodOptions", "METHODS", "make_method",
+           "DEFAULT_TABLE"]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """The CLI's method options; each method reads the ones it uses."""
+
+    rank: int = 8
+    targets: tuple[str, ...] | None = None
+    virtual_tokens: int = 20
+    bottleneck: int = 64
+    adapter_variant: str = "houlsby"
+    prefix_projection: bool = False
+    quant_bits: int = 4
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    title: str
+    source: str
+    options: tuple[str, ...]
+    in_peft: bool
+    build: Callable[[MethodOptions], Method]
+
+
+_INFOS = (
+    MethodInfo("full", "Full fine-tuning", "every weight trains", (), False, lambda o: Full()),
+    MethodInfo("lora", "LoRA", "Hu et al. 2021, arXiv:2106.09685", ("--rank", "--targets"), True,
+               lambda o: lora(o.rank, o.targets)),
+    MethodInfo("qlora", "QLoRA", "Dettmers et al. 2023, arXiv:2305.14314 (NF4 + double quantization)",
+               ("--rank", "--targets (default all-linear)", "--quant-bits 4|8"), True,
+               lambda o: qlora(o.rank, o.targets, o.quant_bits)),
+    MethodInfo("dora", "DoRA", "Liu et al. 2024, arXiv:2402.09353", ("--rank", "--targets"), True,
+               lambda o: dora(o.rank, o.targets)),
+    MethodInfo("adapter", "Bottleneck adapters", "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021",
+               ("--bottleneck", "--adapter-variant houlsby|pfeiffer"), False,
+               lambda o: BottleneckAdapter(o.bottleneck, o.adapter_variant)),  # type: ignore[arg-type]
+    MethodInfo("prompt", "Prompt tuning", "Lester et al. 2021, arXiv:2104.08691", ("--virtual-tokens",), True,
+               lambda o: PromptTuning(o.virtual_tokens)),
+    MethodInfo("prefix", "Prefix tuning", "Li & Liang 2021, arXiv:2101.00190",
+               ("--virtual-tokens", "--prefix-projection"), True,
+               lambda o: PrefixTuning(o.virtual_tokens, o.prefix_projection)),
+    MethodInfo("ptuning", "P-tuning", "Liu et al. 2021, arXiv:2103.10385 (MLP reparameterization)",
+               ("--virtual-tokens",), True, lambda o: PTuning(o.virtual_tokens)),
+    MethodInfo("ia3", "IA3", "Liu et al. 2022, arXiv:2205.05638", ("--targets",), True, lambda o: IA3(o.targets)),
+)
+
+METHODS: dict[str, MethodInfo] = {}
+for _info in _INFOS:
+    if _info.name in METHODS:
+        raise RuntimeError(f"method {_info.name!r} registered twice")
+    METHODS[_info.name] = _info
+
+# The seed document's comparison, in its order, plus p-tuning.
+DEFAULT_TABLE = ("full", "lora", "qlora", "dora", "adapter", "prompt", "prefix", "ptuning", "ia3")
+
+
+def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
+    try:
+        info = METHODS[name]
+    except KeyError:
+        raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+    return info.build(options)

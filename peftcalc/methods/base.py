@@ -1,0 +1,88 @@
+"""What a fine-tuning method does to a model, as data: which tensors exist, which train, how they are stored.
+
+Every method turns a ModelSpec into an Adaptation. Everything downstream (parameter counts, weights,
+gradients, optimizer states, checkpoint bytes) is computed from the Adaptation's tensor groups, so a
+method states its effect once and every quantity follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from peftcalc.model.spec import ModelSpec
+
+Storage = Literal["dense", "nf4", "int8"]
+
+
+@dataclass(frozen=True)
+class TensorGroup:
+    """`count` tensors of `numel` elements each that share a role, trainability and storage format."""
+
+    name: str  # parameter name template ("{i}" for the layer), as peft/transformers name it
+    numel: int
+    count: int
+    trainable: bool
+    added: bool  # created by the method (adapter weights), as opposed to a base-model weight
+    storage: Storage = "dense"
+    shape: tuple[int, ...] = ()  # 2-D or more for matrices (factored optimizers need it); () = 1-D
+
+    @property
+    def total(self) -> int:
+        return self.numel * self.count
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """A model after a method was applied: its tensors, and what the method changes in the computation."""
+
+    method: str
+    spec: ModelSpec
+    tensors: tuple[TensorGroup, ...]
+    # Tensors written to the checkpoint of one task (peft saves adapter weights only; prefix and
+    # p-tuning save the reparameterized prompt, not the MLP that produced it).
+    saved: tuple[TensorGroup, ...]
+    save_full_model: bool = False  # full fine-tuning saves every weight in the model's dtype
+    extra_tokens: int = 0  # virtual tokens prepended to the input (prompt tuning, p-tuning)
+    prefix_tokens: int = 0  # key/value positions added in every attention layer (prefix tuning)
+    adapted: tuple[str, ...] = ()  # module name templates the method modified
+    notes: tuple[str, ...] = ()  # assumptions worth printing
+
+    @property
+    def params(self) -> ParamCount:
+        return ParamCount(trainable=sum(t.total for t in self.tensors if t.trainable),
+                          total=sum(t.total for t in self.tensors))
+
+
+class Method(Protocol):
+    """A fine-tuning method with its options (a frozen dataclass)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def adapt(self, spec: ModelSpec) -> Adaptation: ...
+
+
+def base_tensors(spec: ModelSpec, trainable: bool, quantize: Storage = "dense") -> tuple[TensorGroup, ...]:
+    """The base model's tensors; with `quantize`, every non-head linear weight in that format (bitsandbytes)."""
+    groups: list[TensorGroup] = []
+    for lin in spec.linears:
+        if not lin.tied:
+            storage: Storage = "dense" if lin.head else quantize
+            groups.append(TensorGroup(lin.name + ".weight", lin.weight_params, lin.count, trainable and storage == "dense",
+                                      False, storage, (lin.out_features, lin.in_features)))
+        if lin.bias:
+            groups.append(TensorGroup(lin.name + ".bias", lin.out_features, lin.count, trainable, False))
+    for p in spec.others:
+        groups.append(TensorGroup(p.name, p.numel, p.count, trainable, False, shape=p.shape))
+    return tuple(groups)

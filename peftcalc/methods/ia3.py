@@ -1,0 +1,43 @@
+"""IA3 (Liu et al., 2022): learned vectors that rescale keys, values and feed-forward activations.
+
+A vector per adapted linear: out_features long, or in_features for feed-forward modules (peft scales
+their input). peft's per-family defaults choose the modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
+from peftcalc.methods.targets import default_ia3_targets, matches, select, unmatched
+from peftcalc.model.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class IA3:
+    targets: tuple[str, ...] | None = None
+    feedforward: tuple[str, ...] | None = None  # which of the targets scale their input
+
+    @property
+    def name(self) -> str:
+        return "ia3"
+
+    def adapt(self, spec: ModelSpec) -> Adaptation:
+        notes: list[str] = []
+        if self.targets is None:
+            targets, ff, note = default_ia3_targets(spec)
+            notes += [note] if note else []
+            missing = unmatched(spec, targets)
+            if missing:
+                notes.append(f"peft's default IA3 target(s) {', '.join(missing)} do not exist in {spec.name}; skipped as peft does")
+            chosen = select(spec, targets, strict=False)
+        else:
+            ff = self.feedforward or ()
+            chosen = select(spec, self.targets)
+        added = tuple(
+            TensorGroup(l.name + ".ia3_l", l.in_features if any(matches(l, f) for f in ff) else l.out_features,
+                        l.count, True, True)
+            for l in chosen
+        )
+        return Adaptation("ia3", spec, base_tensors(spec, False) + added, saved=added,
+                          adapted=tuple(l.name for l in chosen), notes=tuple(notes))

@@ -1,0 +1,82 @@
+"""LoRA (Hu et al., 2021), and what composes over it: DoRA's magnitude vector, QLoRA's quantized base.
+
+Each adapted linear W (out x in) gains A (r x in) and B (out x r): r(in + out) parameters, in fp32
+(peft keeps adapter weights in fp32 whatever the base dtype).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.methods.base import Adaptation, Storage, TensorGroup, base_tensors
+from peftcalc.methods.targets import ALL_LINEAR, default_lora_targets, select, unmatched
+from peftcalc.model.spec import Linear, ModelSpec
+
+
+@dataclass(frozen=True)
+class Lora:
+    rank: int = 8
+    targets: tuple[str, ...] | None = None  # None: peft's default for the family
+    magnitude: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output feature
+    base_storage: Storage = "dense"  # QLoRA (Dettmers et al., 2023): "nf4" or "int8" base weights
+
+    @property
+    def name(self) -> str:
+        if self.base_storage != "dense":
+            return "qlora"
+        return "dora" if self.magnitude else "lora"
+
+    def adapt(self, spec: ModelSpec) -> Adaptation:
+        if self.rank <= 0:
+            raise PeftcalcError(f"--rank must be a positive integer, got {self.rank}")
+        notes: list[str] = []
+        targets, strict = self.targets, True
+        if targets is None:
+            targets, note = default_lora_targets(spec)
+            strict = False
+            notes += [note] if note else []
+            missing = unmatched(spec, targets)
+            if missing:
+                notes.append(f"peft's default target(s) {', '.join(missing)} do not exist in {spec.name}; skipped as peft does")
+        adapted = select(spec, targets, strict)
+        for lin in adapted:
+            if self.rank > min(lin.in_features, lin.out_features):
+                raise PeftcalcError(
+                    f"--rank {self.rank} is larger than {lin.name.replace('{i}', 'N')} "
+                    f"({lin.out_features}x{lin.in_features}): a rank can be at most {min(lin.in_features, lin.out_features)}"
+                )
+        added = tuple(g for lin in adapted for g in self._adapter_tensors(lin))
+        tensors = base_tensors(spec, trainable=False, quantize=self.base_storage) + added
+        if self.base_storage != "dense":
+            notes.append(f"base linears stored as {self.base_storage} by bitsandbytes; "
+                         "embeddings, norms and the output head stay in the compute dtype")
+            if any(p.kind == "expert" for p in spec.others):
+                notes.append("fused MoE expert tensors are not nn.Linear in transformers 5 and stay unquantized")
+        return Adaptation(self.name, spec, tensors, saved=added,
+                          adapted=tuple(l.name for l in adapted), notes=tuple(notes))
+
+    def _adapter_tensors(self, lin: Linear) -> tuple[TensorGroup, ...]:
+        r = self.rank
+        groups = (
+            TensorGroup(lin.name + ".lora_A.weight", r * lin.in_features, lin.count, True, True, shape=(r, lin.in_features)),
+            TensorGroup(lin.name + ".lora_B.weight", lin.out_features * r, lin.count, True, True, shape=(lin.out_features, r)),
+        )
+        if self.magnitude:
+            groups += (TensorGroup(lin.name + ".lora_magnitude_vector", lin.out_features, lin.count, True, True),)
+        return groups
+
+
+def lora(rank: int = 8, targets: tuple[str, ...] | None = None) -> Lora:
+    return Lora(rank, targets)
+
+
+def dora(rank: int = 8, targets: tuple[str, ...] | None = None) -> Lora:
+    return Lora(rank, targets, magnitude=True)
+
+
+def qlora(rank: int = 8, targets: tuple[str, ...] | None = None, bits: int = 4) -> Lora:
+    """QLoRA: LoRA on every linear layer (the paper's recipe) over a 4-bit NF4 (or 8-bit) base."""
+    if bits not in (4, 8):
+        raise PeftcalcError(f"--quant-bits must be 4 or 8, got {bits}")
+    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), base_storage="nf4" if bits == 4 else "int8")
