@@ -28,7 +28,8 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
     bias = bool(get(cfg, "enable_bias", True))
     affine = bool(get(cfg, "layer_norm_elementwise_affine", True))
     # The final norm exists only for pre-norm models (OPT-350m is post-norm).
-    final_norm = bool(get(cfg, "do_layer_norm_before", True)) and not bool(get(cfg, "_remove_final_layer_norm", False))
+    pre_norm = bool(get(cfg, "do_layer_norm_before", True))
+    final_norm = pre_norm and not bool(get(cfg, "_remove_final_layer_norm", False))
     head_dim = divide(h, heads, "hidden_size / num_attention_heads")
 
     D = "model.decoder."
