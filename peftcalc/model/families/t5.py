@@ -55,7 +55,8 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
     inner = heads * d_kv
     linears: list[Linear] = []
     others = [Params("shared.weight", vocab * h, "embedding")]  # encoder/decoder embed_tokens are tied to it
-    for stack, n, attns in (("encoder", enc, ("SelfAttention",)), ("decoder", dec, ("SelfAttention", "EncDecAttention"))):
+    stacks = (("encoder", enc, ("SelfAttention",)), ("decoder", dec, ("SelfAttention", "EncDecAttention")))
+    for stack, n, attns in stacks:
         B = stack + ".block.{i}."
         for j, attn in enumerate(attns):  # layer.0 self-attention; decoder layer.1 cross-attention
             A = f"{B}layer.{j}.{attn}."
