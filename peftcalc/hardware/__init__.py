@@ -1,0 +1,1 @@
+"""GPUs: the catalogue of hardware specs and prices (see catalogue.py)."""
