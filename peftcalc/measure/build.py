@@ -32,4 +32,17 @@ def build_model(spec: ModelSpec, device: str = "meta", **config_overrides: Any) 
     for k, v in config_overrides.items():
         setattr(cfg, k, v)
     with torch.device(device):
-        return AUTO_CLASS[spec.arch.kind].from_config(cfg)
+        model = AUTO_CLASS[spec.arch.kind].from_config(cfg)
+        _untie_heads(spec, model)
+    return model
+
+
+def _untie_heads(spec: ModelSpec, model: torch.nn.Module) -> None:
+    """Give an untied output head its own weight. transformers 5 forces T5/mT5 configs to tie, and only
+    from_pretrained unties them when the checkpoint has its own lm_head (T5 v1.1, Flan-T5, T0, mT0 do)."""
+    embedding = model.get_input_embeddings().weight
+    for lin in spec.linears:
+        if lin.head and not lin.tied:
+            module = model.get_submodule(lin.name)
+            if module.weight is embedding:
+                module.weight = torch.nn.Parameter(torch.empty_like(embedding))

@@ -23,10 +23,10 @@ CATALOGUE_DIR = Path(__file__).with_name("catalogue")
 def _entries() -> dict[str, dict]:
     entries = {}
     for path in sorted(CATALOGUE_DIR.glob("*.json")):
-        entry = json.loads(path.read_text(encoding="utf-8"))
-        if entry["name"] != path.stem:
-            raise RuntimeError(f"{path}: name {entry['name']!r} does not match the file name")
-        entries[entry["name"]] = entry
+        e = _read(path)
+        if e["name"] != path.stem:
+            raise RuntimeError(f"{path}: name {e['name']!r} does not match the file name")
+        entries[e["name"]] = e
     return entries
 
 
@@ -34,9 +34,15 @@ def model_names() -> list[str]:
     return list(_entries())
 
 
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _lookup_key(name: str) -> str | None:
-    entries = _entries()
     key = name.strip().lower()
+    if "/" not in key and (CATALOGUE_DIR / f"{key}.json").is_file():
+        return key  # the common case reads one file, not the whole catalogue
+    entries = _entries()
     if key in entries:
         return key
     for k, e in entries.items():  # the Hugging Face id works too: meta-llama/Llama-2-7b-hf
@@ -53,9 +59,10 @@ def get_model(name: str) -> ModelSpec:
         close = difflib.get_close_matches(name.lower(), model_names(), n=5, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise PeftcalcError(f"unknown model {name!r}{hint} (`peftcalc models` lists them all)")
-    e = _entries()[key]
+    e = _read(CATALOGUE_DIR / f"{key}.json")
     return spec_from_config(e["config"], e["name"], e["source"])
 
 
-def hf_id(name: str) -> str:
-    return _entries()[name].get("hf_id", "")
+def entry(name: str) -> dict:
+    """The raw catalogue entry (name, hf_id, source, config)."""
+    return _entries()[name]

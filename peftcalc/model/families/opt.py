@@ -56,5 +56,6 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
         family="opt", kind="decoder", hidden_size=h, num_layers=layers, num_heads=heads,
         num_kv_heads=heads, head_dim=head_dim, ffn_size=ffn, vocab_size=vocab, gated_mlp=False,
         tie_embeddings=tied, norm="layernorm", max_positions=positions,
+        embed_dim=embed_dim if embed_dim != h else None,
     )
     return ModelSpec(name, arch, tuple(linears), tuple(others), source, dict(cfg))

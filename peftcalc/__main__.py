@@ -1,0 +1,3 @@
+from peftcalc.cli import main
+
+main(prog_name="peftcalc")

@@ -1,0 +1,61 @@
+"""`peftcalc models` and `peftcalc methods`: what the catalogues hold."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from peftcalc.cli import main
+from peftcalc.render import table, to_csv
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+def models_cmd(as_json: bool, as_csv: bool) -> None:
+    """The model catalogue: exact parameter counts, shapes and sources.
+
+    \b
+    Example:
+      peftcalc models
+    """
+    from peftcalc.model.catalogue import entry, get_model, model_names
+
+    header = ["name", "family", "params", "hidden", "layers", "heads", "kv_heads", "vocab", "tied", "hf_id", "source"]
+    rows = []
+    for name in model_names():
+        s = get_model(name)
+        a = s.arch
+        rows.append([name, a.family, s.total_params, a.hidden_size, a.num_layers, a.num_heads, a.num_kv_heads,
+                     a.vocab_size, a.tie_embeddings, entry(name).get("hf_id", ""), s.source])
+    if as_json:
+        click.echo(json.dumps([dict(zip(header, r)) for r in rows], indent=2))
+    elif as_csv:
+        click.echo(to_csv(header, rows), nl=False)
+    else:
+        click.echo(table(header[:-1], [[r[0], r[1], f"{r[2]:,}", *map(str, r[3:9]), r[9]] for r in rows], align_left=2))
+
+
+@main.command("methods")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+def methods_cmd(as_json: bool, as_csv: bool) -> None:
+    """The fine-tuning methods, their options and sources.
+
+    \b
+    Example:
+      peftcalc methods
+    """
+    from peftcalc.methods import METHODS
+
+    header = ["name", "title", "options", "in_peft", "source"]
+    rows: list[list[Any]] = [[m.name, m.title, " ".join(m.options), m.in_peft, m.source] for m in METHODS.values()]
+    if as_json:
+        click.echo(json.dumps([dict(zip(header, r)) for r in rows], indent=2))
+    elif as_csv:
+        click.echo(to_csv(header, rows), nl=False)
+    else:
+        click.echo(table(header, [[r[0], r[1], r[2] or "-", "yes" if r[3] else "no (paper formula)", r[4]] for r in rows],
+                         align_left=5))

@@ -1,0 +1,46 @@
+"""`peftcalc estimate`: the seed document's comparison table, for any model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from peftcalc.cli import main
+from peftcalc.cli.options import (METHOD_NAMES, method_options, model_options, output_options,
+                                  resolve_method_options, resolve_setup, resolve_spec, resolve_unit, setup_options)
+from peftcalc.errors import PeftcalcError
+from peftcalc.estimate import estimate
+from peftcalc.methods import DEFAULT_TABLE
+from peftcalc.render import estimate_csv, estimate_json, estimate_text
+
+
+@main.command("estimate")
+@model_options
+@click.option("--method", type=click.Choice(METHOD_NAMES), help="One method (default: compare them all).")
+@method_options
+@setup_options
+@click.option("--tasks", type=int, default=10, show_default=True, help="Tasks for the storage comparison.")
+@output_options
+def estimate_cmd(**kw: Any) -> None:
+    """Parameters, memory and storage of fine-tuning a model with each method.
+
+    \b
+    Examples:
+      peftcalc estimate --params 7e9 --rank 8
+      peftcalc estimate --model llama-2-7b --method lora --rank 16 --targets all-linear \\
+          --precision bf16-mixed --seq 2048 --batch 4
+      peftcalc estimate --config ./my-model/config.json --method qlora --rank 64 --json
+    """
+    unit = resolve_unit(kw)
+    if kw["tasks"] <= 0:
+        raise PeftcalcError(f"--tasks must be a positive integer, got {kw['tasks']}")
+    spec = resolve_spec(kw)
+    methods = (kw["method"],) if kw["method"] else DEFAULT_TABLE
+    est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"])
+    if kw["as_json"]:
+        click.echo(estimate_json(est))
+    elif kw["as_csv"]:
+        click.echo(estimate_csv(est), nl=False)
+    else:
+        click.echo(estimate_text(est, unit))

@@ -1,0 +1,134 @@
+"""Options shared by every command that takes a model, a method and a setup (same names everywhere)."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+import click
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.methods import METHODS, MethodOptions
+from peftcalc.methods.targets import parse_targets
+from peftcalc.model.spec import ModelSpec
+from peftcalc.optim import OPTIMIZERS
+from peftcalc.precision import RECIPES
+from peftcalc.setup import Setup
+from peftcalc.units import Unit
+
+SHAPE_OPTIONS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
+                 "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "vocab": "vocab_size"}
+
+
+class Count(click.ParamType):
+    """An exact positive integer, also written as 7e9 or 6.7e9 (must be whole)."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            d = Decimal(str(value).replace("_", "").replace(",", ""))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a number (try 7e9 or 7000000000)", param, ctx)
+        if d != d.to_integral_value():
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(d)
+
+
+def _compose(*decorators: Callable) -> Callable:
+    def apply(fn: Callable) -> Callable:
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+    return apply
+
+
+model_options = _compose(
+    click.option("--params", type=Count(), help="A bare parameter count, e.g. 7e9 (a Llama-style shape is inferred)."),
+    click.option("--model", "model_name", metavar="NAME", help="A catalogue model (see `peftcalc models`)."),
+    click.option("--config", "config_path", type=click.Path(dir_okay=True), help="A local Hugging Face config.json."),
+    click.option("--hidden", type=int, help="With --params: hidden size."),
+    click.option("--layers", type=int, help="With --params: number of layers."),
+    click.option("--heads", type=int, help="With --params: attention heads."),
+    click.option("--kv-heads", type=int, help="With --params: key/value heads (grouped-query attention)."),
+    click.option("--ffn", type=int, help="With --params: feed-forward width."),
+    click.option("--vocab", type=int, help="With --params: vocabulary size."),
+)
+
+method_options = _compose(
+    click.option("--rank", type=int, default=8, show_default=True, help="LoRA/DoRA/QLoRA rank."),
+    click.option("--targets", help="Modules to adapt: q_proj,v_proj or all-linear (default: peft's per family)."),
+    click.option("--virtual-tokens", type=int, default=20, show_default=True, help="Prompt/prefix/p-tuning length."),
+    click.option("--bottleneck", type=int, default=64, show_default=True, help="Adapter bottleneck width."),
+    click.option("--adapter-variant", type=click.Choice(["houlsby", "pfeiffer"]), default="houlsby", show_default=True),
+    click.option("--prefix-projection", is_flag=True, help="Prefix tuning with the reparameterization MLP."),
+    click.option("--quant-bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
+                 help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
+)
+
+setup_options = _compose(
+    click.option("--precision", type=click.Choice(list(RECIPES)), default="fp32", show_default=True),
+    click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adamw", show_default=True),
+    click.option("--adamw-impl", type=click.Choice(["forloop", "foreach", "fused"]), default="foreach",
+                 show_default=True, help="torch AdamW implementation (temporaries differ)."),
+    click.option("--batch", type=int, default=1, show_default=True, help="Micro-batch per GPU."),
+    click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
+    click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
+    click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
+    click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
+    click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
+                 help="ZeRO stage (3 = FSDP full sharding)."),
+    click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
+)
+
+output_options = _compose(
+    click.option("--units", type=click.Choice(["GB", "GiB"]), default="GB", show_default=True,
+                 help="GB = 10^9 bytes, GiB = 2^30 bytes."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+    click.option("--csv", "as_csv", is_flag=True, help="Print CSV."),
+)
+
+METHOD_NAMES = list(METHODS)
+
+
+def resolve_spec(kw: dict[str, Any]) -> ModelSpec:
+    given = [k for k in ("params", "model_name", "config_path") if kw.get(k) is not None]
+    if len(given) != 1:
+        raise PeftcalcError("name the model exactly one way: --params N, --model NAME or --config PATH"
+                            + (f" (got {', '.join('--' + g.split('_')[0] for g in given)})" if given else ""))
+    shape = {SHAPE_OPTIONS[k]: kw.get(k) for k in SHAPE_OPTIONS}
+    if any(v is not None for v in shape.values()) and kw.get("params") is None:
+        raise PeftcalcError("--hidden/--layers/--heads/--kv-heads/--ffn/--vocab shape a bare --params count; "
+                            "a --model or --config already has its shape")
+    if kw.get("params") is not None:
+        from peftcalc.model.infer import infer_spec
+
+        return infer_spec(kw["params"], **shape)
+    if kw.get("model_name") is not None:
+        from peftcalc.model.catalogue import get_model
+
+        return get_model(kw["model_name"])
+    from peftcalc.model.hf_config import load_config
+
+    return load_config(kw["config_path"])
+
+
+def resolve_setup(kw: dict[str, Any]) -> Setup:
+    return Setup(precision=kw["precision"], optimizer=kw["optimizer"], batch_size=kw["batch"], seq_len=kw["seq"],
+                 gradient_checkpointing=kw["gradient_checkpointing"], attention=kw["attention"],
+                 num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"])
+
+
+def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
+    return MethodOptions(rank=kw["rank"], targets=parse_targets(kw.get("targets")),
+                         virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
+                         adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
+                         quant_bits=int(kw["quant_bits"]))
+
+
+def resolve_unit(kw: dict[str, Any]) -> Unit:
+    if kw.get("as_json") and kw.get("as_csv"):
+        raise PeftcalcError("--json and --csv are exclusive: choose one")
+    return Unit(kw["units"])

@@ -1,0 +1,170 @@
+"""Results -> terminal table, JSON and CSV. The only place (with units.py) that formats numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Iterable, Sequence
+
+from peftcalc.estimate import Estimate, MethodEstimate
+from peftcalc.precision import get_precision
+from peftcalc.units import Unit
+
+
+def fmt_bytes(n: int, unit: Unit) -> str:
+    v = n / unit.bytes
+    if v and abs(v) < 0.1:  # small adapters: keep three significant digits rather than print 0.00
+        return f"{v:.3g} {unit.value}"
+    return f"{v:,.2f} {unit.value}"
+
+
+def fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_percent(p: float) -> str:
+    return f"{p:.4g} %" if p < 1 else f"{p:.2f} %"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], align_left: int = 1) -> str:
+    """A plain text table: the first `align_left` columns left-aligned, the rest right-aligned."""
+    rows = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < align_left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    out = [line(rows[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows[1:]]
+    return "\n".join(out)
+
+
+def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+# ---- estimate ------------------------------------------------------------------------------------
+
+def _estimate_rows(est: Estimate, unit: Unit) -> list[tuple[str, list[str]]]:
+    rs = est.results
+    b = lambda f: [fmt_bytes(f(r), unit) for r in rs]  # noqa: E731
+    n = est.results[0].storage.num_tasks
+    rows = [
+        ("trainable params", [fmt_count(r.params.trainable) for r in rs]),
+        ("trainable %", [fmt_percent(r.params.percent) for r in rs]),
+        ("total params", [fmt_count(r.params.total) for r in rs]),
+        ("weights", b(lambda r: r.memory.weight_bytes)),
+        ("gradients", b(lambda r: r.memory.gradient_bytes)),
+        ("optimizer states", b(lambda r: r.memory.optimizer_state_bytes)),
+        ("master weights", b(lambda r: r.memory.master_weight_bytes)),
+        ("= model states (exact)", b(lambda r: r.memory.model_state_bytes)),
+        ("activations (estimate)", b(lambda r: r.memory.activation_bytes)),
+        ("optimizer temporaries", b(lambda r: r.memory.temporary_bytes)),
+        ("overhead (assumed)", b(lambda r: r.memory.overhead_bytes)),
+        ("total per GPU (peak)", b(lambda r: r.memory.total)),
+    ]
+    if est.setup.offload:
+        rows.append(("CPU memory (offload)", b(lambda r: r.memory.cpu_bytes)))
+    rows += [
+        ("checkpoint per task", b(lambda r: r.storage.checkpoint_bytes)),
+        (f"{n} tasks", b(lambda r: r.storage.tasks_bytes)),
+        (f"vs {n} full copies", b(lambda r: r.storage.full_copies_bytes)),
+    ]
+    return rows
+
+
+def assumptions(est: Estimate) -> dict[str, Any]:
+    s, a, p = est.setup, est.spec.arch, get_precision(est.setup.precision)
+    shape = (f"hidden {a.hidden_size}, {a.num_layers} layers, {a.num_heads} heads ({a.num_kv_heads} kv), "
+             f"head dim {a.head_dim}, FFN {a.ffn_size}{' gated' if a.gated_mlp else ''}, vocab {a.vocab_size}"
+             + (f", {a.num_experts} experts (top {a.experts_per_token})" if a.num_experts else ""))
+    out = {
+        "model": f"{est.spec.name} ({a.family}, {a.kind}) from {est.spec.source}",
+        "shape": shape,
+        "precision": f"{p.name}: {p.description}; adapters in {p.adapter_dtype}",
+        "optimizer": f"{s.optimizer}, AdamW implementation {s.adamw_impl}",
+        "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU",
+        "attention kernel": s.attention,
+        "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
+        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else ""),
+        "activations": "estimate: Korthikanti et al. 2022 (arXiv:2205.05198) formula adapted per method, plus the fp32 loss path",
+        "overhead": "assumed 512 MiB for the CUDA context and library workspaces (not measured)",
+        "checkpoints": "safetensors files: adapter weights in fp32 (peft's default), full copies in the weight dtype",
+    }
+    if est.spec.is_inferred:
+        out["inferred shape"] = (f"total held at exactly {est.spec.total_params:,}; the shape itself has "
+                                 f"{est.spec.shape_params:,} ({est.spec.source}); override with --hidden/--layers/...")
+    return out
+
+
+def estimate_text(est: Estimate, unit: Unit) -> str:
+    rows = _estimate_rows(est, unit)
+    out = [table(["", *[r.method for r in est.results]], [(k, *v) for k, v in rows])]
+    out.append("")
+    out.append("Assumptions")
+    out += [f"  {k}: {v}" for k, v in assumptions(est).items()]
+    h, r = est.spec.arch.hidden_size, est.options.rank
+    if any(x.method in ("lora", "qlora", "dora") for x in est.results) and r <= h:
+        full, low = h * h, r * (h + h)
+        out.append(f"  per matrix: a {h}x{h} matrix has {full:,} parameters; LoRA r={r} trains r(m+n) = {low:,}, "
+                   f"{full / low:,.0f}x fewer")
+    notes = [f"  {x.method}: {note}" for x in est.results for note in x.notes]
+    if notes:
+        out += ["", "Notes", *notes]
+    out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
+    return "\n".join(out)
+
+
+def estimate_dict(est: Estimate) -> dict[str, Any]:
+    """The JSON contract (issue 2): integers for bytes and parameter counts."""
+    a, s = est.spec.arch, est.setup
+    return {
+        "model": {"name": est.spec.name, "family": a.family, "total_params": est.spec.total_params,
+                  "hidden_size": a.hidden_size, "num_layers": a.num_layers, "vocab_size": a.vocab_size,
+                  "inferred": est.spec.is_inferred, "source": est.spec.source},
+        "setup": {"precision": s.precision, "optimizer": s.optimizer, "batch_size": s.batch_size,
+                  "seq_len": s.seq_len, "gradient_checkpointing": s.gradient_checkpointing,
+                  "attention": s.attention, "num_gpus": s.num_gpus, "zero_stage": s.zero_stage,
+                  "offload": s.offload, "adamw_impl": s.adamw_impl},
+        "results": [_method_dict(r) for r in est.results],
+        "assumptions": assumptions(est),
+    }
+
+
+def _method_dict(r: MethodEstimate) -> dict[str, Any]:
+    m = r.memory
+    return {
+        "method": r.method,
+        "trainable_params": r.params.trainable,
+        "trainable_percent": r.params.percent,
+        "total_params": r.params.total,
+        "memory_bytes": {"weights": m.weight_bytes, "gradients": m.gradient_bytes,
+                         "optimizer_states": m.optimizer_state_bytes, "master_weights": m.master_weight_bytes,
+                         "activations": m.activation_bytes, "temporaries": m.temporary_bytes,
+                         "overhead": m.overhead_bytes, "total": m.total},
+        "cpu_bytes": m.cpu_bytes,
+        "checkpoint_bytes": r.storage.checkpoint_bytes,
+        "tasks_bytes": r.storage.tasks_bytes,
+        "full_copies_bytes": r.storage.full_copies_bytes,
+        "notes": list(r.notes),
+    }
+
+
+def estimate_json(est: Estimate) -> str:
+    return json.dumps(estimate_dict(est), indent=2)
+
+
+def estimate_csv(est: Estimate) -> str:
+    header = ["method", "trainable_params", "trainable_percent", "total_params", "weights_bytes", "gradients_bytes",
+              "optimizer_states_bytes", "master_weights_bytes", "activations_bytes", "temporaries_bytes",
+              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes"]
+    rows = [[r.method, r.params.trainable, f"{r.params.percent:.6g}", r.params.total, r.memory.weight_bytes,
+             r.memory.gradient_bytes, r.memory.optimizer_state_bytes, r.memory.master_weight_bytes,
+             r.memory.activation_bytes, r.memory.temporary_bytes, r.memory.overhead_bytes, r.memory.total,
+             r.memory.cpu_bytes, r.storage.checkpoint_bytes] for r in est.results]
+    return to_csv(header, rows)
