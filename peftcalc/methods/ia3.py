@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
 from peftcalc.methods.targets import default_ia3_targets, matches, select, unmatched
-from peftcalc.model.spec import ModelSpec
+from peftcalc.model.spec import Linear, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,12 @@ class IA3:
         else:
             ff = self.feedforward or ()
             chosen = select(spec, self.targets)
-        added = tuple(
-            TensorGroup(l.name + ".ia3_l", l.in_features if any(matches(l, f) for f in ff) else l.out_features,
-                        l.count, True, True)
-            for l in chosen
-        )
+        added = tuple(self._vector(l, any(matches(l, f) for f in ff)) for l in chosen)
         return Adaptation("ia3", spec, base_tensors(spec, False) + added, saved=added,
                           adapted=tuple(l.name for l in chosen), notes=tuple(notes))
+
+    @staticmethod
+    def _vector(lin: Linear, feedforward: bool) -> TensorGroup:
+        """peft's ia3_l: (1, in_features) for feed-forward modules, (out_features, 1) otherwise."""
+        shape = (1, lin.in_features) if feedforward else (lin.out_features, 1)
+        return TensorGroup(lin.name + ".ia3_l", shape[0] * shape[1], lin.count, True, True, shape=shape)

@@ -30,7 +30,8 @@ class PromptTuning:
         check_virtual_tokens(self.virtual_tokens)
         n, d = self.virtual_tokens * spec.arch.stacks, spec.arch.token_dim
         prompt = (TensorGroup("prompt_encoder.embedding.weight", n * d, 1, True, True, shape=(n, d)),)
-        return Adaptation("prompt", spec, base_tensors(spec, False) + prompt, saved=prompt,
+        saved = (TensorGroup("prompt_embeddings", n * d, 1, True, True, shape=(n, d)),)
+        return Adaptation("prompt", spec, base_tensors(spec, False) + prompt, saved=saved,
                           extra_tokens=self.virtual_tokens)
 
 
