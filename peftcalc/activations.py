@@ -18,6 +18,7 @@ counted separately: it is often the peak for large vocabularies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.setup import Setup
@@ -46,11 +47,14 @@ def _block_elements_per_token(adaptation: Adaptation, keys: int, cross: bool) ->
     mlp = (2 * h + (4 * f if a.gated_mlp else 2 * f)) if full else (h + (3 * f if a.gated_mlp else f))
     if a.num_experts:  # each token visits experts_per_token experts (balanced routing assumed)
         mlp = h + (mlp - h) * a.experts_per_token
-    adapter_fp32 = 0
-    for name in adaptation.adapted:
-        lin = next(l for l in adaptation.spec.linears if l.name == name)
-        adapter_fp32 += lin.in_features  # peft casts the adapted module's input to fp32 for lora_A
-    return attn + mlp, adapter_fp32 // max(1, a.num_layers)
+    return attn + mlp, _adapter_inputs(adaptation) // max(1, a.num_layers)
+
+
+@lru_cache(maxsize=4096)
+def _adapter_inputs(adaptation: Adaptation) -> int:
+    """Input elements per token of all adapted modules: peft casts them to fp32 for lora_A."""
+    by_name = {l.name: l for l in adaptation.spec.linears}
+    return sum(by_name[n].in_features * by_name[n].count for n in adaptation.adapted)
 
 
 def _eager_elements_per_token(adaptation: Adaptation, keys: int) -> int:

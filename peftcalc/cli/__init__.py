@@ -1,14 +1,49 @@
-"""The `peftcalc` command line: each command parses options, calls the core, renders the result."""
+"""The `peftcalc` command line: each command parses options, calls the core, renders the result.
+
+Commands live in their own modules and are imported only when invoked, so `peftcalc estimate` never
+pays for the imports of `measure` or `report`.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from peftcalc.errors import PeftcalcError
 
+# command name -> module defining a click command of the same name (attribute `<name>_cmd`)
+COMMANDS = {
+    "estimate": "peftcalc.cli.estimate",
+    "models": "peftcalc.cli.catalog",
+    "methods": "peftcalc.cli.catalog",
+    "gpus": "peftcalc.cli.gpus",
+    "plan": "peftcalc.cli.plan",
+    "measure": "peftcalc.cli.measure",
+    "bench": "peftcalc.cli.bench",
+    "validate": "peftcalc.cli.validate",
+    "report": "peftcalc.cli.report",
+}
+
 
 class Group(click.Group):
-    """Turns our user-facing errors into a one-line message and exit status 1, never a traceback."""
+    """Loads commands lazily, and turns our user-facing errors into a one-line message and exit
+    status 1, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self.get_command(ctx, name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        try:
+            module = importlib.import_module(COMMANDS[name])
+        except ModuleNotFoundError as e:
+            if e.name == COMMANDS[name]:
+                return None  # a command whose module is not written yet
+            raise
+        # a module may register with @main.command(...) or expose `<name>_cmd`
+        return super().get_command(ctx, name) or getattr(module, f"{name}_cmd", None)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -26,17 +61,3 @@ def main() -> None:
     Example:
       peftcalc estimate --params 7e9 --rank 8
     """
-
-
-def _register() -> None:
-    import importlib
-    import pkgutil
-
-    import peftcalc.cli as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name not in ("options",):
-            importlib.import_module(f"peftcalc.cli.{mod.name}")
-
-
-_register()

@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from peftcalc.cli import main
 from peftcalc.render import table, to_csv
 
 
-@main.command("models")
+@click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 def models_cmd(as_json: bool, as_csv: bool) -> None:
@@ -38,7 +37,7 @@ def models_cmd(as_json: bool, as_csv: bool) -> None:
         click.echo(table(header[:-1], [[r[0], r[1], f"{r[2]:,}", *map(str, r[3:9]), r[9]] for r in rows], align_left=2))
 
 
-@main.command("methods")
+@click.command("methods")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 def methods_cmd(as_json: bool, as_csv: bool) -> None:

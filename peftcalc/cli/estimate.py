@@ -6,7 +6,6 @@ from typing import Any
 
 import click
 
-from peftcalc.cli import main
 from peftcalc.cli.options import (METHOD_NAMES, method_options, model_options, output_options,
                                   resolve_method_options, resolve_setup, resolve_spec, resolve_unit, setup_options)
 from peftcalc.errors import PeftcalcError
@@ -15,7 +14,7 @@ from peftcalc.methods import DEFAULT_TABLE
 from peftcalc.render import estimate_csv, estimate_json, estimate_text
 
 
-@main.command("estimate")
+@click.command("estimate")
 @model_options
 @click.option("--method", type=click.Choice(METHOD_NAMES), help="One method (default: compare them all).")
 @method_options

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
 from typing import Any, Callable
 
 import click
@@ -25,16 +25,24 @@ class Count(click.ParamType):
 
     name = "N"
 
+    NUMBER = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?")
+
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         if isinstance(value, int):
             return value
-        try:
-            d = Decimal(str(value).replace("_", "").replace(",", ""))
-        except InvalidOperation:
+        text = str(value).replace("_", "").replace(",", "").strip()
+        m = self.NUMBER.fullmatch(text)
+        if not m or not (m.group(2) or m.group(3)):
             self.fail(f"{value!r} is not a number (try 7e9 or 7000000000)", param, ctx)
-        if d != d.to_integral_value():
-            self.fail(f"{value!r} is not a whole number", param, ctx)
-        return int(d)
+        sign, whole, frac, exp = m.group(1), m.group(2) or "0", m.group(3) or "", int(m.group(4) or 0)
+        digits, shift = int(whole + frac), exp - len(frac)  # exact integer arithmetic, no float rounding
+        if shift < 0:
+            if digits % 10**-shift:
+                self.fail(f"{value!r} is not a whole number", param, ctx)
+            number = digits // 10**-shift
+        else:
+            number = digits * 10**shift
+        return -number if sign == "-" else number
 
 
 def _compose(*decorators: Callable) -> Callable:

@@ -8,6 +8,7 @@ method states its effect once and every quantity follows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, Protocol
 
 from peftcalc.model.spec import ModelSpec
@@ -58,7 +59,15 @@ class Adaptation:
     adapted: tuple[str, ...] = ()  # module name templates the method modified
     notes: tuple[str, ...] = ()  # assumptions worth printing
 
-    @property
+    def __hash__(self) -> int:
+        # Adaptations key the memory and storage caches: hash the tensor list once.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    @cached_property
     def params(self) -> ParamCount:
         return ParamCount(trainable=sum(t.total for t in self.tensors if t.trainable),
                           total=sum(t.total for t in self.tensors))

@@ -110,6 +110,14 @@ class ModelSpec:
     # plus one "unattributed" entry holding the difference, so every sum stays exactly N.
     declared_params: int | None = None
 
+    def __hash__(self) -> int:
+        # Specs key the estimate caches; hashing every weight template on each lookup would dominate.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.name, self.arch, self.linears, self.others, self.source, self.declared_params))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def family(self) -> str:
         return self.arch.family
