@@ -58,9 +58,9 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
                Linear(L + "attention.output.dense", h, h, True, layers),
                Linear(L + "intermediate.dense", h, ffn, True, layers),
                Linear(L + "output.dense", ffn, h, True, layers)]
-    others = [Params(P + "embeddings.word_embeddings.weight", vocab * h, "embedding"),
-              Params(P + "embeddings.position_embeddings.weight", positions * h, "position"),
-              Params(P + "embeddings.token_type_embeddings.weight", types * h, "embedding"),
+    others = [Params(P + "embeddings.word_embeddings.weight", vocab * h, "embedding", shape=(vocab, h)),
+              Params(P + "embeddings.position_embeddings.weight", positions * h, "position", shape=(positions, h)),
+              Params(P + "embeddings.token_type_embeddings.weight", types * h, "embedding", shape=(types, h)),
               Params(P + "embeddings.LayerNorm", 2 * h, "norm"),
               Params(L + "layer_norms", 2 * 2 * h, "norm", layers)]  # attention.output and output LayerNorms
 

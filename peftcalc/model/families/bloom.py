@@ -30,7 +30,7 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
                Linear(L + "mlp.dense_h_to_4h", h, ffn, True, layers),
                Linear(L + "mlp.dense_4h_to_h", ffn, h, True, layers),
                Linear("lm_head", h, vocab, False, 1, head=True, tied=tied))
-    others = (Params("transformer.word_embeddings.weight", vocab * h, "embedding"),
+    others = (Params("transformer.word_embeddings.weight", vocab * h, "embedding", shape=(vocab, h)),
               Params("transformer.word_embeddings_layernorm", 2 * h, "norm"),
               Params(L + "norms", 2 * 2 * h, "norm", layers),  # input_ and post_attention_layernorm
               Params("transformer.ln_f", 2 * h, "norm"))

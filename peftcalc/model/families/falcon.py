@@ -47,7 +47,7 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
                Linear(L + "mlp.dense_h_to_4h", h, ffn, bias, layers),
                Linear(L + "mlp.dense_4h_to_h", ffn, h, bias, layers),
                Linear("lm_head", h, vocab, False, 1, head=True, tied=tied))
-    others = (Params("transformer.word_embeddings.weight", vocab * h, "embedding"),
+    others = (Params("transformer.word_embeddings.weight", vocab * h, "embedding", shape=(vocab, h)),
               Params(L + "norms", 2 * h * norms_per_layer, "norm", layers),  # LayerNorms always have a bias
               Params("transformer.ln_f", 2 * h, "norm"))
 

@@ -37,8 +37,8 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
                 Linear("lm_head", h, vocab, False, 1, head=True, tied=tied)]
 
     norms_per_layer = 3 if cross else 2  # ln_1, ln_2 (+ ln_cross_attn); weight and bias each
-    others = (Params("transformer.wte.weight", vocab * h, "embedding"),
-              Params("transformer.wpe.weight", positions * h, "position"),
+    others = (Params("transformer.wte.weight", vocab * h, "embedding", shape=(vocab, h)),
+              Params("transformer.wpe.weight", positions * h, "position", shape=(positions, h)),
               Params(L + "norms", 2 * h * norms_per_layer, "norm", layers),
               Params("transformer.ln_f", 2 * h, "norm"))
 

@@ -30,7 +30,7 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
                Linear(L + "mlp.dense_h_to_4h", h, ffn, True, layers),  # MLP biases are unconditional
                Linear(L + "mlp.dense_4h_to_h", ffn, h, True, layers),
                Linear("lm_head", h, vocab, False, 1, head=True, tied=tied))
-    others = (Params("gpt_neox.embed_in.weight", vocab * h, "embedding"),
+    others = (Params("gpt_neox.embed_in.weight", vocab * h, "embedding", shape=(vocab, h)),
               Params(L + "norms", 2 * 2 * h, "norm", layers),  # input_ and post_attention_layernorm
               Params("gpt_neox.final_layer_norm", 2 * h, "norm"))
 

@@ -46,8 +46,8 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
     linears.append(Linear("lm_head", embed_dim, vocab, False, 1, head=True, tied=tied))
 
     norm = 2 * h if affine else 0  # weight and bias, or nothing without elementwise affine
-    others = [Params(D + "embed_tokens.weight", vocab * embed_dim, "embedding"),
-              Params(D + "embed_positions.weight", (positions + POSITION_OFFSET) * h, "position"),
+    others = [Params(D + "embed_tokens.weight", vocab * embed_dim, "embedding", shape=(vocab, embed_dim)),
+              Params(D + "embed_positions.weight", (positions + POSITION_OFFSET) * h, "position", shape=((positions + POSITION_OFFSET), h)),
               Params(L + "norms", 2 * norm, "norm", layers)]  # self_attn_layer_norm, final_layer_norm
     if final_norm:
         others.append(Params(D + "final_layer_norm", norm, "norm"))

@@ -54,7 +54,7 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
 
     inner = heads * d_kv
     linears: list[Linear] = []
-    others = [Params("shared.weight", vocab * h, "embedding")]  # encoder/decoder embed_tokens are tied to it
+    others = [Params("shared.weight", vocab * h, "embedding", shape=(vocab, h))]  # encoder/decoder embed_tokens are tied to it
     stacks = (("encoder", enc, ("SelfAttention",)), ("decoder", dec, ("SelfAttention", "EncDecAttention")))
     for stack, n, attns in stacks:
         B = stack + ".block.{i}."
@@ -70,7 +70,7 @@ def build(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
         linears.append(Linear(F + "wo", ffn, h, False, n, block=stack))
         # Only block 0's self-attention owns the relative position table; later blocks reuse it.
         others += [Params(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                          buckets * heads, "position"),
+                          buckets * heads, "position", shape=(buckets, heads)),
                    Params(B + "layer_norms", h * (len(attns) + 1), "norm", n),
                    Params(f"{stack}.final_layer_norm.weight", h, "norm")]
     # The head reads decoder states, so it runs at the decoder's sequence length.
