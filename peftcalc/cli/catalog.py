@@ -49,12 +49,13 @@ def methods_cmd(as_json: bool, as_csv: bool) -> None:
     """
     from peftcalc.methods import METHODS
 
-    header = ["name", "title", "options", "in_peft", "source"]
-    rows: list[list[Any]] = [[m.name, m.title, " ".join(m.options), m.in_peft, m.source] for m in METHODS.values()]
+    header = ["name", "title", "options", "counts_checked_against", "source"]
+    rows: list[list[Any]] = [[m.name, m.title, " ".join(m.options), m.checked_against, m.source]
+                             for m in METHODS.values()]
     if as_json:
         click.echo(json.dumps([dict(zip(header, r)) for r in rows], indent=2))
     elif as_csv:
         click.echo(to_csv(header, rows), nl=False)
     else:
-        click.echo(table(header, [[r[0], r[1], r[2] or "-", "yes" if r[3] else "no (paper formula)", r[4]] for r in rows],
-                         align_left=5))
+        click.echo(table(["name", "title", "options", "counts checked against", "source"],
+                         [[r[0], r[1], r[2] or "-", r[3], r[4]] for r in rows], align_left=5))

@@ -37,30 +37,30 @@ class MethodInfo:
     title: str
     source: str
     options: tuple[str, ...]
-    in_peft: bool
+    checked_against: str  # the independent source its parameter counts are tested against
     build: Callable[[MethodOptions], Method]
 
 
 _INFOS = (
-    MethodInfo("full", "Full fine-tuning", "every weight trains", (), False, lambda o: Full()),
-    MethodInfo("lora", "LoRA", "Hu et al. 2021, arXiv:2106.09685", ("--rank", "--targets"), True,
+    MethodInfo("full", "Full fine-tuning", "every weight trains", (), "transformers", lambda o: Full()),
+    MethodInfo("lora", "LoRA", "Hu et al. 2021, arXiv:2106.09685", ("--rank", "--targets"), "peft",
                lambda o: lora(o.rank, o.targets)),
     MethodInfo("qlora", "QLoRA", "Dettmers et al. 2023, arXiv:2305.14314 (NF4 + double quantization)",
-               ("--rank", "--targets (default all-linear)", "--quant-bits 4|8"), True,
+               ("--rank", "--targets (default all-linear)", "--quant-bits 4|8"), "peft",
                lambda o: qlora(o.rank, o.targets, o.quant_bits)),
-    MethodInfo("dora", "DoRA", "Liu et al. 2024, arXiv:2402.09353", ("--rank", "--targets"), True,
+    MethodInfo("dora", "DoRA", "Liu et al. 2024, arXiv:2402.09353", ("--rank", "--targets"), "peft",
                lambda o: dora(o.rank, o.targets)),
     MethodInfo("adapter", "Bottleneck adapters", "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021",
-               ("--bottleneck", "--adapter-variant houlsby|pfeiffer"), False,
+               ("--bottleneck", "--adapter-variant houlsby|pfeiffer"), "paper formula",
                lambda o: BottleneckAdapter(o.bottleneck, o.adapter_variant)),  # type: ignore[arg-type]
-    MethodInfo("prompt", "Prompt tuning", "Lester et al. 2021, arXiv:2104.08691", ("--virtual-tokens",), True,
+    MethodInfo("prompt", "Prompt tuning", "Lester et al. 2021, arXiv:2104.08691", ("--virtual-tokens",), "peft",
                lambda o: PromptTuning(o.virtual_tokens)),
     MethodInfo("prefix", "Prefix tuning", "Li & Liang 2021, arXiv:2101.00190",
-               ("--virtual-tokens", "--prefix-projection"), True,
+               ("--virtual-tokens", "--prefix-projection"), "peft",
                lambda o: PrefixTuning(o.virtual_tokens, o.prefix_projection)),
     MethodInfo("ptuning", "P-tuning", "Liu et al. 2021, arXiv:2103.10385 (MLP reparameterization)",
-               ("--virtual-tokens",), True, lambda o: PTuning(o.virtual_tokens)),
-    MethodInfo("ia3", "IA3", "Liu et al. 2022, arXiv:2205.05638", ("--targets",), True, lambda o: IA3(o.targets)),
+               ("--virtual-tokens",), "peft", lambda o: PTuning(o.virtual_tokens)),
+    MethodInfo("ia3", "IA3", "Liu et al. 2022, arXiv:2205.05638", ("--targets",), "peft", lambda o: IA3(o.targets)),
 )
 
 METHODS: dict[str, MethodInfo] = {}
