@@ -1,0 +1,442 @@
+"""Estimates, plans and measured results -> pandas DataFrames: one function per table.
+
+Every frame keeps exact integers (bytes, parameters) in columns whose unit is in the name, so its CSV is
+the data, unformatted; `page.py` formats them for reading. Frames never hold anything that depends on
+the machine that builds the report (no timestamps, versions or paths), so a report regenerated
+elsewhere has byte-identical CSV files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.estimate import Estimate, MethodEstimate, estimate
+from peftcalc.hardware.catalogue import Gpu
+from peftcalc.methods import METHODS, MethodOptions
+from peftcalc.model.spec import ModelSpec
+from peftcalc.precision import get_precision
+from peftcalc.setup import Setup
+
+# The parts of one GPU's peak, in stacking order. Their sum is MemoryBreakdown.total exactly: the peak
+# holds the model states, the larger of activations and the optimizer step's temporaries, and overhead,
+# so the temporaries appear only by how much they exceed the activations.
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("weights", "weights_bytes"),
+    ("gradients", "gradients_bytes"),
+    ("optimizer states", "optimizer_states_bytes"),
+    ("master weights", "master_weights_bytes"),
+    ("activations", "activations_bytes"),
+    ("optimizer temporaries beyond activations", "temporaries_beyond_activations_bytes"),
+    ("overhead (assumed)", "overhead_bytes"),
+)
+
+# Methods whose trainable parameters depend on the LoRA rank.
+RANKED_METHODS = ("lora", "dora", "qlora")
+
+DEFAULT_SEQ_LENS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_TASK_COUNTS = (1, 2, 5, 10, 20, 50, 100)
+
+# The measured components that results carry, predicted and measured (issue 3's JSON names).
+RESULT_COMPONENTS = ("weights", "gradients", "optimizer_states", "activations", "peak")
+
+
+# ---- one model: the analytic estimate ---------------------------------------------------------------
+
+def model_label(spec: ModelSpec) -> str:
+    """`llama-2-7b (6.74B params)`, or for a bare count `7.00B params (inferred Llama-style shape)`."""
+    if spec.is_inferred:
+        return f"{spec.total_params / 1e9:.2f}B params (inferred {spec.family}-style shape)"
+    return f"{spec.name} ({spec.total_params / 1e9:.2f}B params)"
+
+
+def describe_setup(spec: ModelSpec, setup: Setup, options: MethodOptions | None = None,
+                   vary: str | None = None) -> str:
+    """The setup a figure assumes, in one line a reader can check; `vary` names the field (seq_len or
+    batch_size) that the figure sweeps instead."""
+    p = get_precision(setup.precision)
+    batch = "varies" if vary == "batch_size" else str(setup.batch_size)
+    seq = "varies" if vary == "seq_len" else str(setup.seq_len)
+    parts = [
+        model_label(spec),
+        p.name,
+        f"{setup.optimizer} ({setup.adamw_impl})",
+        f"batch {batch} x seq {seq}",
+        setup.attention,
+        "grad. checkpointing" if setup.gradient_checkpointing else "no checkpointing",
+        f"{setup.num_gpus} GPU" + ("s" if setup.num_gpus > 1 else "")
+        + (f", ZeRO-{setup.zero_stage}" if setup.zero_stage else "") + (" + offload" if setup.offload else ""),
+    ]
+    if options is not None:
+        parts.append(f"LoRA r={options.rank}")
+    return " · ".join(parts)
+
+
+def comparison_frame(est: Estimate) -> pd.DataFrame:
+    """The seed document's comparison table for this model: one row per method."""
+    rows = []
+    for r in est.results:
+        m = r.memory
+        rows.append({
+            "method": r.method,
+            "title": METHODS[r.method].title,
+            "trainable_params": r.params.trainable,
+            "total_params": r.params.total,
+            "trainable_percent": round(r.params.percent, 6),
+            "model_states_bytes": m.model_state_bytes,
+            "activations_bytes": m.activation_bytes,
+            "peak_bytes": m.total,
+            "checkpoint_bytes": r.storage.checkpoint_bytes,
+            "num_tasks": r.storage.num_tasks,
+            "tasks_bytes": r.storage.tasks_bytes,
+            "full_copies_bytes": r.storage.full_copies_bytes,
+        })
+    return pd.DataFrame(rows)
+
+
+def _components(r: MethodEstimate) -> dict[str, int]:
+    m = r.memory
+    return {
+        "weights_bytes": m.weight_bytes,
+        "gradients_bytes": m.gradient_bytes,
+        "optimizer_states_bytes": m.optimizer_state_bytes,
+        "master_weights_bytes": m.master_weight_bytes,
+        "activations_bytes": m.activation_bytes,
+        "temporaries_beyond_activations_bytes": max(0, m.temporary_bytes - m.activation_bytes),
+        "overhead_bytes": m.overhead_bytes,
+    }
+
+
+def breakdown_frame(est: Estimate) -> pd.DataFrame:
+    """Peak memory per GPU by component, one row per method; the components sum to `total_bytes`."""
+    rows = []
+    for r in est.results:
+        row = {"method": r.method, **_components(r), "total_bytes": r.memory.total}
+        assert sum(row[c] for _, c in COMPONENTS) == row["total_bytes"], r.method
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_frame(spec: ModelSpec, setup: Setup, methods: Sequence[str], options: MethodOptions,
+                field: str, values: Iterable[int]) -> pd.DataFrame:
+    """Peak memory per GPU as one setup field (`seq_len` or `batch_size`) varies: long format, one row
+    per (method, value)."""
+    if field not in ("seq_len", "batch_size"):
+        raise ValueError(f"sweep over seq_len or batch_size, not {field!r}")
+    rows = []
+    for v in values:
+        est = estimate(spec, dataclasses.replace(setup, **{field: v}), tuple(methods), options)
+        for r in est.results:
+            rows.append({"method": r.method, field: v, "peak_bytes": r.memory.total,
+                         "activations_bytes": r.memory.activation_bytes})
+    return pd.DataFrame(rows, columns=["method", field, "peak_bytes", "activations_bytes"])
+
+
+def capacity_frame(gpus: Iterable[Gpu]) -> pd.DataFrame:
+    """GPU memory a training process can allocate (the lines drawn across memory plots), smallest first."""
+    rows = [{"gpu": g.id, "name": g.name, "memory_bytes": g.memory_bytes, "usable_memory_bytes": g.usable_memory_bytes}
+            for g in gpus]
+    df = pd.DataFrame(rows, columns=["gpu", "name", "memory_bytes", "usable_memory_bytes"])
+    return df.sort_values(["usable_memory_bytes", "gpu"], kind="stable").reset_index(drop=True)
+
+
+def rank_frame(spec: ModelSpec, setup: Setup, options: MethodOptions, ranks: Iterable[int] = DEFAULT_RANKS,
+               methods: Sequence[str] = RANKED_METHODS) -> pd.DataFrame:
+    """Trainable parameters, checkpoint size and peak memory as the LoRA rank varies."""
+    rows = []
+    for rank in ranks:
+        est = estimate(spec, setup, tuple(methods), dataclasses.replace(options, rank=rank))
+        for r in est.results:
+            rows.append({"method": r.method, "rank": rank, "trainable_params": r.params.trainable,
+                         "checkpoint_bytes": r.storage.checkpoint_bytes, "peak_bytes": r.memory.total})
+    return pd.DataFrame(rows, columns=["method", "rank", "trainable_params", "checkpoint_bytes", "peak_bytes"])
+
+
+def storage_frame(est: Estimate, task_counts: Iterable[int] = DEFAULT_TASK_COUNTS) -> pd.DataFrame:
+    """Disk for N fine-tuned tasks, one row per (method, num_tasks): each method's per-task files
+    (`adapters_bytes`), plus the one base model they all need (`total_bytes`), against N full copies of
+    the model (`full_copies_bytes`; for method "full" the two are the same)."""
+    rows = []
+    for n in task_counts:
+        for r in est.results:
+            s = r.storage
+            full = r.method == "full"
+            rows.append({"method": r.method, "num_tasks": n, "checkpoint_bytes": s.checkpoint_bytes,
+                         "adapters_bytes": s.checkpoint_bytes * n,
+                         "total_bytes": s.checkpoint_bytes * n + (0 if full else s.full_copy_bytes),
+                         "full_copies_bytes": s.full_copy_bytes * n})
+    return pd.DataFrame(rows, columns=["method", "num_tasks", "checkpoint_bytes", "adapters_bytes", "total_bytes",
+                                       "full_copies_bytes"])
+
+
+# ---- one model: the planner's options ---------------------------------------------------------------
+
+PLAN_COLUMNS = ("gpu", "num_gpus", "method", "strategy", "kind", "fits", "verdict", "fits_with", "runs",
+                "per_gpu_bytes", "limiting_component", "max_batch_size", "max_seq_len", "hours", "rent_usd",
+                "purchase_usd")
+
+# Fit statuses of a (method, GPU) pair, best first (the colours of the fit matrix).
+FIT_STATUSES = ("fits", "fits with changes", "needs more GPUs", "does not fit")
+
+
+def plan_frame(plan: Mapping[str, Any]) -> pd.DataFrame:
+    """Every (gpu, num_gpus, method) option the planner evaluated (issue 5's JSON `options`). `verdict`
+    is "fits", "fits with" (the changes in `fits_with`, joined by +) or "does not fit"; `runs` says whether
+    the option runs at all, as asked or with those changes."""
+    options = plan.get("options")
+    if not isinstance(options, list):
+        raise PeftcalcError("a plan needs an 'options' list (the JSON of `peftcalc plan --json`)")
+    rows = []
+    for o in options:
+        missing = [k for k in ("gpu", "num_gpus", "method", "fits") if k not in o]
+        if missing:
+            raise PeftcalcError(f"plan option {o!r} lacks {', '.join(missing)}")
+        row = {k: o.get(k) for k in PLAN_COLUMNS}
+        row["verdict"] = o.get("verdict") or ("fits" if o["fits"] else "does not fit")
+        row["fits_with"] = "+".join(o.get("fits_with") or []) or None
+        row["runs"] = row["verdict"] != "does not fit"
+        row["strategy"] = o.get("strategy") or ("ddp" if o["num_gpus"] == 1 else None)
+        row["kind"] = o.get("kind") or "as asked"
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+    df["fits"] = df["fits"].astype(bool)
+    df["runs"] = df["runs"].astype(bool)
+    for c in ("num_gpus", "per_gpu_bytes", "max_batch_size", "max_seq_len", "purchase_usd"):
+        df[c] = df[c].astype("Int64")
+    for c in ("hours", "rent_usd"):
+        df[c] = df[c].astype("Float64")
+    return df
+
+
+def fit_frame(plan: pd.DataFrame, gpus: Iterable[Gpu], methods: Sequence[str]) -> pd.DataFrame:
+    """The GPU fit matrix, one row per (method, gpu) the plan covers: the verdict at the setup asked
+    (`status`: fits / fits with changes / needs more GPUs / does not fit), what it needs, its peak per
+    GPU and largest part, and the fewest GPUs that run it (None: none up to the planner's limit)."""
+    usable = {g.id: g.usable_memory_bytes for g in gpus}
+    rows = []
+    for method in methods:
+        for gpu_id in usable:
+            sub = plan[(plan["method"] == method) & (plan["gpu"] == gpu_id)]
+            if sub.empty:
+                continue
+            asked = sub[sub["kind"] == "as asked"]
+            a = (asked if not asked.empty else sub.sort_values("num_gpus", kind="stable")).iloc[0]
+            running = sub[sub["runs"]].sort_values(["num_gpus", "rent_usd"], kind="stable", na_position="last")
+            if a["verdict"] == "fits":
+                status = "fits"
+            elif a["verdict"] == "fits with":
+                status = "fits with changes"
+            elif not running.empty:
+                status = "needs more GPUs"
+            else:
+                status = "does not fit"
+            best = running.iloc[0] if not running.empty else None
+            rows.append({
+                "method": method,
+                "gpu": gpu_id,
+                "status": status,
+                "num_gpus_asked": int(a["num_gpus"]),
+                "fits_with": a["fits_with"],
+                "per_gpu_bytes": _int_or_none(a["per_gpu_bytes"]),
+                "usable_memory_bytes": usable[gpu_id],
+                "limiting_component": a["limiting_component"],
+                "min_gpus": None if best is None else int(best["num_gpus"]),
+                "min_gpus_strategy": None if best is None else best["strategy"],
+            })
+    cols = ["method", "gpu", "status", "num_gpus_asked", "fits_with", "per_gpu_bytes", "usable_memory_bytes",
+            "limiting_component", "min_gpus", "min_gpus_strategy"]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("per_gpu_bytes", "min_gpus"):
+        df[c] = df[c].astype("Int64")
+    return df
+
+
+def cost_frame(plan: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Time and money per GPU option: for each (method, gpu), the option that runs on the fewest GPUs
+    (the cheaper one on a tie), with its hours, rent and purchase price. Options without a time (the GPU
+    lacks the compute dtype) are left out. Sorted by method, then rent."""
+    ok = plan[plan["runs"] & plan["method"].isin(list(methods)) & plan["hours"].notna()]
+    ok = ok.sort_values(["method", "gpu", "num_gpus", "rent_usd"], kind="stable", na_position="last")
+    first = ok.groupby(["method", "gpu"], sort=False).head(1)
+    cols = ["method", "gpu", "num_gpus", "strategy", "verdict", "fits_with", "hours", "rent_usd", "purchase_usd",
+            "per_gpu_bytes"]
+    df = first[cols].copy()
+    order = {m: i for i, m in enumerate(methods)}
+    df["_m"] = df["method"].map(order)
+    df = df.sort_values(["_m", "rent_usd", "hours", "gpu"], kind="stable", na_position="last").drop(columns="_m")
+    return df.reset_index(drop=True)
+
+
+def _int_or_none(v: Any) -> int | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return int(v)
+
+
+# ---- measured results -------------------------------------------------------------------------------
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON line of every `*.jsonl` file under `path` (a folder or one file), in file then line order.
+    A line cut short by a killed writer is skipped; any other bad line fails with its file and line."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.jsonl"))
+    elif p.is_file():
+        files = [p]
+    else:
+        raise PeftcalcError(f"no results at {str(p)!r}: give a folder of *.jsonl files (e.g. bench/results/)")
+    if not files:
+        raise PeftcalcError(f"no *.jsonl results files in {str(p)!r}")
+    records = []
+    for f in files:
+        lines = f.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                if i == len(lines) and not line.rstrip().endswith("}"):
+                    continue  # the last line of a file whose writer was killed mid-write
+                raise PeftcalcError(f"{f}:{i}: not valid JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise PeftcalcError(f"{f}:{i}: expected a JSON object, got {type(rec).__name__}")
+            rec["_source"] = f"{f.name}:{i}"
+            records.append(rec)
+    return records
+
+
+def _layer(rec: Mapping[str, Any]) -> str:
+    """Which layer of truth a result comes from: traced (fake tensors), or measured on CPU or GPU."""
+    if rec.get("backend") == "trace":
+        return "traced"
+    device = str(rec.get("device") or "").lower()
+    return "measured GPU" if device.startswith(("cuda", "gpu", "rocm")) else "measured CPU"
+
+
+def _setup_label(s: Mapping[str, Any]) -> str:
+    parts = [str(s.get("precision", "?")), f"b{s.get('batch_size', '?')}xs{s.get('seq_len', '?')}"]
+    if s.get("gradient_checkpointing"):
+        parts.append("ckpt")
+    if s.get("attention") not in (None, "sdpa"):
+        parts.append(str(s["attention"]))
+    if s.get("adamw_impl"):
+        parts.append(str(s["adamw_impl"]))
+    nproc = s.get("nproc") or s.get("num_gpus") or 1
+    if nproc and int(nproc) > 1:
+        parts.append(f"{nproc} procs ZeRO-{s.get('zero_stage', 0)}")
+    return " ".join(parts)
+
+
+RESULT_COLUMNS = ["source", "layer", "backend", "device", "status", "model", "family", "method", "precision",
+                  "batch_size", "seq_len", "gradient_checkpointing", "setup", "trainable_params",
+                  *[f"measured_{c}_bytes" for c in RESULT_COMPONENTS],
+                  *[f"predicted_{c}_bytes" for c in RESULT_COMPONENTS],
+                  "peak_error_bytes", "peak_error_percent", "peak_phase", "step_seconds"]
+
+
+def results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per result line: what ran, predicted and measured bytes per component, the peak's error
+    (predicted - measured, in bytes and % of measured; None where either is missing)."""
+    rows = []
+    for rec in records:
+        model = rec.get("model") or {}
+        if isinstance(model, str):
+            model = {"name": model}
+        setup = rec.get("setup") or {}
+        measured = rec.get("measured_bytes") or {}
+        predicted = rec.get("predicted_bytes") or {}
+        row: dict[str, Any] = {
+            "source": rec.get("_source"),
+            "layer": _layer(rec),
+            "backend": rec.get("backend"),
+            "device": rec.get("device"),
+            "status": rec.get("status"),
+            "model": model.get("name"),
+            "family": model.get("family"),
+            "method": rec.get("method"),
+            "precision": setup.get("precision"),
+            "batch_size": setup.get("batch_size"),
+            "seq_len": setup.get("seq_len"),
+            "gradient_checkpointing": setup.get("gradient_checkpointing"),
+            "setup": _setup_label(setup),
+            "trainable_params": rec.get("trainable_params"),
+        }
+        for c in RESULT_COMPONENTS:
+            row[f"measured_{c}_bytes"] = _int_or_none(measured.get(c))
+            row[f"predicted_{c}_bytes"] = _int_or_none(predicted.get(c))
+        mp, pp = row["measured_peak_bytes"], row["predicted_peak_bytes"]
+        if mp and pp is not None:
+            row["peak_error_bytes"] = pp - mp
+            row["peak_error_percent"] = round(100.0 * (pp - mp) / mp, 4)
+        else:
+            row["peak_error_bytes"] = None
+            row["peak_error_percent"] = None
+        row["peak_phase"] = rec.get("peak_phase")
+        row["step_seconds"] = rec.get("step_seconds")
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    for c in [c for c in RESULT_COLUMNS if c.endswith("_bytes") or c in ("trainable_params", "batch_size", "seq_len")]:
+        df[c] = df[c].astype("Int64")
+    df["peak_error_percent"] = df["peak_error_percent"].astype("Float64")
+    return df
+
+
+def compared_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """The results that completed and have both a prediction and a measurement of the peak."""
+    ok = results[(results["status"] == "ok") & results["peak_error_percent"].notna()]
+    return ok.reset_index(drop=True)
+
+
+def status_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """How many runs each layer has, by status (ok, oom, error ...)."""
+    df = results.assign(status=results["status"].fillna("unknown"))
+    out = df.groupby(["layer", "status"]).size().reset_index(name="runs")
+    return out.sort_values(["layer", "status"], kind="stable").reset_index(drop=True)
+
+
+def error_summary_frame(results: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The peak's error by `by` ("method" or "family"): runs, mean and worst absolute error in %, bias."""
+    ok = compared_frame(results)
+    rows = []
+    for key, g in ok.groupby(by, sort=True):
+        e = g["peak_error_percent"].astype(float)
+        rows.append({by: key, "runs": len(g), "mean_abs_error_percent": round(float(e.abs().mean()), 4),
+                     "max_abs_error_percent": round(float(e.abs().max()), 4),
+                     "mean_error_percent": round(float(e.mean()), 4)})
+    return pd.DataFrame(rows, columns=[by, "runs", "mean_abs_error_percent", "max_abs_error_percent",
+                                       "mean_error_percent"])
+
+
+def component_error_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """Error of each predicted component against its measurement, over the compared runs."""
+    ok = compared_frame(results)
+    rows = []
+    for c in RESULT_COMPONENTS:
+        m, p = ok[f"measured_{c}_bytes"], ok[f"predicted_{c}_bytes"]
+        both = m.notna() & p.notna() & (m > 0)
+        if not both.any():
+            continue
+        e = 100.0 * (p[both].astype(float) - m[both].astype(float)) / m[both].astype(float)
+        rows.append({"component": c, "runs": int(both.sum()),
+                     "mean_abs_error_percent": round(float(e.abs().mean()), 4),
+                     "max_abs_error_percent": round(float(e.abs().max()), 4)})
+    return pd.DataFrame(rows, columns=["component", "runs", "mean_abs_error_percent", "max_abs_error_percent"])
+
+
+def worst_runs_frame(results: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The `n` compared runs whose predicted peak is furthest from the measurement, worst first."""
+    ok = compared_frame(results)
+    ok = ok.assign(_abs=ok["peak_error_percent"].astype(float).abs())
+    ok = ok.sort_values(["_abs", "source"], ascending=[False, True], kind="stable").head(n)
+    cols = ["layer", "model", "family", "method", "setup", "measured_peak_bytes", "predicted_peak_bytes",
+            "peak_error_bytes", "peak_error_percent", "peak_phase", "source"]
+    return ok[cols].reset_index(drop=True)
