@@ -156,7 +156,7 @@ def plan_assumptions(p: Any) -> dict[str, str]:
     out["limits"] = (f"largest micro-batch searched up to {MAX_BATCH_SIZE:,} and longest sequence up to "
                      f"{MAX_SEQ_LEN:,} tokens (≥ marks the bound); the longest sequence is a memory limit only"
                      + (f": {r.spec.name} was trained with {r.spec.arch.max_positions:,} positions"
-                        if r.spec.arch.max_positions else ""))
+                        if r.spec.arch.max_positions and not r.spec.is_inferred else ""))
     out["scale-out"] = ("fewest GPUs up to --max-gpus " + str(r.max_gpus) + " for each of "
                         + ", ".join(s.name for s in STRATEGIES) + " (ZeRO-3 = FSDP full shard); options list a "
                         "strategy only when it needs fewer GPUs than those before it; CPU memory per node for "
