@@ -15,7 +15,6 @@ from peftcalc.estimate import adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu, all_gpus, get_gpu
 from peftcalc.hardware.mfu import FAMILY_MFU, default_mfu, mfu_for
 from peftcalc.hardware.planner import (
-    MAX_BATCH_SIZE,
     STRATEGIES,
     Evaluator,
     PlanRequest,
