@@ -209,7 +209,8 @@ def _option_dict(o: Any) -> dict[str, Any]:
 
 
 def _ref(o: Any) -> dict[str, Any]:
-    return {"gpu": o.gpu.id, "num_gpus": o.num_gpus, "method": o.method, "strategy": o.strategy}
+    return {"gpu": o.gpu.id, "num_gpus": o.num_gpus, "method": o.method, "strategy": o.strategy, "kind": o.kind,
+            "fits_with": list(o.remedies) if o.remedies else None, "hours": o.hours, "rent_usd": o.rent_usd}
 
 
 def plan_dict(p: Any) -> dict[str, Any]:

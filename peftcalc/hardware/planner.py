@@ -393,7 +393,12 @@ class Plan:
 
     def shortlist(self, k: int = 3) -> dict[str, tuple[Option, ...]]:
         """The `k` best runnable options by rent, by time and by number of GPUs."""
-        ok = [o for o in self.options if o.runs and o.hours is not None]
+        ok, seen = [], set()
+        for o in self.options:  # one entry per configuration that runs (an as-asked row with remedies can
+            key = (o.gpu.id, o.method, o.run_setup)  # run exactly as a strategy row does)
+            if o.runs and o.hours is not None and key not in seen:
+                seen.add(key)
+                ok.append(o)
         inf = float("inf")
         rent = lambda o: o.rent_usd if o.rent_usd is not None else inf  # noqa: E731
         return {

@@ -365,6 +365,9 @@ def test_shortlist_ranks():
     assert short["fastest"][0].hours == min(o.hours for o in runnable)
     assert short["cheapest"][0].rent_usd == pytest.approx(min(o.rent_usd for o in runnable), abs=0.005)
     assert short["fewest GPUs"][0].num_gpus == 1
+    for entries in short.values():  # one entry per configuration that actually runs
+        keys = [(o.gpu.id, o.method, o.run_setup) for o in entries]
+        assert len(keys) == len(set(keys))
 
 
 @pytest.mark.parametrize("kw, match", [
