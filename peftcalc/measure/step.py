@@ -1,0 +1,376 @@
+"""One training step of the real model, prepared for a spec, a method and a setup, and measured by phase.
+
+`build_adapted` makes the transformers model of the spec (on any device, `meta` included), in the precision
+recipe's storage dtype, and applies the method: peft (via `peft_config`) for LoRA/DoRA/QLoRA/IA3 and the
+prompt methods, our bottleneck adapters, or nothing (full fine-tuning). `prepare_training` adds what a
+trainer adds: gradient checkpointing, the optimizer with an explicit AdamW implementation (and, for the
+mixed-precision recipes, the fp32 master weights), the autocast context, and one batch of inputs.
+`measured_step` runs a warm-up step (AdamW creates its states there), then the measured step — forward,
+backward, optimizer step — counting every live storage with a `LiveMeter`.
+
+Choices this module makes, stated once:
+
+- Inputs have no padding and are not packed: `attention_mask` is not passed and transformers is told the rows
+  are single sequences (`unpacked_sequences`), so sdpa attention runs its causal kernel and no
+  (batch, 1, seq, seq) mask is built (under fake tensors transformers 5 would otherwise build one).
+  Labels are a separate copy of the input ids; for encoder-decoder models the decoder also gets `seq` tokens.
+- Only the loss survives the forward (the model output, and with it the logits, is dropped at once, as
+  Hugging Face's Trainer does); gradients are set to None after the step (`zero_grad(set_to_none=True)`).
+- Gradient checkpointing is transformers' own, non-reentrant (`use_reentrant=False`).
+- `bf16-mixed`/`fp16-mixed`: weights (and so activations and gradients) in bf16/fp16; `MasterWeightOptimizer`
+  keeps an fp32 copy of every trainable low-precision weight, turns each low-precision gradient into an fp32
+  master gradient (freeing the low-precision one) just before the AdamW step, steps AdamW on the fp32 copies
+  (states fp32), and copies them back. fp16 multiplies the loss by a static scale of 2**16 and divides the
+  master gradients by it (no overflow check). Tensors already in fp32 (peft's adapters) need no copy.
+- `amp-bf16`: fp32 weights, forward under `torch.autocast(bf16)`.
+- The measured model of a `--params N` spec is its representative shape; the "unattributed" remainder of
+  N has no module and is not built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.measure.build import build_model
+from peftcalc.measure.meter import LiveMeter, SavedTensorsAccount, storage_keys, unique_storage_bytes
+from peftcalc.methods.adapter import BottleneckAdapter
+from peftcalc.methods.base import Adaptation, Method
+from peftcalc.methods.full import Full
+from peftcalc.model.spec import ModelSpec
+from peftcalc.precision import Precision, get_precision
+from peftcalc.setup import Setup
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP16_LOSS_SCALE = 2.0**16
+ADAMW_KWARGS: dict[str, dict[str, bool]] = {
+    "forloop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+# ---- the model --------------------------------------------------------------------------------------------
+
+def _expand(template: str, count: int) -> list[str]:
+    return [template.replace("{i}", str(i)) for i in range(count)] if "{i}" in template else [template]
+
+
+def quantized_modules(adaptation: Adaptation) -> tuple[str, set[str]]:
+    """The storage format and the module names of the base weights a QLoRA adaptation quantizes."""
+    formats = {g.storage for g in adaptation.tensors if g.storage != "dense"}
+    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.storage != "dense"
+             for n in _expand(g.name, g.count)}
+    return (formats.pop() if formats else "dense"), names
+
+
+def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | torch.device = "meta"
+                  ) -> tuple[nn.Module, Adaptation, list[str]]:
+    """The transformers model of `spec` on `device`, in the recipe's storage dtype, with `method` applied."""
+    precision = get_precision(setup.precision)
+    adaptation = method.adapt(spec)
+    notes: list[str] = []
+    overrides: dict[str, Any] = {"use_cache": False, "dtype": DTYPES[precision.param_dtype],
+                                 "_attn_implementation": setup.attention}
+    try:
+        model = build_model(spec, str(device), **overrides)
+    except (ValueError, ImportError) as e:
+        if setup.attention != "eager" and "attn_implementation" in str(e):
+            raise PeftcalcError(f"{spec.family} has no {setup.attention} attention in this transformers version; "
+                                "use --attention eager") from None
+        raise
+    if spec.is_inferred:
+        notes.append("the measured model is the inferred shape; the unattributed remainder of --params is not built")
+    if spec.arch.num_experts:
+        notes.append("MoE experts run transformers' grouped_mm implementation: every (token, expert) pair of the "
+                     "top-k routing goes through one grouped GEMM, so memory does not depend on how tokens are routed")
+    storage, qnames = quantized_modules(adaptation)
+    if storage != "dense":
+        from peftcalc.measure.qlinear import quantize_linears
+
+        quantize_linears(model, qnames, storage, DTYPES[precision.compute_dtype])
+        notes.append(f"QLoRA base emulated without bitsandbytes: each {storage} weight is a packed "
+                     f"{'uint8' if storage == 'nf4' else 'int8'} tensor with bitsandbytes' constants, dequantized "
+                     "per layer in forward and backward (see peftcalc/measure/qlinear.py)")
+        if spec.arch.num_experts:
+            notes.append("fused MoE expert tensors stay unquantized (not nn.Linear)")
+    model = apply_method(model, spec, method)
+    return model, adaptation, notes
+
+
+def apply_method(model: nn.Module, spec: ModelSpec, method: Method) -> nn.Module:
+    if isinstance(method, Full):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if isinstance(method, BottleneckAdapter):
+        from peftcalc.measure.adapters import inject_adapters
+
+        inject_adapters(model, spec, method)
+        return model
+    from peft import get_peft_model
+
+    from peftcalc.measure.peft_config import peft_config
+
+    cfg = peft_config(method, spec)
+    if cfg is None:
+        raise PeftcalcError(f"method {method.name!r} has no measured implementation")
+    return get_peft_model(model, cfg)
+
+
+def model_has_prefix(model: nn.Module) -> bool:
+    cfg = getattr(model, "peft_config", None)
+    return isinstance(cfg, dict) and any(getattr(c, "peft_type", None) is not None and c.peft_type.value == "PREFIX_TUNING"
+                                         for c in cfg.values())
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+# ---- the optimizer ----------------------------------------------------------------------------------------
+
+def make_adamw(params: Iterable[torch.Tensor], impl: str) -> torch.optim.Optimizer:
+    try:
+        kwargs = ADAMW_KWARGS[impl]
+    except KeyError:
+        raise PeftcalcError(f"--adamw-impl must be forloop, foreach or fused, got {impl!r}") from None
+    return torch.optim.AdamW(list(params), lr=1e-5, **kwargs)
+
+
+class MasterWeightOptimizer:
+    """Mixed precision with fp32 master weights around a torch optimizer (see the module docstring).
+
+    Holds `pairs` of (low-precision trainable parameter, its fp32 master copy); the wrapped optimizer steps
+    the master copies and the fp32 parameters that need none.
+    """
+
+    def __init__(self, params: list[nn.Parameter], make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                 loss_scale: float = 1.0) -> None:
+        self.params = params
+        self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        stepped: list[torch.Tensor] = []
+        with torch.no_grad():
+            for p in params:
+                if p.dtype == torch.float32:
+                    stepped.append(p)
+                else:
+                    m = p.detach().to(torch.float32, copy=True)
+                    self.pairs.append((p, m))
+                    stepped.append(m)
+        self.loss_scale = loss_scale
+        self.optimizer = make(stepped)
+
+    @property
+    def master_weights(self) -> list[torch.Tensor]:
+        return [m for _, m in self.pairs]
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in self.pairs:
+            if p.grad is not None:
+                m.grad = p.grad.to(torch.float32)
+                p.grad = None
+                if self.loss_scale != 1.0:
+                    m.grad.mul_(1.0 / self.loss_scale)
+        if self.loss_scale != 1.0:
+            for p in self.params:
+                if p.dtype == torch.float32 and p.grad is not None:
+                    p.grad.mul_(1.0 / self.loss_scale)
+        self.optimizer.step()
+        for p, m in self.pairs:
+            m.grad = None
+            p.copy_(m)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+# ---- the prepared step ------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    optimizer: Any  # torch.optim.Optimizer or MasterWeightOptimizer
+    inputs: dict[str, torch.Tensor]
+    precision: Precision
+    setup: Setup
+    autocast_dtype: torch.dtype | None
+    device_type: str
+    loss_scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def master_weights(self) -> list[torch.Tensor]:
+        return self.optimizer.master_weights if isinstance(self.optimizer, MasterWeightOptimizer) else []
+
+    def forward_loss(self) -> torch.Tensor:
+        ctx = (torch.autocast(self.device_type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with ctx, unpacked_sequences():
+            loss = self.model(**self.inputs).loss  # the output (logits) dies here; only the loss lives on
+        if self.loss_scale != 1.0:
+            loss = loss * self.loss_scale
+        return loss
+
+
+@contextlib.contextmanager
+def unpacked_sequences():
+    """Tell transformers the batch holds one sequence per row (no packing), as our inputs do.
+
+    transformers 5 checks position ids for packed sequences with a data-dependent test that fake tensors
+    cannot answer, and then builds a full (batch, 1, seq, seq) mask; on real tensors the test says "not
+    packed" and sdpa runs its causal kernel. Stating the fact makes both take the real path."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+def make_inputs(spec: ModelSpec, setup: Setup, device: str | torch.device) -> dict[str, torch.Tensor]:
+    shape = (setup.batch_size, setup.seq_len)
+    ids = torch.randint(0, spec.arch.vocab_size, shape, device=device)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: str | torch.device,
+                     notes: list[str] | None = None, trainable: list[nn.Parameter] | None = None) -> Prepared:
+    """Gradient checkpointing, the optimizer, autocast and the inputs around an adapted model on `device`.
+
+    Call it where tensors are created for the step (inside `FakeTensorMode` when tracing)."""
+    precision = get_precision(setup.precision)
+    if setup.optimizer != "adamw":
+        raise PeftcalcError(f"the measured backend runs torch's AdamW only; --optimizer {setup.optimizer} "
+                            "is estimated but not measured")
+    model.train()
+    if setup.gradient_checkpointing:
+        base = base_model(model)
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise PeftcalcError(f"{spec.family} does not support gradient checkpointing in transformers")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if setup.gradient_checkpointing and model_has_prefix(model):
+        raise PeftcalcError("prefix tuning cannot run with --gradient-checkpointing here: transformers 5 drops the "
+                            "key/value cache inside checkpointed layers, and the cache is where peft puts the prefix")
+    params = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise PeftcalcError("nothing to train: the method left no trainable parameter")
+    loss_scale = FP16_LOSS_SCALE if precision.param_dtype == "fp16" else 1.0
+    if precision.master:
+        opt: Any = MasterWeightOptimizer(params, lambda ps: make_adamw(ps, setup.adamw_impl), loss_scale)
+    else:
+        opt = make_adamw(params, setup.adamw_impl)
+    autocast = DTYPES[precision.compute_dtype] if precision.compute_dtype != precision.param_dtype else None
+    dev = torch.device(device)
+    return Prepared(model, opt, make_inputs(spec, setup, dev), precision, setup, autocast, dev.type, loss_scale,
+                    list(notes or []))
+
+
+# ---- the measured step ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepNumbers:
+    """Bytes by category (distinct storages) and the live-storage peaks of the measured step."""
+
+    weight_bytes: int  # parameters and buffers of the model
+    master_weight_bytes: int  # fp32 master copies (mixed-precision recipes)
+    gradient_bytes: int  # .grad of every parameter after backward
+    optimizer_state_bytes: int  # AdamW's exp_avg, exp_avg_sq and step
+    activation_bytes: int  # live bytes after forward minus before it: saved activations, the loss
+    saved_tensor_bytes: int  # distinct non-parameter storages autograd saved (saved_tensors_hooks)
+    baseline_bytes: int  # live bytes before the measured forward
+    peak_bytes: int  # the most live bytes at any moment of the measured step
+    peak_phase: str | None
+    phase_peaks: dict[str, int]
+    step_seconds: float | None = None  # wall time of the measured step (meaningful for real tensors only)
+
+
+def _param_and_buffer_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters()] + [b for b in model.buffers()]
+
+
+def optimizer_state_tensors(opt: Any) -> list[torch.Tensor]:
+    return [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+
+
+def measured_step(prep: Prepared, meter: LiveMeter, sync: Callable[[], None] | None = None,
+                  before_measured: Callable[[], None] | None = None) -> StepNumbers:
+    """Warm-up step, then the measured step with per-phase peaks. `meter` must not be entered yet.
+    `sync` waits for the device (CUDA); `before_measured` runs between the two steps (reset CUDA peaks)."""
+    model, opt = prep.model, prep.optimizer
+    weights = _param_and_buffer_tensors(model)
+    meter.track_all(weights)
+    meter.track_all(prep.master_weights)
+    meter.track_all(prep.inputs.values())
+    param_keys = storage_keys(weights) | storage_keys(prep.master_weights)
+    sync = sync or (lambda: None)
+    with meter:
+        # Warm-up: creates the optimizer states; also where saved activations are counted (the hooks would
+        # otherwise keep tensors in reference cycles during the measured step).
+        with SavedTensorsAccount(exclude=param_keys) as saved:
+            loss = prep.forward_loss()
+        loss.backward()
+        del loss
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        sync()
+        if before_measured is not None:
+            before_measured()
+
+        meter.reset_peak()
+        baseline = meter.current
+        t0 = time.perf_counter()
+        meter.phase("forward")
+        loss = prep.forward_loss()
+        after_forward = meter.current
+        meter.phase("backward")
+        loss.backward()
+        del loss
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        gradient_bytes = unique_storage_bytes(grads)
+        del grads
+        meter.phase("optimizer")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        step_seconds = time.perf_counter() - t0
+        meter.phase(None)
+    master_keys = storage_keys(prep.master_weights)
+    return StepNumbers(
+        weight_bytes=unique_storage_bytes(weights),
+        master_weight_bytes=unique_storage_bytes(prep.master_weights),
+        gradient_bytes=gradient_bytes,
+        optimizer_state_bytes=unique_storage_bytes(optimizer_state_tensors(opt), exclude=master_keys | param_keys),
+        activation_bytes=after_forward - baseline,
+        saved_tensor_bytes=saved.bytes,
+        baseline_bytes=baseline,
+        peak_bytes=meter.phases.peak,
+        peak_phase=meter.phases.peak_phase,
+        phase_peaks=dict(meter.phases.peaks),
+        step_seconds=step_seconds,
+    )

@@ -1,0 +1,89 @@
+"""The traced backend: the real transformers + peft training step on fake tensors, every storage counted.
+
+The model is built on the `meta` device and adapted there (peft cannot be applied inside `FakeTensorMode`),
+then every parameter, buffer and stray tensor attribute is replaced by a fake tensor of the same shape and
+dtype on the `cpu` device (fake `meta` tensors take wrong attention paths; a fake `cuda` device needs a CUDA
+build of torch). The step then runs for real in `FakeTensorMode`: same operators, same shapes, no data, no
+memory — a 70B step fits in a few GB of host RAM. On the CPU this equals a real step to the byte
+(tests/measure/test_trace_vs_run.py). On a GPU the allocator rounds, caches and adds a context: see run.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+from peftcalc.measure.meter import LiveMeter
+from peftcalc.measure.storage import state_dict_file_bytes
+from peftcalc.measure.step import StepNumbers, build_adapted, measured_step, prepare_training
+from peftcalc.methods.base import Adaptation, Method
+from peftcalc.model.spec import ModelSpec
+from peftcalc.setup import Setup
+
+
+def fakeify(model: nn.Module, device: str = "cpu") -> None:
+    """Replace every parameter, buffer and tensor attribute of `model` (built on meta) by an empty tensor on
+    `device` of the same shape and dtype. Call it inside `FakeTensorMode`. Shared tensors stay shared."""
+    memo: dict[int, torch.Tensor] = {}
+
+    def new(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in memo:
+            out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+            if isinstance(t, nn.Parameter):
+                out = nn.Parameter(out, requires_grad=t.requires_grad)
+            memo[id(t)] = out
+        return memo[id(t)]
+
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = new(p)  # type: ignore[assignment]
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = new(b)
+        for name, v in list(vars(module).items()):
+            if _stray(v):
+                setattr(module, name, new(v))
+            elif isinstance(v, dict) and any(_stray(x) for x in v.values()):
+                # peft keeps e.g. prompt_tokens as {adapter name: index tensor} on the PeftModel
+                v.update({k: new(x) for k, x in v.items() if _stray(x)})
+
+
+def _stray(v: object) -> bool:
+    """A plain tensor attribute (not a parameter or buffer) that is not fake yet."""
+    return (isinstance(v, torch.Tensor) and not isinstance(v, (nn.Parameter, FakeTensor)))
+
+
+def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool = True
+               ) -> tuple[StepNumbers, Adaptation, dict[str, Any], int | None]:
+    """Trace the warm-up and measured step. Returns the numbers, the adaptation, facts about the model (trainable
+    and total parameters, notes, wall seconds) and the bytes the task's safetensors checkpoint would take."""
+    t0 = time.perf_counter()
+    model, adaptation, notes = build_adapted(spec, method, setup, device="meta")
+    info = model_facts(model)
+    ckpt = None
+    with FakeTensorMode(allow_non_fake_inputs=False):
+        fakeify(model, "cpu")
+        prep = prepare_training(model, spec, setup, "cpu", notes)
+        numbers = measured_step(prep, LiveMeter())
+        if checkpoint:
+            ckpt = state_dict_file_bytes(prep.model, method.name)
+    info["notes"] = prep.notes
+    info["wall_seconds"] = time.perf_counter() - t0
+    return numbers, adaptation, info, ckpt
+
+
+def model_facts(model: nn.Module) -> dict[str, Any]:
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"trainable_params": trainable, "total_params": total}
