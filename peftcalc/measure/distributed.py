@@ -1,0 +1,206 @@
+"""Several processes: the measured step under torchrun, with FSDP2 or DDP, numbers per rank.
+
+`measure_distributed` re-launches this module under `python -m torch.distributed.run --standalone
+--nproc_per_node N`. Each rank builds the same model (same seed), wraps it, runs the warm-up and measured
+step with its own live-storage meter and writes its numbers to `rank<r>.json` in a temporary folder; the
+parent gathers them into `per_rank`. Backends: gloo on the CPU, nccl on CUDA (one GPU per rank).
+
+Wrapping, by `--zero`:
+- 0: DistributedDataParallel (every rank holds everything; gradient buckets are DDP's own memory);
+- 2: FSDP2 `fully_shard(reshard_after_forward=False)` on each transformer block, then on the root:
+     gradients and optimizer states sharded, parameters kept gathered between forward and backward;
+- 3: FSDP2 `fully_shard` on each block, then on the root: parameters, gradients and states sharded.
+ZeRO-1 has no FSDP2 equivalent and CPU offload is not measured here; both are refused with a message.
+The top-level `measured_bytes` is, per key, the largest value over ranks (the rank that runs out first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.methods.base import Method
+from peftcalc.model.spec import ModelSpec
+from peftcalc.setup import Setup
+
+ZERO_STAGES = (0, 2, 3)
+DEFAULT_TIMEOUT_S = 3600
+
+
+def check_distributed_setup(setup: Setup, nproc: int) -> Setup:
+    """The setup as the ranks run it (num_gpus = nproc); refuses what is not measured."""
+    if setup.zero_stage not in ZERO_STAGES:
+        raise PeftcalcError(f"--zero {setup.zero_stage} is not measured: FSDP2 has no ZeRO-1 equivalent; "
+                            "use --zero 0 (DDP), 2 (sharded gradients and states) or 3 (all sharded)")
+    if setup.offload:
+        raise PeftcalcError("--offload is estimated but not measured by --nproc runs")
+    if setup.num_gpus not in (1, nproc):
+        raise PeftcalcError(f"--gpus {setup.num_gpus} disagrees with --nproc {nproc}: give one of them")
+    return replace(setup, num_gpus=nproc)
+
+
+def measure_distributed(spec: ModelSpec, method: Method, setup: Setup, nproc: int, device: str | None = None,
+                        timed_steps: int = 2, timeout_s: int = DEFAULT_TIMEOUT_S):
+    """Run the step on `nproc` processes and gather a MeasureResult with one `per_rank` entry each."""
+    from peftcalc.measure.api import (_failed, environment, measured_bytes, method_options, model_info, predicted,
+                                      setup_dict)
+    from peftcalc.measure.result import Bytes, Detail, MeasureResult, RankResult
+    from peftcalc.measure.step import StepNumbers
+
+    setup = check_distributed_setup(setup, nproc)
+    method.adapt(spec)
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda") and torch.cuda.device_count() < nproc:
+        raise PeftcalcError(f"--nproc {nproc} needs {nproc} GPUs; this machine has {torch.cuda.device_count()}")
+    pred, overhead, pred_ckpt, pred_error = predicted(spec, method, setup)
+    notes: tuple[str, ...] = ((f"no prediction: {pred_error}",) if pred_error else ())
+    env = environment(dev)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="peftcalc-dist-") as tmp:
+        request = Path(tmp) / "request.pkl"
+        request.write_bytes(pickle.dumps({"spec": spec, "method": method, "setup": setup, "device": dev,
+                                          "timed_steps": timed_steps}))
+        root = str(Path(__file__).resolve().parents[2])
+        env_vars = dict(os.environ)
+        env_vars["PYTHONPATH"] = root + (os.pathsep + env_vars["PYTHONPATH"] if env_vars.get("PYTHONPATH") else "")
+        env_vars.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "peftcalc.measure.distributed", "--worker", str(request), tmp]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env_vars, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return _failed("run", dev, "error", spec, method, setup, f"torchrun did not finish in {timeout_s} s",
+                           pred, env, notes, overhead, pred_ckpt)
+        ranks = []
+        for r in range(nproc):
+            f = Path(tmp) / f"rank{r}.json"
+            if f.exists():
+                ranks.append(json.loads(f.read_text()))
+    wall = time.perf_counter() - t0
+    if len(ranks) != nproc or any(r.get("status") != "ok" for r in ranks):
+        statuses = {r.get("status") for r in ranks}
+        status = "oom" if "oom" in statuses else ("unsupported" if "unsupported" in statuses else "error")
+        messages = [r.get("error") for r in ranks if r.get("error")]
+        tail = (proc.stderr or "").strip().splitlines()[-15:]
+        msg = messages[0] if messages else (f"torchrun exited with {proc.returncode}: " + " | ".join(tail))
+        return _failed("run", dev, status, spec, method, setup, msg, pred, env, notes, overhead, pred_ckpt)
+    ranks.sort(key=lambda r: r["rank"])
+    numbers = [StepNumbers(**r["numbers"]) for r in ranks]
+    per_rank = tuple(RankResult(r["rank"], measured_bytes(n), n.master_weight_bytes, n.peak_phase)
+                     for r, n in zip(ranks, numbers))
+    top = Bytes.max_of([p.measured for p in per_rank])
+    worst = max(numbers, key=lambda n: n.peak_bytes)
+    steps = [r.get("step_seconds") for r in ranks if r.get("step_seconds")]
+    step_seconds = max(steps) if steps else None
+    tps = setup.batch_size * setup.seq_len * nproc / step_seconds if step_seconds else None
+    rank_notes = tuple(dict.fromkeys(n for r in ranks for n in r.get("notes", [])))
+    detail = Detail(master_weight_bytes=max(n.master_weight_bytes for n in numbers),
+                    saved_tensor_bytes=max(n.saved_tensor_bytes for n in numbers),
+                    baseline_bytes=max(n.baseline_bytes for n in numbers), phase_peaks=dict(worst.phase_peaks),
+                    predicted_overhead_bytes=overhead, predicted_checkpoint_bytes=pred_ckpt, wall_seconds=wall,
+                    total_params_built=ranks[0].get("total_params"), method_options=method_options(method),
+                    notes=rank_notes + notes + (f"{nproc} processes ({'nccl' if dev.startswith('cuda') else 'gloo'}), "
+                                                f"{wrapper_name(setup.zero_stage)}; tokens/s over all ranks",))
+    return MeasureResult("run", dev, "ok", model_info(spec), setup_dict(setup), method.name,
+                         ranks[0].get("trainable_params"), top, worst.peak_phase, pred, None, step_seconds, tps,
+                         per_rank, env, detail)
+
+
+def wrapper_name(zero_stage: int) -> str:
+    return {0: "DDP", 2: "FSDP2 fully_shard(reshard_after_forward=False)", 3: "FSDP2 fully_shard"}[zero_stage]
+
+
+# ---- the worker (one rank) ---------------------------------------------------------------------------------
+
+def _blocks(model: Any, spec: ModelSpec) -> list[Any]:
+    from peftcalc.measure.step import base_model
+
+    base = base_model(model)
+    return [base.get_submodule(prefix.replace("{i}", str(i)))
+            for prefix, count in spec.layer_prefixes() for i in range(count)]
+
+
+def _wrap(model: Any, spec: ModelSpec, setup: Setup, device: Any) -> Any:
+    import torch
+
+    if setup.zero_stage == 0:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    reshard = setup.zero_stage == 3
+    for block in _blocks(model, spec):
+        fully_shard(block, reshard_after_forward=reshard)
+    fully_shard(model, reshard_after_forward=reshard)
+    del torch
+    return model
+
+
+def _worker(request_path: str, out_dir: str) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from peftcalc.measure.meter import LiveMeter
+    from peftcalc.measure.run import _sync, _timed_steps, is_oom
+    from peftcalc.measure.step import build_adapted, measured_step, prepare_training
+    from peftcalc.measure.trace import model_facts
+
+    req = pickle.loads(Path(request_path).read_bytes())
+    spec, method, setup, dev = req["spec"], req["method"], req["setup"], req["device"]
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = dev.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    out: dict[str, Any] = {"rank": rank, "status": "ok"}
+    try:
+        torch.manual_seed(0)
+        model, _, notes = build_adapted(spec, method, setup, device=device)
+        out.update(model_facts(model))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        model = _wrap(model, spec, setup, device)
+        if setup.zero_stage != 0:
+            trainable = [p for p in model.parameters() if p.requires_grad]  # now sharded DTensors
+        prep = prepare_training(model, spec, setup, device, notes, trainable=trainable)
+        sync = _sync(dev)
+        numbers = measured_step(prep, LiveMeter(device_type="cuda" if cuda else None), sync=sync)
+        out["numbers"] = asdict(numbers)
+        out["step_seconds"] = _timed_steps(prep, req.get("timed_steps", 2), sync) or numbers.step_seconds
+        out["notes"] = prep.notes
+    except PeftcalcError as e:
+        out.update(status="unsupported", error=str(e))
+    except Exception as e:  # noqa: BLE001 - each rank reports its failure to the parent
+        out.update(status="oom" if is_oom(e) else "error", error=f"{type(e).__name__}: {e}"[:2000])
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001
+        pass
+    return 0 if out["status"] == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="peftcalc distributed worker (started by torchrun; not for direct use)")
+    ap.add_argument("--worker", nargs=2, metavar=("REQUEST", "OUT_DIR"), required=True)
+    args = ap.parse_args(argv)
+    return _worker(*args.worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
