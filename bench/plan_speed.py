@@ -8,6 +8,10 @@ not fit), the largest micro-batch and the longest sequence that fit, the fewest 
 strategies up to --max-gpus 8, and the same limits for every option listed. The command is the whole CLI
 (process start, imports, search, JSON rendering). Target: under 1 s end to end (interactive).
 Also reported: the in-process plan time, and how many distinct setups the analytic model evaluated.
+Where PYTHONDONTWRITEBYTECODE=1 is set (as in this project's sandbox), every run recompiles every module
+(~15 ms for planner.py alone); `env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pyc python
+bench/plan_speed.py` measures with bytecode caching, as an installed package runs. The ratio to the bare
+click import is the figure that survives machine load; the absolute one moves with it.
 """
 
 from __future__ import annotations
