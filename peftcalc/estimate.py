@@ -72,7 +72,10 @@ class Estimate:
 
 def optimizer_temporary_bytes(states: ModelStates, setup: Setup) -> int:
     """Scratch memory of the optimizer step, by AdamW implementation (measured with torch 2.13, see
-    DESIGN.md): foreach keeps one copy of the trainable weights, the for-loop one tensor at a time, fused none."""
+    DESIGN.md): foreach keeps one copy of the trainable weights, the for-loop one tensor at a time, fused none.
+    Only torch's AdamW is modelled; bitsandbytes' 8-bit optimizers update in fused kernels (none)."""
+    if setup.optimizer != "adamw":
+        return 0
     if setup.adamw_impl == "foreach":
         return states.trainable_weight_bytes
     if setup.adamw_impl == "forloop":
