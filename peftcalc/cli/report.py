@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from peftcalc.cli import main
-from peftcalc.cli.options import (METHOD_NAMES, method_options, model_options, resolve_method_options,
+from peftcalc.cli.options import (METHOD_NAMES, Count, method_options, model_options, resolve_method_options,
                                   resolve_setup, resolve_spec, setup_options)
 from peftcalc.errors import PeftcalcError
 from peftcalc.units import Unit
@@ -25,6 +25,7 @@ EXAMPLES: dict[str, list[str]] = {
     "validation": ["--results", "bench/results"],
 }
 DEFAULT_REPORTS_DIR = "reports"
+DEFAULT_TOKENS = 100_000_000  # as `peftcalc plan`
 MODEL_FLAGS = ("params", "model_name", "config_path", "hidden", "layers", "heads", "kv_heads", "ffn", "vocab")
 
 
@@ -37,6 +38,10 @@ MODEL_FLAGS = ("params", "model_name", "config_path", "hidden", "layers", "heads
 @click.option("--tasks", type=int, default=10, show_default=True, help="Tasks for the storage comparison.")
 @click.option("--gpu", "gpu_ids", multiple=True, metavar="ID",
               help="A GPU for the fit matrix and the cost plan (repeatable; default: every GPU in the catalogue).")
+@click.option("--tokens", type=Count(), default=str(DEFAULT_TOKENS), show_default=True,
+              help="Training tokens per epoch, for time and cost (as `peftcalc plan`).")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over --tokens.")
+@click.option("--max-gpus", type=int, default=8, show_default=True, help="Most GPUs of one type to scale out to.")
 @click.option("--results", "results_path", type=click.Path(exists=True),
               help="A folder of measured results (*.jsonl, e.g. bench/results/): the validation report.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="The report folder to write (replaced whole).")
@@ -80,14 +85,23 @@ def report_cmd(ctx: click.Context, **kw: Any) -> None:
 
 
 def regenerate_all(root: Path) -> list[Path]:
-    """Regenerate every report of EXAMPLES under `root`."""
-    written = []
+    """Regenerate every report of EXAMPLES under `root`; one that cannot be made (no results yet) does not
+    stop the others, and the command then fails naming it."""
+    written, failed = [], []
     for name, args in EXAMPLES.items():
         out = root / name
-        sub = report_cmd.make_context("report", [*args, "--out", str(out)])
-        with sub:
-            written.append(write_one(sub.params, _command(sub)))
+        try:
+            sub = report_cmd.make_context("report", [*args, "--out", str(out)])
+            with sub:
+                written.append(write_one(sub.params, _command(sub)))
+        except (click.UsageError, PeftcalcError) as e:
+            msg = e.format_message() if isinstance(e, click.UsageError) else str(e)
+            failed.append(f"{name}: {msg}")
+            click.echo(f"not written: {out}/ ({msg})", err=True)
+            continue
         click.echo(f"wrote {out}/")
+    if failed:
+        raise PeftcalcError("some reports were not regenerated: " + "; ".join(failed))
     return written
 
 
@@ -151,15 +165,18 @@ def _model_report(kw: dict[str, Any], unit: Unit, command: str):  # -> page.Repo
     methods = tuple(dict.fromkeys(kw["methods"])) or DEFAULT_TABLE
     gpus = [get_gpu(g) for g in kw["gpu_ids"]] if kw["gpu_ids"] else all_gpus()
     capacity = [g for g in gpus if g.id in CAPACITY_GPUS] if not kw["gpu_ids"] else gpus
-    plan = _plan(spec, setup, methods, options, gpus)
+    plan = _plan(spec, setup, methods, options, gpus, kw)
+    training = f"{kw['tokens']:,} tokens x {kw['epochs']:g} epoch(s)"
     return model_report(spec, setup, methods, options, num_tasks=kw["tasks"], plan=plan, gpus=gpus,
-                        capacity_gpus=capacity, unit=unit, command=command)
+                        capacity_gpus=capacity, training=training, unit=unit, command=command)
 
 
-def _plan(spec: Any, setup: Any, methods: tuple[str, ...], options: Any, gpus: list) -> dict[str, Any] | None:
-    """The planner's options for these GPUs and methods (issue 5's JSON), or None while there is no planner."""
-    try:
-        from peftcalc.hardware import planner  # noqa: F401
-    except ImportError:
-        return None
-    return None
+def _plan(spec: Any, setup: Any, methods: tuple[str, ...], options: Any, gpus: list, kw: dict[str, Any]
+          ) -> dict[str, Any]:
+    """The planner's options for these GPUs and methods: the JSON of `peftcalc plan --json`."""
+    from peftcalc.cli.plan import plan_dict
+    from peftcalc.hardware.planner import PlanRequest, plan
+
+    request = PlanRequest(spec=spec, setup=setup, gpus=tuple(gpus), methods=methods, options=options,
+                          max_gpus=kw["max_gpus"], tokens=kw["tokens"], epochs=kw["epochs"])
+    return plan_dict(plan(request))

@@ -1,0 +1,292 @@
+"""Assembling reports: which tables and figures a model report and a validation report hold, in order.
+
+`model_report` turns one model's analytic estimate (and the planner's options, when given) into a
+`page.Report`; `validation_report` does the same for measured results. Both are pure: they return the
+report, `page.write_report` writes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from peftcalc.estimate import estimate
+from peftcalc.hardware.catalogue import Gpu
+from peftcalc.methods import MethodOptions
+from peftcalc.model.spec import ModelSpec
+from peftcalc.render import assumptions as estimate_assumptions
+from peftcalc.render import fmt_bytes, fmt_count, fmt_percent
+from peftcalc.report import figures as fig
+from peftcalc.report import frames as fr
+from peftcalc.report.page import (Plot, Report, Section, Table, bytes_fmt, count_fmt, error_fmt, format_frame,
+                                  hours_fmt, percent_fmt, usd_fmt)
+from peftcalc.setup import Setup
+from peftcalc.units import Unit
+
+# GPUs drawn as capacity lines on the memory plots: one of each common memory size.
+CAPACITY_GPUS = ("rtx-4090", "l40s", "h100-80gb", "h200")
+# Methods on the time/cost figure (all of them are in its table).
+COST_METHODS = ("full", "lora", "qlora")
+
+
+def _pivot(df: pd.DataFrame, index: str, value: str, methods: Sequence[str], fmt: Any, index_label: str) -> pd.DataFrame:
+    """A long (method, x, value) frame as x rows x method columns of formatted values, for reading."""
+    wide = df.pivot(index=index, columns="method", values=value)
+    wide = wide[[m for m in methods if m in wide.columns]].reset_index()
+    out = format_frame(wide, {m: fmt for m in methods}, rename={index: index_label})
+    out[index_label] = [f"{int(v):,}" for v in wide[index]]
+    return out
+
+
+def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options: MethodOptions, *,
+                 num_tasks: int = 10, plan: Mapping[str, Any] | None = None, gpus: Sequence[Gpu] = (),
+                 capacity_gpus: Sequence[Gpu] = (), training: str | None = None, unit: Unit = Unit.GB,
+                 command: str = "peftcalc report") -> Report:
+    """The report for one model: method comparison, memory (by component, vs sequence and batch), LoRA
+    rank, storage for N tasks, and, with the planner's `plan` (its JSON: options + assumptions), the GPU
+    fit matrix and time/cost per GPU option for `gpus` (`training`: the tokens the plan assumes, in words)."""
+    methods = tuple(methods)
+    est = estimate(spec, setup, methods, options, num_tasks)
+    b = bytes_fmt(unit)
+    setup_line = fr.describe_setup(spec, setup, options)
+    sections: list[Section] = []
+
+    # 1. the seed's comparison table, for this model
+    comp = fr.comparison_frame(est)
+    comp_display = format_frame(
+        comp, {"trainable_params": count_fmt, "trainable_percent": percent_fmt, "model_states_bytes": b,
+               "activations_bytes": b, "peak_bytes": b, "checkpoint_bytes": b, "tasks_bytes": b,
+               "full_copies_bytes": b},
+        columns=["title", "trainable_params", "trainable_percent", "model_states_bytes", "activations_bytes",
+                 "peak_bytes", "checkpoint_bytes", "tasks_bytes", "full_copies_bytes"],
+        rename={"title": "method", "trainable_params": "trainable params", "trainable_percent": "trainable %",
+                "model_states_bytes": "model states (exact)", "activations_bytes": "activations (estimate)",
+                "peak_bytes": "peak per GPU", "checkpoint_bytes": "checkpoint per task",
+                "tasks_bytes": f"{num_tasks} tasks", "full_copies_bytes": f"{num_tasks} full copies"})
+    sections.append(Section("Method comparison", _headline(est, unit), [
+        Table("comparison", "Parameters, memory and storage per method", comp, comp_display,
+              "model states = weights + gradients + optimizer states + master weights; peak adds activations "
+              "(or the optimizer step's temporaries, whichever is larger) and the assumed overhead"),
+    ]))
+
+    # 2. memory breakdown
+    bd = fr.breakdown_frame(est)
+    bd_cols = [c for _, c in fr.COMPONENTS] + ["total_bytes"]
+    bd_display = format_frame(bd, {c: b for c in bd_cols}, columns=["method", *bd_cols],
+                              rename={c: n for n, c in fr.COMPONENTS} | {"total_bytes": "peak per GPU"})
+    sections.append(Section("Memory per GPU", [
+        "Where the peak of one training step goes, per method. Weights, gradients, optimizer states and master "
+        "weights are exact for the model's tensors; activations are an estimate from a stated formula; the overhead "
+        "(CUDA context, library workspaces) is assumed."], [
+        Plot("memory-breakdown", "Memory per GPU by component", fig.memory_breakdown_figure(bd, setup_line, unit)),
+        Table("memory-breakdown", "Memory per GPU by component, in numbers", bd, bd_display),
+    ]))
+
+    # 3. memory vs sequence length and batch size
+    caps = fr.capacity_frame(capacity_gpus)
+    seq = fr.sweep_frame(spec, setup, methods, options, "seq_len", fr.DEFAULT_SEQ_LENS)
+    batch = fr.sweep_frame(spec, setup, methods, options, "batch_size", fr.DEFAULT_BATCH_SIZES)
+    seq_line = fr.describe_setup(spec, setup, options, vary="seq_len")
+    batch_line = fr.describe_setup(spec, setup, options, vary="batch_size")
+    sections.append(Section("Memory vs sequence length and batch size", [
+        "Peak memory per GPU as the sequence or the micro-batch grows, everything else as above. A method fits on a "
+        "GPU where its line is under the GPU's dashed line (usable memory; the CUDA context is in the assumed "
+        "overhead)."], [
+        Plot("memory-vs-seq", "Peak memory per GPU vs sequence length",
+             fig.memory_sweep_figure(seq, caps, "seq_len", seq_line, unit)),
+        Table("memory-vs-seq", "Peak memory per GPU by sequence length, in numbers", seq,
+              _pivot(seq, "seq_len", "peak_bytes", methods, b, "sequence length")),
+        Plot("memory-vs-batch", "Peak memory per GPU vs batch size",
+             fig.memory_sweep_figure(batch, caps, "batch_size", batch_line, unit)),
+        Table("memory-vs-batch", "Peak memory per GPU by micro-batch, in numbers", batch,
+              _pivot(batch, "batch_size", "peak_bytes", methods, b, "micro-batch")),
+        Table("gpu-capacity", "GPU memory drawn as lines", caps,
+              format_frame(caps, {"memory_bytes": b, "usable_memory_bytes": b},
+                           rename={"memory_bytes": "memory", "usable_memory_bytes": "usable"})),
+    ]))
+
+    # 4. LoRA rank
+    ranked = [m for m in methods if m in fr.RANKED_METHODS] or list(fr.RANKED_METHODS)
+    ranks = fr.rank_frame(spec, setup, options, fr.DEFAULT_RANKS, ranked)
+    rank_display = format_frame(ranks, {"trainable_params": count_fmt, "checkpoint_bytes": b, "peak_bytes": b},
+                                rename={"trainable_params": "trainable params", "checkpoint_bytes": "checkpoint per task",
+                                        "peak_bytes": "peak per GPU"})
+    sections.append(Section("LoRA rank", [
+        "LoRA trains r(m+n) parameters for an m x n matrix instead of mn: linear in the rank, as is the checkpoint."], [
+        Plot("lora-rank", "Trainable parameters and checkpoint size vs LoRA rank",
+             fig.rank_figure(ranks, fr.describe_setup(spec, setup, None) + " · rank varies", unit)),
+        Table("lora-rank", "Trainable parameters and checkpoint size by rank, in numbers", ranks, rank_display),
+    ]))
+
+    # 5. storage for N tasks
+    st = fr.storage_frame(est)
+    st_display = _pivot(st, "num_tasks", "total_bytes", methods, b, "tasks")
+    sections.append(Section("Storage for N tasks", [
+        "Disk for N fine-tuned tasks: the adapter methods keep one base model and a small checkpoint per task; full "
+        "fine-tuning keeps a whole copy per task (the `full` column)."], [
+        Plot("storage-tasks", "Storage for N tasks: adapters vs full copies", fig.storage_figure(st, setup_line, unit)),
+        Table("storage-tasks", "Disk for N tasks (base model + checkpoints)", st, st_display),
+    ]))
+
+    report_assumptions = dict(estimate_assumptions(est))
+    report_assumptions["GPU capacity lines"] = ("usable memory from the GPU catalogue: "
+                                                + ", ".join(caps["gpu"]) if len(caps) else "none")
+
+    # 6-7. the planner: fit matrix, time and cost
+    if plan is not None:
+        options_df = fr.plan_frame(plan)
+        fit = fr.fit_frame(options_df, gpus, methods)
+        cost = fr.cost_frame(options_df, methods)
+        fit_display = _fit_pivot(fit, unit)
+        cost_display = _cost_pivot(cost, methods)
+        plan_cols = [c for c in options_df.columns if c not in ("per_gpu_bytes",)]
+        sections.append(Section("Which GPUs fit", [
+            "Each method on each GPU, from `peftcalc plan`: green fits on one GPU, amber needs several (the fewest "
+            "found is shown), red does not fit within the planner's GPU limit."], [
+            Plot("gpu-fit", "GPU fit matrix", fig.fit_matrix_figure(fit, setup_line, unit)),
+            Table("gpu-fit", "GPU fit matrix, in words (peak per GPU, or what it needs)", fit, fit_display),
+        ]))
+        cost_methods = [m for m in COST_METHODS if m in methods] or list(methods[:3])
+        sections.append(Section("Time and cost per GPU option", [
+            "For each method and GPU, the fewest GPUs that fit, how long the run takes and what renting them costs, "
+            "from `peftcalc plan` (its FLOPs, MFU and price assumptions are listed below)."], [
+            Plot("time-cost", "Time and cost per GPU option",
+                 fig.time_cost_figure(cost, setup_line + (f" · {training}" if training else ""), cost_methods)),
+            Table("time-cost", "GPUs, time and rent of the fewest GPUs that run each method", cost, cost_display),
+            Table("plan-options", "Every option the planner evaluated", options_df, options_df[plan_cols], show=False,
+                  caption="every (GPU, number of GPUs, method) evaluated, fitting or not"),
+        ]))
+        for k, v in (plan.get("assumptions") or {}).items():
+            if report_assumptions.get(k) != v:  # the planner repeats the estimate's own assumptions
+                report_assumptions[f"plan: {k}"] = v if isinstance(v, str) else str(v)
+
+    name = f"a {spec.total_params / 1e9:.3g}B-parameter model" if spec.is_inferred else spec.name
+    title = f"Fine-tuning {name}: memory, storage, time and cost per method"
+    summary = [f"Setup: {setup_line}.",
+               f"Methods: {', '.join(methods)}. Bytes in {unit.value} ({unit.value} = {unit.bytes:,} bytes)."]
+    return Report(title, summary, sections, {k: str(v) for k, v in report_assumptions.items()}, command)
+
+
+def _fit_pivot(fit: pd.DataFrame, unit: Unit) -> pd.DataFrame:
+    """The fit matrix as text, GPU rows x method columns: the peak when it fits, else what it needs."""
+    def cell(row: pd.Series) -> str:
+        if row["status"] == "fits":
+            return fmt_bytes(int(row["per_gpu_bytes"]), unit)
+        if row["status"] == "fits with changes":
+            return "with " + str(row["fits_with"]).replace("+", " + ")
+        if row["status"] == "needs more GPUs":
+            return f"{row['min_gpus']} GPUs ({row['min_gpus_strategy']})"
+        return "does not fit"
+    cells = fit.assign(cell=fit.apply(cell, axis=1))
+    wide = cells.pivot(index="gpu", columns="method", values="cell")
+    methods = list(dict.fromkeys(fit["method"]))
+    return wide[methods].reindex(list(dict.fromkeys(fit["gpu"]))).reset_index().fillna("-")
+
+
+def _cost_pivot(cost: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Time and rent as text, GPU rows x method columns: "N x, hours, rent" of the fewest GPUs that run."""
+    def cell(row: pd.Series) -> str:
+        rent = "no rent price" if pd.isna(row["rent_usd"]) else usd_fmt(row["rent_usd"])
+        return f"{row['num_gpus']} x, {hours_fmt(row['hours'])}, {rent}"
+    cells = cost.assign(cell=cost.apply(cell, axis=1))
+    wide = cells.pivot(index="gpu", columns="method", values="cell")
+    cols = [m for m in methods if m in wide.columns]
+    return wide[cols].sort_index().reset_index().fillna("-")
+
+
+def _headline(est: Any, unit: Unit) -> list[str]:
+    out = []
+    names = [r.method for r in est.results]
+    if "full" in names:
+        m = est.result("full").memory
+        out.append(f"Full fine-tuning holds {fmt_bytes(m.model_state_bytes, unit)} of model states: weights "
+                   f"{fmt_bytes(m.weight_bytes, unit)}, gradients {fmt_bytes(m.gradient_bytes, unit)}, optimizer states "
+                   f"{fmt_bytes(m.optimizer_state_bytes, unit)}, master weights {fmt_bytes(m.master_weight_bytes, unit)}; "
+                   f"its peak per GPU is {fmt_bytes(m.total, unit)}.")
+    if "lora" in names:
+        r = est.result("lora")
+        out.append(f"LoRA (r={est.options.rank}) trains {fmt_count(r.params.trainable)} parameters "
+                   f"({fmt_percent(r.params.percent)}), peaks at {fmt_bytes(r.memory.total, unit)} per GPU and saves "
+                   f"{fmt_bytes(r.storage.checkpoint_bytes, unit)} per task; {r.storage.num_tasks} tasks take "
+                   f"{fmt_bytes(r.storage.tasks_bytes, unit)} of adapters against "
+                   f"{fmt_bytes(r.storage.full_copies_bytes, unit)} of full copies.")
+    return out
+
+
+def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band_percent: float = 2.0,
+                      worst: int = 15, unit: Unit = Unit.GB, command: str = "peftcalc report") -> Report:
+    """Predicted vs traced/measured: the scatter with the identity line and a band, the error by method and
+    architecture, per component, and the worst runs."""
+    results = fr.results_frame(records)
+    compared = fr.compared_frame(results)
+    b = bytes_fmt(unit)
+    setup_line = _results_setup(results, source)
+    status = fr.status_frame(results)
+
+    err_fmt = {"mean_abs_error_percent": lambda v: f"{float(v):.2f} %",
+               "max_abs_error_percent": lambda v: f"{float(v):.2f} %", "mean_error_percent": error_fmt}
+    err_rename = {"mean_abs_error_percent": "mean |error|", "max_abs_error_percent": "worst |error|",
+                  "mean_error_percent": "mean error (bias)"}
+    by_method = fr.error_summary_frame(results, "method")
+    by_family = fr.error_summary_frame(results, "family")
+    components = fr.component_error_frame(results)
+    worst_df = fr.worst_runs_frame(results, worst)
+    worst_display = format_frame(
+        worst_df, {"measured_peak_bytes": b, "predicted_peak_bytes": b, "peak_error_bytes": b,
+                   "peak_error_percent": error_fmt},
+        rename={"measured_peak_bytes": "measured peak", "predicted_peak_bytes": "predicted peak",
+                "peak_error_bytes": "error", "peak_error_percent": "error %", "peak_phase": "peak phase"})
+
+    sections = [
+        Section("Runs", [f"{len(results)} result lines from {source}; {len(compared)} completed runs have both a "
+                         "prediction and a measurement of the peak."], [
+            Table("runs-by-status", "Runs by layer and status", status),
+        ]),
+        Section("Predicted vs measured", [
+            "Each point is one run: the analytic prediction of the peak against what the traced step (fake tensors) "
+            f"or the real step (CPU, GPU) allocated. On the identity line the prediction is exact; the grey band is "
+            f"±{band_percent:g} %."], [
+            Plot("predicted-vs-measured", "Predicted vs measured peak memory",
+                 fig.predicted_vs_measured_figure(compared, setup_line, band_percent, unit)),
+            Table("error-by-component", "Error by component", components, format_frame(components, err_fmt,
+                                                                                     rename=err_rename)),
+        ]),
+        Section("Error distribution", [
+            "The peak's error in % of the measurement (positive: the prediction is larger), by method and by "
+            "architecture family."], [
+            Plot("error-distribution", "Prediction error of the peak, by method and architecture",
+                 fig.error_distribution_figure(compared, setup_line, band_percent)),
+            Table("error-by-method", "Error by method", by_method, format_frame(by_method, err_fmt, rename=err_rename)),
+            Table("error-by-family", "Error by architecture family", by_family,
+                  format_frame(by_family, err_fmt, rename=err_rename)),
+        ]),
+        Section("Worst runs", [f"The {len(worst_df)} runs whose predicted peak is furthest from the measurement."], [
+            Table("worst-runs", "Worst runs", worst_df, worst_display),
+            Table("runs", "Every run", results, show=False, caption="every result line, predicted and measured bytes "
+                                                                     "per component"),
+        ]),
+    ]
+    assumptions = {
+        "results": source,
+        "error": "(predicted - measured) / measured, for the peak unless a component is named",
+        "band": f"±{band_percent:g} % around the identity line",
+        "traced": "the real transformers + peft training step on fake tensors, every live storage counted",
+        "measured CPU": "the same step on real tensors on the CPU",
+        "measured GPU": "the same step on a GPU (torch.cuda.max_memory_allocated)",
+    }
+    title = "Validation: predicted vs traced and measured memory"
+    summary = [setup_line + ".", f"Bytes in {unit.value} ({unit.value} = {unit.bytes:,} bytes)."]
+    return Report(title, summary, sections, assumptions, command)
+
+
+def _results_setup(results: pd.DataFrame, source: str) -> str:
+    """What the results cover, in one line: the 'setup' their figures assume."""
+    def span(col: str) -> str:
+        v = results[col].dropna()
+        return f"{int(v.min()):,}-{int(v.max()):,}" if len(v) else "?"
+    layers = ", ".join(f"{n} {k}" for k, n in results["layer"].value_counts().sort_index().items())
+    precisions = ", ".join(sorted(results["precision"].dropna().astype(str).unique())) or "?"
+    return (f"{len(results)} runs from {source} · {layers} · {results['model'].nunique()} models · "
+            f"{results['method'].nunique()} methods · precision {precisions} · seq {span('seq_len')} · "
+            f"batch {span('batch_size')}")
