@@ -76,20 +76,27 @@ method_options = _compose(
                  help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
 )
 
-setup_options = _compose(
-    click.option("--precision", type=click.Choice(list(RECIPES)), default="fp32", show_default=True),
-    click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adamw", show_default=True),
-    click.option("--adamw-impl", type=click.Choice(["forloop", "foreach", "fused"]), default="foreach",
-                 show_default=True, help="torch AdamW implementation (temporaries differ)."),
-    click.option("--batch", type=int, default=1, show_default=True, help="Micro-batch per GPU."),
-    click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
-    click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
-    click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
-    click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
-    click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
-                 help="ZeRO stage (3 = FSDP full sharding)."),
-    click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
-)
+def setup_options_with(precision: str = "fp32") -> Callable:
+    """The setup options; `precision` is the command's default recipe."""
+    return _compose(
+        click.option("--precision", type=click.Choice(list(RECIPES)), default=precision, show_default=True),
+        click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adamw", show_default=True),
+        click.option("--adamw-impl", type=click.Choice(["forloop", "foreach", "fused"]), default="foreach",
+                     show_default=True, help="torch AdamW implementation (temporaries differ)."),
+        click.option("--batch", type=int, default=1, show_default=True, help="Micro-batch per GPU."),
+        click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
+        click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
+        click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
+        click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
+        click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
+                     help="ZeRO stage (3 = FSDP full sharding)."),
+        click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
+    )
+
+
+# estimate reproduces the seed document (fp32); planning defaults to what real runs use (bf16-mixed).
+setup_options = setup_options_with("fp32")
+planning_setup_options = setup_options_with("bf16-mixed")
 
 output_options = _compose(
     click.option("--units", type=click.Choice(["GB", "GiB"]), default="GB", show_default=True,

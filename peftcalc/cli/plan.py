@@ -9,7 +9,7 @@ import click
 
 from peftcalc.cli import main
 from peftcalc.cli.options import (METHOD_NAMES, Count, method_options, model_options, output_options,
-                                  resolve_method_options, resolve_setup, resolve_spec, resolve_unit, setup_options)
+                                  planning_setup_options, resolve_method_options, resolve_setup, resolve_spec, resolve_unit)
 from peftcalc.errors import PeftcalcError
 from peftcalc.units import Unit
 
@@ -21,7 +21,7 @@ DEFAULT_TOKENS = 100_000_000
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
               help="A method to plan (repeatable; default: every method).")
 @method_options
-@setup_options
+@planning_setup_options
 @click.option("--gpu", "gpu_ids", multiple=True, metavar="ID",
               help="A GPU to consider (repeatable; default: the whole catalogue, see `peftcalc gpus`).")
 @click.option("--gpu-file", "gpu_files", multiple=True, metavar="PATH",
@@ -165,7 +165,7 @@ def plan_assumptions(p: Any) -> dict[str, str]:
                      "Apple), each dated and sourced in `peftcalc gpus`; host, power, networking and operations "
                      "excluded; break-even runs = purchase / rent of one run")
     if r.setup.precision == "fp32":
-        out["precision note"] = ("--precision fp32 (the default) computes at the fp32 peak, far below tensor-core "
+        out["precision note"] = ("--precision fp32 computes at the fp32 peak, far below tensor-core "
                                  "rates; most runs use --precision bf16-mixed")
     return out
 
