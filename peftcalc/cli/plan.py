@@ -137,10 +137,11 @@ def plan_assumptions(p: Any) -> dict[str, str]:
     if r.mfu is not None:
         out["MFU"] = f"{r.mfu:g} for every GPU and method (--mfu), applied to the FLOPs above, recomputation included"
     else:
-        lines = []
+        groups: dict[tuple[float, str], list[str]] = {}  # one line per assumption, not per GPU
         for gpu in r.gpus:
             m = mfu_for(gpu, "full", None)
-            lines.append(f"{gpu.id} {m.value:.0%} ({m.basis})")
+            groups.setdefault((m.value, m.basis), []).append(gpu.id)
+        lines = [f"{value:.0%} for {', '.join(ids)} ({basis})" for (value, basis), ids in groups.items()]
         if "qlora" in r.methods:
             q = mfu_for(r.gpus[0], "qlora", None)
             lines.append(f"qlora x{q.value / mfu_for(r.gpus[0], 'full', None).value:.2f}")
