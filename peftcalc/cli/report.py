@@ -84,22 +84,26 @@ def report_cmd(ctx: click.Context, **kw: Any) -> None:
     click.echo(f"wrote {path}/index.html and report.md")
 
 
+def regenerate(name: str, root: Path) -> Path:
+    """Regenerate the example report `name` of EXAMPLES as `root`/`name`."""
+    sub = report_cmd.make_context("report", [*EXAMPLES[name], "--out", str(root / name)])
+    with sub:
+        return write_one(sub.params, _command(sub))
+
+
 def regenerate_all(root: Path) -> list[Path]:
     """Regenerate every report of EXAMPLES under `root`; one that cannot be made (no results yet) does not
     stop the others, and the command then fails naming it."""
     written, failed = [], []
-    for name, args in EXAMPLES.items():
-        out = root / name
+    for name in EXAMPLES:
         try:
-            sub = report_cmd.make_context("report", [*args, "--out", str(out)])
-            with sub:
-                written.append(write_one(sub.params, _command(sub)))
+            written.append(regenerate(name, root))
         except (click.UsageError, PeftcalcError) as e:
             msg = e.format_message() if isinstance(e, click.UsageError) else str(e)
             failed.append(f"{name}: {msg}")
-            click.echo(f"not written: {out}/ ({msg})", err=True)
+            click.echo(f"not written: {root / name}/ ({msg})", err=True)
             continue
-        click.echo(f"wrote {out}/")
+        click.echo(f"wrote {root / name}/")
     if failed:
         raise PeftcalcError("some reports were not regenerated: " + "; ".join(failed))
     return written

@@ -20,7 +20,7 @@ from peftcalc.render import fmt_bytes, fmt_count, fmt_percent
 from peftcalc.report import figures as fig
 from peftcalc.report import frames as fr
 from peftcalc.report.page import (Plot, Report, Section, Table, bytes_fmt, count_fmt, error_fmt, format_frame,
-                                  hours_fmt, percent_fmt, usd_fmt)
+                                  hours_fmt, percent_fmt, size_fmt, usd_fmt)
 from peftcalc.setup import Setup
 from peftcalc.units import Unit
 
@@ -56,7 +56,7 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
     comp = fr.comparison_frame(est)
     comp_display = format_frame(
         comp, {"trainable_params": count_fmt, "trainable_percent": percent_fmt, "model_states_bytes": b,
-               "activations_bytes": b, "peak_bytes": b, "checkpoint_bytes": b, "tasks_bytes": b,
+               "activations_bytes": b, "peak_bytes": b, "checkpoint_bytes": size_fmt(unit), "tasks_bytes": size_fmt(unit),
                "full_copies_bytes": b},
         columns=["title", "trainable_params", "trainable_percent", "model_states_bytes", "activations_bytes",
                  "peak_bytes", "checkpoint_bytes", "tasks_bytes", "full_copies_bytes"],
@@ -109,9 +109,7 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
     # 4. LoRA rank
     ranked = [m for m in methods if m in fr.RANKED_METHODS] or list(fr.RANKED_METHODS)
     ranks = fr.rank_frame(spec, setup, options, fr.DEFAULT_RANKS, ranked)
-    rank_display = format_frame(ranks, {"trainable_params": count_fmt, "checkpoint_bytes": b, "peak_bytes": b},
-                                rename={"trainable_params": "trainable params", "checkpoint_bytes": "checkpoint per task",
-                                        "peak_bytes": "peak per GPU"})
+    rank_display = _rank_pivot(ranks, ranked, unit)
     sections.append(Section("LoRA rank", [
         "LoRA trains r(m+n) parameters for an m x n matrix instead of mn: linear in the rank, as is the checkpoint."], [
         Plot("lora-rank", "Trainable parameters and checkpoint size vs LoRA rank",
@@ -142,8 +140,10 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
         cost_display = _cost_pivot(cost, methods)
         plan_cols = [c for c in options_df.columns if c not in ("per_gpu_bytes",)]
         sections.append(Section("Which GPUs fit", [
-            "Each method on each GPU, from `peftcalc plan`: green fits on one GPU, amber needs several (the fewest "
-            "found is shown), red does not fit within the planner's GPU limit."], [
+            "Each method on each GPU at the setup above, from `peftcalc plan`: green fits as asked, yellow fits with "
+            "changes (a smaller micro-batch, gradient checkpointing, 8-bit Adam or optimizer offload), orange needs "
+            "more GPUs (the fewest, with the sharding strategy, is shown), red does not fit within the planner's GPU "
+            "limit."], [
             Plot("gpu-fit", "GPU fit matrix", fig.fit_matrix_figure(fit, setup_line, unit)),
             Table("gpu-fit", "GPU fit matrix, in words (peak per GPU, or what it needs)", fit, fit_display),
         ]))
@@ -166,6 +166,16 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
     summary = [f"Setup: {setup_line}.",
                f"Methods: {', '.join(methods)}. Bytes in {unit.value} ({unit.value} = {unit.bytes:,} bytes)."]
     return Report(title, summary, sections, {k: str(v) for k, v in report_assumptions.items()}, command)
+
+
+def _rank_pivot(ranks: pd.DataFrame, methods: Sequence[str], unit: Unit) -> pd.DataFrame:
+    """Rank rows x (method: trainable parameters, checkpoint) columns, as text."""
+    out = pd.DataFrame({"rank": [str(r) for r in sorted(ranks["rank"].unique())]})
+    for m in methods:
+        g = ranks[ranks["method"] == m].sort_values("rank")
+        out[f"{m} params"] = [fmt_count(int(v)) for v in g["trainable_params"]]
+        out[f"{m} checkpoint"] = [size_fmt(unit)(v) for v in g["checkpoint_bytes"]]
+    return out
 
 
 def _fit_pivot(fit: pd.DataFrame, unit: Unit) -> pd.DataFrame:

@@ -110,6 +110,21 @@ def bytes_fmt(unit: Unit) -> Callable[[Any], str]:
     return lambda v: fmt_bytes(int(v), unit)
 
 
+def size_fmt(unit: Unit) -> Callable[[Any], str]:
+    """Bytes in the unit's own scale (GB, MB, kB; GiB, MiB, KiB): for sizes that span many orders, like
+    checkpoints, where 0.000328 GB reads worse than 328 kB."""
+    base = 1000 if unit is Unit.GB else 1024
+    names = ("kB", "MB", "GB") if unit is Unit.GB else ("KiB", "MiB", "GiB")
+
+    def f(v: Any) -> str:
+        n = int(v)
+        for power, name in ((3, names[2]), (2, names[1]), (1, names[0])):
+            if abs(n) >= base**power:
+                return f"{n / base**power:,.3g} {name}" if n < 100 * base**power else f"{n / base**power:,.0f} {name}"
+        return f"{n:,} B"
+    return f
+
+
 def count_fmt(v: Any) -> str:
     return fmt_count(int(v))
 

@@ -226,3 +226,12 @@ def test_cli_count_text():
     assert _count_text(6_700_000_000) == "6.7e9"
     assert _count_text(6_738_415_616) == "6738415616"
     assert _count_text(500) == "500"
+
+
+def test_size_fmt_scales_small_files():
+    from peftcalc.units import Unit
+
+    f = page.size_fmt(Unit.GB)
+    assert [f(v) for v in (512, 327_680, 16_777_216, 28 * 10**9, 280 * 10**9)] == \
+        ["512 B", "328 kB", "16.8 MB", "28 GB", "280 GB"]
+    assert page.size_fmt(Unit.GiB)(3 * 2**20) == "3 MiB"
