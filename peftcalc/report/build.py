@@ -284,6 +284,8 @@ def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band
         "traced": "the real transformers + peft training step on fake tensors, every live storage counted",
         "measured CPU": "the same step on real tensors on the CPU",
         "measured GPU": "the same step on a GPU (torch.cuda.max_memory_allocated)",
+        "predictions": "as recorded with each result: the analytic estimate of the commit that ran it, without "
+                       "its assumed CUDA/library overhead (no tensor); regenerate the results to check a newer model",
     }
     title = "Validation: predicted vs traced and measured memory"
     summary = [setup_line + ".", f"Bytes in {unit.value} ({unit.value} = {unit.bytes:,} bytes)."]
@@ -294,7 +296,9 @@ def _results_setup(results: pd.DataFrame, source: str) -> str:
     """What the results cover, in one line: the 'setup' their figures assume."""
     def span(col: str) -> str:
         v = results[col].dropna()
-        return f"{int(v.min()):,}-{int(v.max()):,}" if len(v) else "?"
+        if not len(v):
+            return "?"
+        return f"{int(v.min()):,}" if v.min() == v.max() else f"{int(v.min()):,}-{int(v.max()):,}"
     layers = ", ".join(f"{n} {k}" for k, n in results["layer"].value_counts().sort_index().items())
     precisions = ", ".join(sorted(results["precision"].dropna().astype(str).unique())) or "?"
     return (f"{len(results)} runs from {source} · {layers} · {results['model'].nunique()} models · "

@@ -46,7 +46,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def _title(fig: Figure, title: str, setup: str) -> None:
     """The figure's title, and on its second line the setup it assumes."""
-    fig.suptitle(f"{title}\n{_wrap(setup, 110)}", fontsize=11)
+    fig.suptitle(f"{title}\n{_wrap(setup, int(fig.get_figwidth() * 12))}", fontsize=11)
 
 
 def _wrap(text: str, width: int) -> str:
