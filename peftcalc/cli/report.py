@@ -84,11 +84,18 @@ def report_cmd(ctx: click.Context, **kw: Any) -> None:
     click.echo(f"wrote {path}/index.html and report.md")
 
 
-def regenerate(name: str, root: Path) -> Path:
-    """Regenerate the example report `name` of EXAMPLES as `root`/`name`."""
+def example_report(name: str, root: Path):  # -> page.Report
+    """The example report `name` of EXAMPLES, as it would be written to `root`/`name` (not written)."""
     sub = report_cmd.make_context("report", [*EXAMPLES[name], "--out", str(root / name)])
     with sub:
-        return write_one(sub.params, _command(sub))
+        return build_report(sub.params, _command(sub))
+
+
+def regenerate(name: str, root: Path) -> Path:
+    """Regenerate the example report `name` of EXAMPLES as `root`/`name`."""
+    from peftcalc.report.page import write_report
+
+    return write_report(example_report(name, root), root / name)
 
 
 def regenerate_all(root: Path) -> list[Path]:
@@ -140,6 +147,11 @@ def _count_text(n: int) -> str:
 def write_one(kw: dict[str, Any], command: str) -> Path:
     from peftcalc.report.page import write_report
 
+    return write_report(build_report(kw, command), kw["out"])
+
+
+def build_report(kw: dict[str, Any], command: str):  # -> page.Report
+    """The report the command's options ask for, assembled but not yet rendered or written."""
     unit = Unit(kw["units"])
     if kw["results_path"] is not None:
         if any(kw.get(k) for k in MODEL_FLAGS) or kw["methods"]:
@@ -150,10 +162,8 @@ def write_one(kw: dict[str, Any], command: str) -> Path:
 
         records = load_results(kw["results_path"])
         source = kw["results_path"].rstrip("/") + "/"
-        report = validation_report(records, source, unit=unit, command=command)
-    else:
-        report = _model_report(kw, unit, command)
-    return write_report(report, kw["out"])
+        return validation_report(records, source, unit=unit, command=command)
+    return _model_report(kw, unit, command)
 
 
 def _model_report(kw: dict[str, Any], unit: Unit, command: str):  # -> page.Report
