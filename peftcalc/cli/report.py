@@ -19,7 +19,7 @@ from peftcalc.units import Unit
 # relative to the repository root, where the command is run.
 EXAMPLES: dict[str, list[str]] = {
     "seed-7b": ["--params", "7e9", "--rank", "8"],
-    "llama-2-7b": ["--model", "llama-2-7b"],
+    "llama-2-7b": ["--model", "llama-2-7b", "--precision", "bf16-mixed"],
     "llama-3.1-70b": ["--model", "llama-3.1-70b", "--precision", "bf16-mixed", "--seq", "2048",
                       "--gradient-checkpointing"],
     "validation": ["--results", "bench/results"],
@@ -64,7 +64,7 @@ def report_cmd(ctx: click.Context, **kw: Any) -> None:
     \b
     Examples:
       peftcalc report --params 7e9 --rank 8 --out reports/seed-7b
-      peftcalc report --model llama-2-7b --out reports/llama-2-7b
+      peftcalc report --model llama-2-7b --precision bf16-mixed --out reports/llama-2-7b
       peftcalc report --model llama-3.1-70b --precision bf16-mixed --seq 2048 --gradient-checkpointing \\
           --out reports/llama-3.1-70b
       peftcalc report --results bench/results/ --out reports/validation

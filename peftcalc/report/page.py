@@ -262,8 +262,9 @@ def render_html(report: Report, pngs: Mapping[str, bytes]) -> str:
                 out.append(f'<p class="data">Data: {link}' + (f" — {e(item.caption)}" if item.caption else "") + "</p>")
             else:
                 out.append(f'<figure><img src="{_data_uri("image/png", pngs[item.name])}" alt="{e(item.title)}" '
-                           f'data-name="{e(item.name)}">'
-                           + (f"<figcaption>{e(item.caption)}</figcaption>" if item.caption else "") + "</figure>")
+                           f'data-name="{e(item.name)}"><figcaption>'
+                           + (f"{e(item.caption)} " if item.caption else "")
+                           + f'<a href="{e(item.name)}.png">{e(item.name)}.png</a> (full size)</figcaption></figure>')
         out.append("</section>")
     out.append('<section id="assumptions"><h2>Assumptions</h2><dl>')
     out += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in report.assumptions.items()]
