@@ -159,7 +159,8 @@ class LiveMeter(TorchDispatchMode):
 class SavedTensorsAccount:
     """Bytes of the distinct storages autograd saves for backward (`saved_tensors_hooks`), minus excluded ones.
 
-    Pass the parameter storages as `exclude`: a frozen weight saved by a matmul is a weight, not an activation.
+    The pack hook returns a detached view (same storage, no new bytes), so counting changes nothing in what
+    is alive when. Pass the parameter storages as `exclude`: a frozen weight saved by a matmul is a weight, not an activation.
     Under non-reentrant gradient checkpointing the checkpointed regions save through their own hooks, so
     this sees only what is saved outside them; the live-storage count after forward is the number to trust.
     """
@@ -178,7 +179,7 @@ class SavedTensorsAccount:
                 self._live.add(key)
                 self.total += s.nbytes()
                 weakref.finalize(s, self._live.discard, key)  # a later storage may reuse the address
-        return t
+        return t.detach()  # a view of the same storage; returning `t` itself would make a reference cycle
 
     @staticmethod
     def _unpack(t: torch.Tensor) -> torch.Tensor:

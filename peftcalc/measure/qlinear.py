@@ -97,10 +97,14 @@ def quantize_linears(model: nn.Module, module_names: set[str], storage: str, com
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, leaf)
-        if not isinstance(old, nn.Linear):
+        if isinstance(old, nn.Linear):
+            fan_in, fan_out = old.in_features, old.out_features
+        elif type(old).__name__ == "Conv1D":  # GPT-2's transposed linear (weight in x out); bitsandbytes
+            fan_in, fan_out = old.weight.shape  # replaces it by a Linear4bit as well
+        else:
             continue
         dev = old.weight.device
-        new = QuantLinear(old.in_features, old.out_features, old.bias is not None, storage, compute_dtype, device=dev)
+        new = QuantLinear(fan_in, fan_out, old.bias is not None, storage, compute_dtype, device=dev)
         setattr(parent, leaf, new)
         replaced += 1
     return replaced

@@ -69,7 +69,7 @@ def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool =
     with FakeTensorMode(allow_non_fake_inputs=False):
         fakeify(model, "cpu")
         prep = prepare_training(model, spec, setup, "cpu", notes)
-        numbers = measured_step(prep, LiveMeter())
+        numbers = measured_step(prep, LiveMeter(), warmup="optimizer")
         if checkpoint:
             ckpt = state_dict_file_bytes(prep.model, method.name)
     info["notes"] = prep.notes
