@@ -9,8 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
-from peftcalc.methods.targets import default_ia3_targets, matches, select, unmatched
+from peftcalc.methods.targets import default_ia3_targets, select, unmatched
 from peftcalc.model.spec import Linear, ModelSpec
+
+
+def is_feedforward(lin: Linear, feedforward: tuple[str, ...]) -> bool:
+    """peft's rule for feed-forward modules (IA3Model._check_target_module_feedforward): a plain suffix
+    match, without the '.' boundary of target matching."""
+    return any(lin.name.endswith(f) for f in feedforward)
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,10 @@ class IA3:
                 notes.append(f"peft's default IA3 target(s) {', '.join(missing)} do not exist in {spec.name}; skipped as peft does")
             chosen = select(spec, targets, strict=False)
         else:
-            ff = self.feedforward or ()
+            # peft: feedforward_modules=None takes the family's default list, explicit targets or not.
+            ff = self.feedforward if self.feedforward is not None else default_ia3_targets(spec)[1]
             chosen = select(spec, self.targets)
-        added = tuple(self._vector(l, any(matches(l, f) for f in ff)) for l in chosen)
+        added = tuple(self._vector(l, is_feedforward(l, ff)) for l in chosen)
         return Adaptation("ia3", spec, base_tensors(spec, False) + added, saved=added,
                           adapted=tuple(l.name for l in chosen), notes=tuple(notes))
 

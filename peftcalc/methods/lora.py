@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods.base import Adaptation, Storage, TensorGroup, base_tensors
-from peftcalc.methods.targets import ALL_LINEAR, default_lora_targets, select, unmatched
-from peftcalc.model.spec import Linear, ModelSpec
+from peftcalc.methods.targets import ALL_LINEAR, all_linear_parameters, default_lora_targets, select, unmatched
+from peftcalc.model.spec import Linear, ModelSpec, Params
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,14 @@ class Lora:
                     f"({lin.out_features}x{lin.in_features}): a rank can be at most {min(lin.in_features, lin.out_features)}"
                 )
         added = tuple(g for lin in adapted for g in self._adapter_tensors(lin))
+        moe = all_linear_parameters(spec) if targets == (ALL_LINEAR,) else ()
+        if moe:
+            if self.magnitude:
+                raise PeftcalcError(f"peft cannot apply DoRA to {spec.name}'s router and fused experts, which "
+                                    "all-linear targets; pass --targets (e.g. q_proj,k_proj,v_proj,o_proj)")
+            added += tuple(g for p, k in moe for g in self._parameter_tensors(p, k))
+            notes.append("all-linear also adapts the MoE router and the fused expert tensors, as peft does on "
+                         "transformers 5 (rank 2r for gate_up_proj, which fuses w1 and w3)")
         tensors = base_tensors(spec, trainable=False, quantize=self.base_storage) + added
         if self.base_storage != "dense":
             notes.append(f"base linears stored as {self.base_storage} by bitsandbytes; "
@@ -65,6 +73,17 @@ class Lora:
         if self.magnitude:
             groups += (TensorGroup(lin.name + ".lora_magnitude_vector", lin.out_features, lin.count, True, True),)
         return groups
+
+    def _parameter_tensors(self, p: Params, fused: int) -> tuple[TensorGroup, ...]:
+        """peft's ParamWrapper on a router weight (out, in) or fused experts (E, out, in): lora_A (E*r', in),
+        lora_B (out, E*r') with r' = fused * r. No rank limit here: peft takes any rank for the router, even
+        above its E outputs."""
+        experts, (out, inp) = (p.shape[0], p.shape[1:]) if len(p.shape) == 3 else (1, p.shape)
+        r = self.rank * fused * experts
+        return (
+            TensorGroup(p.name + ".lora_A.weight", r * inp, p.count, True, True, shape=(r, inp)),
+            TensorGroup(p.name + ".lora_B.weight", out * r, p.count, True, True, shape=(out, r)),
+        )
 
 
 def lora(rank: int = 8, targets: tuple[str, ...] | None = None) -> Lora:

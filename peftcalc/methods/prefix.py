@@ -41,7 +41,9 @@ class PrefixTuning:
 
     def adapt(self, spec: ModelSpec) -> Adaptation:
         check_virtual_tokens(self.virtual_tokens)
-        n = self.virtual_tokens * spec.arch.stacks
+        # One prefix, not one per stack: peft's PrefixEncoder has num_virtual_tokens rows even for
+        # encoder-decoder models (it reuses the encoder-depth prefix for the decoder at run time).
+        n = self.virtual_tokens
         d = prefix_token_dim(spec)
         width = prefix_layers(spec) * 2 * d
         prefix = TensorGroup("prompt_encoder.embedding.weight", n * (d if self.projection else width), 1, True, True,

@@ -7,7 +7,7 @@ tests apply peft to the real model and compare the result.
 from __future__ import annotations
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.model.spec import Linear, ModelSpec
+from peftcalc.model.spec import Linear, ModelSpec, Params
 
 ALL_LINEAR = "all-linear"
 
@@ -41,6 +41,21 @@ IA3_FEEDFORWARD: dict[str, tuple[str, ...]] = {
 IA3_FALLBACK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "phi3": (("qkv_proj", "down_proj"), ("down_proj",)),
 }
+
+# peft 0.21 on transformers 5 (peft/utils/transformers_weight_conversion.py, _convert_peft_config_moe): for
+# MoE models whose v4 experts and router were nn.Linear, LoRA's all-linear also targets, as parameters, the
+# router weight and the fused 3-D expert tensors. Value: how many v4 projections the tensor fuses; peft gives
+# it rank k*r (gate_up_proj fuses w1 and w3).
+ALL_LINEAR_PARAMETERS: dict[str, dict[str, int]] = {
+    "mixtral": {"mlp.gate.weight": 1, "experts.gate_up_proj": 2, "experts.down_proj": 1},
+}
+
+
+def all_linear_parameters(spec: ModelSpec) -> tuple[tuple[Params, int], ...]:
+    """The non-Linear parameters peft's all-linear adapts in `spec` (MoE routers and experts), with their k."""
+    table = ALL_LINEAR_PARAMETERS.get(spec.family, {})
+    return tuple((p, k) for p in spec.others for suffix, k in table.items()
+                 if p.name.endswith("." + suffix) and len(p.shape) in (2, 3))
 
 
 def parse_targets(text: str | None) -> tuple[str, ...] | None:
