@@ -233,6 +233,7 @@ def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band
     b = bytes_fmt(unit)
     setup_line = _results_setup(results, source)
     status = fr.status_frame(results)
+    failures = fr.failures_frame(records)
 
     err_fmt = {"mean_abs_error_percent": lambda v: f"{float(v):.2f} %",
                "max_abs_error_percent": lambda v: f"{float(v):.2f} %", "mean_error_percent": error_fmt}
@@ -252,6 +253,9 @@ def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band
         Section("Runs", [f"{len(results)} result lines from {source}; {len(compared)} completed runs have both a "
                          "prediction and a measurement of the peak."], [
             Table("runs-by-status", "Runs by layer and status", status),
+            Table("failed-runs", "Runs that did not complete, by cause", failures,
+                  caption="out-of-memory runs are results; errors and unsupported combinations are listed with "
+                          "their message"),
         ]),
         Section("Predicted vs measured", [
             "Each point is one run: the analytic prediction of the peak against what the traced step (fake tensors) "

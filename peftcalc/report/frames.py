@@ -322,6 +322,33 @@ def _layer(rec: Mapping[str, Any]) -> str:
     return "measured GPU" if device.startswith(("cuda", "gpu", "rocm")) else "measured CPU"
 
 
+def _family(name: str) -> str | None:
+    """A catalogue model's architecture family, for results that name only the model."""
+    from peftcalc.model.catalogue import get_model
+
+    try:
+        return get_model(name).family
+    except PeftcalcError:
+        return None
+
+
+def _setup_of_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A bench suite's run (its option names) as the setup names of a result."""
+    names = {"precision": "precision", "batch": "batch_size", "seq": "seq_len",
+             "gradient_checkpointing": "gradient_checkpointing", "attention": "attention", "adamw_impl": "adamw_impl",
+             "nproc": "nproc", "zero": "zero_stage"}
+    return {ours: run[theirs] for theirs, ours in names.items() if theirs in run}
+
+
+def error_message(rec: Mapping[str, Any]) -> str | None:
+    """Why a run did not complete, from its record (the measured backend's detail.error)."""
+    detail = rec.get("detail") or {}
+    msg = rec.get("error") or detail.get("error")
+    if not msg and detail.get("notes"):
+        msg = "; ".join(map(str, detail["notes"]))
+    return None if not msg else str(msg).strip().splitlines()[-1][:300]
+
+
 def _setup_label(s: Mapping[str, Any]) -> str:
     parts = [str(s.get("precision", "?")), f"b{s.get('batch_size', '?')}xs{s.get('seq_len', '?')}"]
     if s.get("gradient_checkpointing"):
@@ -336,7 +363,7 @@ def _setup_label(s: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-RESULT_COLUMNS = ["source", "layer", "backend", "device", "status", "model", "family", "method", "precision",
+RESULT_COLUMNS = ["source", "suite", "layer", "backend", "device", "status", "model", "family", "method", "precision",
                   "batch_size", "seq_len", "gradient_checkpointing", "setup", "trainable_params",
                   *[f"measured_{c}_bytes" for c in RESULT_COMPONENTS],
                   *[f"predicted_{c}_bytes" for c in RESULT_COMPONENTS],
@@ -348,21 +375,25 @@ def results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     (predicted - measured, in bytes and % of measured; None where either is missing)."""
     rows = []
     for rec in records:
-        model = rec.get("model") or {}
+        run = rec.get("run") or {}  # what the bench suite asked: all a failed run may carry
+        model = rec.get("model") or run.get("model") or {}
         if isinstance(model, str):
             model = {"name": model}
-        setup = rec.get("setup") or {}
+        if model.get("name") and not model.get("family"):
+            model = {**model, "family": _family(model["name"])}
+        setup = rec.get("setup") or _setup_of_run(run)
         measured = rec.get("measured_bytes") or {}
         predicted = rec.get("predicted_bytes") or {}
         row: dict[str, Any] = {
             "source": rec.get("_source"),
+            "suite": rec.get("suite"),
             "layer": _layer(rec),
             "backend": rec.get("backend"),
             "device": rec.get("device"),
             "status": rec.get("status"),
             "model": model.get("name"),
             "family": model.get("family"),
-            "method": rec.get("method"),
+            "method": rec.get("method") or run.get("method"),
             "precision": setup.get("precision"),
             "batch_size": setup.get("batch_size"),
             "seq_len": setup.get("seq_len"),
@@ -401,6 +432,19 @@ def status_frame(results: pd.DataFrame) -> pd.DataFrame:
     df = results.assign(status=results["status"].fillna("unknown"))
     out = df.groupby(["layer", "status"]).size().reset_index(name="runs")
     return out.sort_values(["layer", "status"], kind="stable").reset_index(drop=True)
+
+
+def failures_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The runs that did not complete (oom, unsupported, error), one row per (layer, status, message):
+    how many runs, which methods and models."""
+    df = results_frame(records).assign(message=[error_message(r) for r in records])
+    bad = df[df["status"] != "ok"].fillna({"message": "", "model": "?", "method": "?"})
+    rows = []
+    for (layer, status, message), g in bad.groupby(["layer", "status", "message"], sort=True):
+        rows.append({"layer": layer, "status": status, "runs": len(g),
+                     "methods": ", ".join(sorted(set(g["method"].astype(str)))),
+                     "models": ", ".join(sorted(set(g["model"].astype(str)))), "message": message})
+    return pd.DataFrame(rows, columns=["layer", "status", "runs", "methods", "models", "message"])
 
 
 def error_summary_frame(results: pd.DataFrame, by: str) -> pd.DataFrame:

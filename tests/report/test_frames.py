@@ -21,7 +21,7 @@ def test_comparison_reproduces_the_seed_table(seed_estimate):
     df = fr.comparison_frame(seed_estimate).set_index("method")
     assert list(df.index) == ["full", "lora", "qlora", "prompt", "adapter"]
     # the seed: 7B x (4 + 4 + 8) bytes = 112 GB of model states; 10 full copies = 280 GB (plus file headers)
-    assert df.loc["full", "model_states_bytes"] == 112 * GB
+    assert df.loc["full", "model_states_bytes"] == pytest.approx(112 * GB, rel=1e-6)
     assert df.loc["full", "trainable_percent"] == 100.0
     assert 280 * GB <= df.loc["lora", "full_copies_bytes"] < 280.01 * GB
     # LoRA r=8 on q,v of 32 layers of 4096x4096: 32 * 2 * 8 * (4096 + 4096)
@@ -227,3 +227,21 @@ def test_frames_write_stable_csv(seed_estimate):
     a = fr.comparison_frame(seed_estimate).to_csv(index=False)
     b = fr.comparison_frame(seed_estimate).to_csv(index=False)
     assert a == b and json.dumps(a)
+
+
+def test_a_failed_bench_line_is_read_from_its_run(records):
+    """The bench runner records a run that failed before measuring with only its suite `run` and the error."""
+    failed = {"backend": "trace", "status": "error", "suite": "cpu-small",
+              "detail": {"error": "Traceback ...\nNotImplementedError: no step simulation for family 't5'"},
+              "run": {"model": "t5-large", "method": "lora", "precision": "bf16", "batch": 2, "seq": 1024,
+                      "gradient_checkpointing": True, "adamw_impl": "foreach", "nproc": 1, "zero": 0}}
+    df = fr.results_frame([failed])
+    row = df.iloc[0]
+    assert (row["model"], row["family"], row["method"], row["suite"]) == ("t5-large", "t5", "lora", "cpu-small")
+    assert (row["batch_size"], row["seq_len"], row["setup"]) == (2, 1024, "bf16 b2xs1024 ckpt foreach")
+    fails = fr.failures_frame([*records, failed, dict(failed, run={**failed["run"], "method": "full"})])
+    t5 = fails[fails["message"].str.contains("t5")].iloc[0]
+    assert (t5["runs"], t5["methods"], t5["models"]) == (2, "full, lora", "t5-large")
+    assert t5["message"] == "NotImplementedError: no step simulation for family 't5'"  # the last line only
+    assert set(fails["status"]) == {"oom", "error"}
+    assert fails["runs"].sum() == 4

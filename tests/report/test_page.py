@@ -178,7 +178,7 @@ def test_validation_report(records):
     r = validation_report(records, "results/", command="cmd")
     assert [p.name for p in r.plots()] == ["predicted-vs-measured", "error-distribution"]
     names = [t.name for t in r.tables()]
-    assert names == ["runs-by-status", "error-by-component", "error-by-method", "error-by-family", "worst-runs", "runs"]
+    assert names == ["runs-by-status", "failed-runs", "error-by-component", "error-by-method", "error-by-family", "worst-runs", "runs"]
     worst = next(t for t in r.tables() if t.name == "worst-runs").shown()
     assert worst.loc[0, "error %"] == "-25.00 %" and worst.loc[0, "model"] == "qwen-tiny"
     assert "12 runs from results/" in r.summary[0]
