@@ -73,12 +73,14 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
     # 2. memory breakdown
     bd = fr.breakdown_frame(est)
     bd_cols = [c for _, c in fr.COMPONENTS] + ["total_bytes"]
-    bd_display = format_frame(bd, {c: b for c in bd_cols}, columns=["method", *bd_cols],
-                              rename={c: n for n, c in fr.COMPONENTS} | {"total_bytes": "peak per GPU"})
+    bd_display = format_frame(bd, {c: b for c in bd_cols}, columns=["method", *bd_cols, "peak_phase"],
+                              rename={c: n for n, c in fr.COMPONENTS} | {"total_bytes": "peak per GPU",
+                                                                          "peak_phase": "peak in"})
     sections.append(Section("Memory per GPU", [
         "Where the peak of one training step goes, per method. Weights, gradients, optimizer states and master "
-        "weights are exact for the model's tensors; activations are an estimate from a stated formula; the overhead "
-        "(CUDA context, library workspaces) is assumed."], [
+        "weights are exact for the model's tensors; activations and temporaries (what the step holds above its "
+        "model states at its peak: saved activations, the loss, the optimizer's scratch) are an estimate; the "
+        "overhead (CUDA context, library workspaces) is assumed."], [
         Plot("memory-breakdown", "Memory per GPU by component", fig.memory_breakdown_figure(bd, setup_line, unit)),
         Table("memory-breakdown", "Memory per GPU by component, in numbers", bd, bd_display),
     ]))

@@ -31,7 +31,7 @@ METHOD_COLORS = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(list(DEFAU
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 METHOD_MARKERS = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(METHOD_COLORS)}
 COMPONENT_COLORS = dict(zip([name for name, _ in COMPONENTS],
-                            ["#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#55a868", "#da8bc3", "#8c8c8c"]))
+                            ["#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#937860", "#55a868", "#8c8c8c"]))
 LAYER_COLORS = {"traced": "#1f77b4", "measured CPU": "#2ca02c", "measured GPU": "#d62728"}
 LAYER_MARKERS = {"traced": "o", "measured CPU": "s", "measured GPU": "^"}
 FIT_COLORS = {"fits": "#59a14f", "fits with changes": "#edc948", "needs more GPUs": "#f28e2b",
@@ -123,7 +123,7 @@ def memory_breakdown_figure(breakdown: pd.DataFrame, setup: str, unit: Unit = Un
     ax.set_xlabel("fine-tuning method")
     ax.set_ylabel(f"peak memory per GPU ({unit.value})")
     ax.set_ylim(0, bottom.max() * 1.1 if len(bottom) else 1)
-    ax.set_title("weights, gradients, optimizer states, master weights, activations, overhead", fontsize=9)
+    ax.set_title("each bar: the peak of one training step, by what holds it", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     _title(fig, "Memory per GPU by component", setup)

@@ -24,17 +24,18 @@ from peftcalc.model.spec import ModelSpec
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 
-# The parts of one GPU's peak, in stacking order. Their sum is MemoryBreakdown.total exactly: the peak
-# holds the model states, the larger of activations and the optimizer step's temporaries, and overhead,
-# so the temporaries appear only by how much they exceed the activations.
+# The parts of one GPU's peak, in stacking order; they sum to MemoryBreakdown.total exactly. What is
+# live at the start of a step (weights, master weights, optimizer states, buffers and the batch) is exact;
+# above it, the peak holds the gradients present at that moment (none if it is in forward) and the
+# activations and temporaries (saved activations, the loss, the optimizer's scratch); then the overhead.
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("weights", "weights_bytes"),
     ("gradients", "gradients_bytes"),
     ("optimizer states", "optimizer_states_bytes"),
     ("master weights", "master_weights_bytes"),
-    ("activations", "activations_bytes"),
-    ("optimizer temporaries beyond activations", "temporaries_beyond_activations_bytes"),
-    ("overhead (assumed)", "overhead_bytes"),
+    ("buffers and batch", "buffers_and_batch_bytes"),
+    ("activations and temporaries", "activations_and_temporaries_bytes"),
+    ("overhead", "overhead_bytes"),
 )
 
 # Methods whose trainable parameters depend on the LoRA rank.
@@ -102,16 +103,27 @@ def comparison_frame(est: Estimate) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _components(r: MethodEstimate) -> dict[str, int]:
+def _components(r: MethodEstimate) -> dict[str, Any]:
+    """The peak of one method split into COMPONENTS (and the phase it happens in, where the estimate says)."""
     m = r.memory
+    if hasattr(m, "peak_phase"):  # the peak is the largest of the forward, backward and optimizer phases
+        phase = m.peak_phase
+        transient = m.peak_bytes - m.start_bytes
+        grads = 0 if phase == "forward" else min(m.gradient_bytes, transient)
+        other = m.buffer_bytes + m.input_bytes
+        rest = transient - grads
+    else:  # model states + the larger of activations and the optimizer's scratch
+        phase = "optimizer" if m.temporary_bytes > m.activation_bytes else "backward"
+        grads, other, rest = m.gradient_bytes, 0, max(m.activation_bytes, m.temporary_bytes)
     return {
         "weights_bytes": m.weight_bytes,
-        "gradients_bytes": m.gradient_bytes,
+        "gradients_bytes": grads,
         "optimizer_states_bytes": m.optimizer_state_bytes,
         "master_weights_bytes": m.master_weight_bytes,
-        "activations_bytes": m.activation_bytes,
-        "temporaries_beyond_activations_bytes": max(0, m.temporary_bytes - m.activation_bytes),
+        "buffers_and_batch_bytes": other,
+        "activations_and_temporaries_bytes": rest,
         "overhead_bytes": m.overhead_bytes,
+        "peak_phase": phase,
     }
 
 
