@@ -96,7 +96,7 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
         "GPU where its line is under the GPU's dashed line (usable memory; the CUDA context is in the assumed "
         "overhead)."], [
         Plot("memory-vs-seq", "Peak memory per GPU vs sequence length",
-             fig.memory_sweep_figure(seq, caps, "seq_len", seq_line, unit)),
+             fig.memory_sweep_figure(seq, caps, "seq_len", seq_line, unit, spec.arch.max_positions)),
         Table("memory-vs-seq", "Peak memory per GPU by sequence length, in numbers", seq,
               _pivot(seq, "seq_len", "peak_bytes", methods, b, "sequence length")),
         Plot("memory-vs-batch", "Peak memory per GPU vs batch size",

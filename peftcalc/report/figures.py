@@ -135,9 +135,10 @@ _SWEEP_LABELS = {"seq_len": ("sequence length (tokens)", "Peak memory per GPU vs
 
 
 def memory_sweep_figure(sweep: pd.DataFrame, capacities: pd.DataFrame, field: str, setup: str,
-                        unit: Unit = Unit.GB) -> Figure:
+                        unit: Unit = Unit.GB, max_positions: int | None = None) -> Figure:
     """Peak memory per GPU of each method as `field` (seq_len or batch_size) grows (frames.sweep_frame),
-    with each GPU's usable memory as a horizontal line (frames.capacity_frame)."""
+    with each GPU's usable memory as a horizontal line (frames.capacity_frame) and, for sequence length,
+    the context the model was trained with (`max_positions`) as a vertical one."""
     xlabel, title = _SWEEP_LABELS[field]
     fig = _figure(9, 5.2)
     ax = fig.add_subplot()
@@ -149,6 +150,11 @@ def memory_sweep_figure(sweep: pd.DataFrame, capacities: pd.DataFrame, field: st
         ax.axhline(y, color="#555555", linestyle="--", linewidth=0.9, gid=f"capacity:{cap['gpu']}")
         ax.annotate(f"{cap['gpu']} ({y:,.0f} {unit.value} usable)", (0.005, y), xycoords=("axes fraction", "data"),
                     fontsize=7.5, color="#333333", va="bottom")
+    if field == "seq_len" and max_positions and len(sweep) and sweep[field].min() <= max_positions:
+        ax.axvline(max_positions, color="#555555", linestyle=":", linewidth=1.2, gid="max-positions")
+        ax.annotate(f" trained context {max_positions:,}", (max_positions, 0.02),
+                    xycoords=("data", "axes fraction"), fontsize=7.5, color="#333333", rotation=90,
+                    va="bottom", ha="right")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(v):,}"))

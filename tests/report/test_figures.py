@@ -78,6 +78,16 @@ def test_memory_sweep_lines_and_capacities(small_spec, gpus, field, values, xlab
     capacity = {l.get_gid(): l.get_ydata()[0] for l in ax.get_lines() if str(l.get_gid()).startswith("capacity:")}
     assert capacity == {f"capacity:{g.id}": pytest.approx(g.usable_memory_bytes / GB) for g in gpus}
     assert any("rtx-4090" in t.get_text() for t in ax.texts)
+    trained = [l for l in ax.get_lines() if l.get_gid() == "max-positions"]
+    assert not trained  # none given
+
+
+def test_memory_sweep_marks_the_trained_context(small_spec, gpus):
+    sweep = fr.sweep_frame(small_spec, Setup(), ("lora",), MethodOptions(), "seq_len", (256, 1024, 4096))
+    fig = fg.memory_sweep_figure(sweep, fr.capacity_frame(gpus), "seq_len", SETUP, max_positions=1024)
+    (line,) = [l for l in fig.axes[0].get_lines() if l.get_gid() == "max-positions"]
+    assert list(line.get_xdata()) == [1024, 1024]
+    assert any("trained context 1,024" in t.get_text() for t in fig.axes[0].texts)
 
 
 def test_rank_figure(small_spec):
