@@ -1,0 +1,334 @@
+"""The engine: symbolic tensors and storages, autograd nodes, the forward's live bytes and the backward pass.
+
+Mirrors what the traced backend counts (peftcalc/measure/meter.py): every storage an operator creates is
+live from its creation until nothing refers to it. Here a `Storage` is a Python object whose `__del__`
+subtracts its bytes, so family code written like the transformers code it mirrors frees temporaries where
+Python, and so torch, does: when the last tensor or saved-tensor reference goes.
+
+- A `Tensor` refers to its `Storage` (views share it) and to the `Node` that made it (its grad_fn).
+- A `Node` refers to the storages its derivative formula saved, never to its own output tensor (as torch's
+  SavedVariable does not), so graphs have no reference cycles and die with the loss.
+- `backward` runs nodes in decreasing creation order, the order torch's engine runs them in (ready nodes by
+  sequence number; AccumulateGrad at once). Gradients meeting at one input are summed out of place
+  (`old + new`), as torch's InputBuffer does for tensor subclasses such as the traced backend's fake tensors;
+  a gradient whose shape or dtype differs from its input's is reduced (`sum_to_size`) or cast afterwards,
+  as the engine's `validate_outputs` does. A parameter's gradient is the last sum itself (stolen, no copy).
+- Every allocation records the live bytes and the state of each stack's "mid" layer. Three layers per stack
+  are simulated — the first, one middle layer standing for all repeated ones, the last — and `extrapolate`
+  adds the other middle layers: at any moment each of them is either holding its saved tensors or done
+  (holding its gradients), so live bytes are linear in their number.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from peftcalc.stepsim.poly import Dim, Poly, add_into, numel, scale
+
+DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i64": 8, "i32": 4, "bool": 1, "u8": 1, "i8": 1}
+FLOATS = ("f32", "bf16", "f16")
+
+
+def promote(a: str, b: str) -> str:
+    """torch's type promotion between two tensors' dtypes (bf16 with f16 gives f32)."""
+    if a == b:
+        return a
+    if a in FLOATS and b in FLOATS:
+        return "f32"
+    return a if a in FLOATS else b
+
+
+class Storage:
+    """Bytes that live while something refers to them."""
+
+    __slots__ = ("sim", "size", "tag", "__weakref__")
+
+    def __init__(self, sim: "Sim", size: Poly, tag: Any) -> None:
+        self.sim = sim
+        self.size = size
+        self.tag = tag
+        sim._alloc(self)
+
+    def __del__(self) -> None:
+        self.sim._free(self)
+
+
+class Tensor:
+    __slots__ = ("shape", "dtype", "storage", "node", "out_index", "requires_grad", "param")
+
+    def __init__(self, shape: tuple[Dim, ...], dtype: str, storage: Storage | None, node: "Node | None" = None,
+                 out_index: int = 0, requires_grad: bool = False, param: "Param | None" = None) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.storage = storage
+        self.node = node
+        self.out_index = out_index
+        self.requires_grad = requires_grad
+        self.param = param
+
+    def __repr__(self) -> str:
+        return f"T{self.shape}:{self.dtype}{'*' if self.requires_grad else ''}"
+
+
+@dataclass(eq=False)
+class Param:
+    """A leaf that requires grad: a model parameter (its bytes are model states, counted in memory.py; its
+    gradient is counted here), or the detached input of a recomputed checkpointed layer (`capture`)."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+    trainable: bool
+    tag: Any = None  # (stack, role) of the layer it belongs to; None outside layers
+    capture: bool = False
+    uses: int = 0  # graph edges into its AccumulateGrad
+    received: int = 0
+    pending: Tensor | None = None
+    grad: Tensor | None = None
+
+
+class Node:
+    """An autograd node: edges to the inputs' nodes (or leaves), saved storages, a derivative formula."""
+
+    __slots__ = ("seq", "name", "next", "saved", "backward", "inputs", "n_out", "tag", "ctx", "__weakref__")
+
+    def __init__(self, seq: int, name: str, next_edges: list, saved: list, backward: Callable,
+                 inputs: list, n_out: int, tag: Any, ctx: Any) -> None:
+        self.seq = seq
+        self.name = name
+        self.next = next_edges
+        self.saved = saved
+        self.backward = backward
+        self.inputs = inputs  # (shape, dtype) of each input, for validate_outputs
+        self.n_out = n_out
+        self.tag = tag
+        self.ctx = ctx
+
+
+@dataclass
+class Event:
+    phase: str  # "forward" or "backward"
+    live: Poly
+    states: tuple[int, ...]  # per stack, its mid layer's state (Stack.state)
+    tag: Any  # (stack, role) of the layer running, None outside layers
+    op: str
+    sid: int  # id() of the storage allocated
+
+
+@dataclass
+class Stack:
+    """A stack of repeated layers and what its simulated middle layer holds in each state:
+    0 not run yet; 1 run, forward still going (holds `held[1]`: saved tensors and forward-only buffers such
+    as key/value caches); 2 backward started, its own not yet (`held[2]`: what it saved for backward);
+    3 its backward done (`held[3]`: its gradients, and gradients waiting for a node below, measured when
+    the first layer's backward ends)."""
+
+    name: str
+    count: int  # layers in the real model
+    first_start: int | None = None  # sequence number of the first layer's first node
+    mid_start: int | None = None  # sequence number of the mid layer's first node
+    state: int = 0
+    held: dict = field(default_factory=dict)
+
+
+class Sim:
+    """One simulated step: live bytes over time, and the autograd graph."""
+
+    def __init__(self) -> None:
+        self.live: Poly = {}
+        self.live_by_tag: dict[Any, Poly] = {}
+        self.events: list[Event] = []
+        self.nodes: list[weakref.ref] = []  # in creation order; a graph no tensor reaches dies, as in torch
+        self._seq = 0
+        self.grad_enabled = True
+        self.phase = "forward"
+        self.tag: Any = None
+        self.stacks: dict[str, Stack] = {}
+        self.op = ""
+        self.params: list[Param] = []
+        self.debug: dict[int, tuple] | None = None  # id(storage) -> (op, size, tag) of live storages
+
+    # -- storages ---------------------------------------------------------------------------------------
+    def _alloc(self, s: Storage) -> None:
+        add_into(self.live, s.size)
+        add_into(self.live_by_tag.setdefault(s.tag, {}), s.size)
+        self.events.append(Event(self.phase, dict(self.live), tuple(k.state for k in self.stacks.values()),
+                                 self.tag, self.op, id(s)))
+        if self.debug is not None:
+            self.debug[id(s)] = (self.op, s.size, s.tag)
+
+    def _free(self, s: Storage) -> None:
+        add_into(self.live, s.size, -1)
+        if self.debug is not None:
+            self.debug.pop(id(s), None)
+        add_into(self.live_by_tag[s.tag], s.size, -1)
+
+    def new(self, shape: tuple[Dim, ...], dtype: str, node: Node | None = None, out_index: int = 0) -> Tensor:
+        """A tensor with a fresh storage; it requires grad when it has a node."""
+        st = Storage(self, scale(numel(shape), DTYPE_BYTES[dtype]), self.tag)
+        return Tensor(shape, dtype, st, node, out_index, node is not None)
+
+    def param(self, name: str, shape: tuple[int, ...], dtype: str, trainable: bool) -> Tensor:
+        p = Param(name, shape, dtype, trainable, self.tag)
+        self.params.append(p)
+        return Tensor(shape, dtype, None, None, 0, trainable, p)
+
+    def capture(self, shape: tuple[Dim, ...], dtype: str) -> Param:
+        """The detached input of a recomputed checkpointed layer: a leaf whose gradient is handed back."""
+        return Param("<checkpoint input>", shape, dtype, True, self.tag, capture=True)
+
+    def leaf(self, shape: tuple[Dim, ...], dtype: str) -> Tensor:
+        """An input that exists before the step (token ids, labels): counted with the model states."""
+        return Tensor(shape, dtype, None)
+
+    # -- graph ------------------------------------------------------------------------------------------
+    def node(self, name: str, inputs: Sequence[Tensor | None], saved: Sequence[Tensor | Storage | None],
+             backward: Callable, ctx: Any = None, n_out: int = 1, force: bool = False) -> Node | None:
+        """Record an operator's node when grad mode is on and an input requires grad (or `force`); only then
+        does the operator keep `saved` (as torch's autograd does)."""
+        if not self.grad_enabled or not (force or any(t is not None and t.requires_grad for t in inputs)):
+            return None
+        edges: list = []
+        for t in inputs:
+            if t is None or not t.requires_grad:
+                edges.append(None)
+            elif t.param is not None:
+                t.param.uses += 1
+                edges.append((t.param, 0))
+            else:
+                edges.append((t.node, t.out_index))
+        keep = []
+        for s in saved:
+            st = s.storage if isinstance(s, Tensor) else s
+            if st is not None:
+                keep.append(st)
+        n = Node(self._seq, name, edges, keep, backward,
+                 [(t.shape, t.dtype) if t is not None else None for t in inputs], n_out, self.tag, ctx)
+        self._seq += 1
+        self.nodes.append(weakref.ref(n))
+        return n
+
+    # -- layers -----------------------------------------------------------------------------------------
+    def enter_layer(self, stack: str, index: int, count: int) -> None:
+        st = self.stacks.setdefault(stack, Stack(stack, count))
+        r = role(index, count)
+        if self.phase == "forward":
+            if r == "mid" and st.mid_start is None:
+                st.mid_start = self._seq
+            if r == "first" and st.first_start is None:
+                st.first_start = self._seq
+        self.tag = (stack, r)
+
+    def leave_layer(self, stack: str, index: int, count: int) -> None:
+        st = self.stacks[stack]
+        r = role(index, count)
+        if self.phase == "forward":
+            if r == "mid":
+                st.state = 1
+            elif r == "top" and st.state == 1:
+                st.held[1] = dict(self.live_by_tag.get((stack, "mid"), {}))
+        self.tag = None
+
+    def start_backward(self) -> None:
+        """Forward is over: what each mid layer holds now is what it holds until its backward."""
+        self.phase = "backward"
+        for name, st in self.stacks.items():
+            st.held[2] = dict(self.live_by_tag.get((name, "mid"), {}))
+            if st.state == 1:
+                st.state = 2
+
+    def end_backward(self) -> None:
+        for name, st in self.stacks.items():
+            if 3 not in st.held:
+                st.held[3] = dict(self.live_by_tag.get((name, "mid"), {}))
+
+    # -- backward ---------------------------------------------------------------------------------------
+    def backward(self, roots: list[tuple[Node, int, Tensor]], nodes: list[weakref.ref] | None = None) -> None:
+        """Run the backward pass from `roots` (node, output index, gradient) over `nodes` (default: all)."""
+        order = self.nodes if nodes is None else nodes
+        buffers: dict[int, list] = {}
+        for n, i, g in roots:
+            buffers.setdefault(id(n), [None] * n.n_out)[i] = g
+        del roots
+        g = None
+        was, self.grad_enabled = self.grad_enabled, False
+        outer = nodes is None
+        for ref in reversed(order):
+            n = ref()
+            if n is None:
+                continue
+            buf = buffers.pop(id(n), None)
+            if buf is None:
+                continue
+            if outer:
+                for name, st in self.stacks.items():
+                    if st.mid_start is not None and n.seq < st.mid_start:
+                        st.state = 3
+                    if st.first_start is not None and n.seq < st.first_start and 3 not in st.held:
+                        st.held[3] = dict(self.live_by_tag.get((name, "mid"), {}))
+            saved_tag, self.tag, self.op = self.tag, n.tag, n.name
+            grads = n.backward(self, n, buf)
+            del buf
+            grads = self._validate(n, grads)
+            n.saved = []
+            for e, g in zip(n.next, grads):
+                if e is None or g is None:
+                    continue
+                target, idx = e
+                if isinstance(target, Param):
+                    self._accumulate_param(target, g)
+                else:
+                    slot = buffers.setdefault(id(target), [None] * target.n_out)
+                    slot[idx] = g if slot[idx] is None else self.accumulate(slot[idx], g)
+            del grads
+            g = n = None
+            self.tag = saved_tag
+        self.grad_enabled = was
+
+    def _validate(self, n: Node, grads: list) -> list:
+        """sum_to_size and dtype casts of gradients that do not match their input (torch's validate_outputs)."""
+        out = list(grads)
+        for i, (g, meta) in enumerate(zip(out, n.inputs)):
+            if g is None or meta is None:
+                continue
+            shape, dtype = meta
+            if numel(g.shape) != numel(shape):
+                self.op = n.name + ".sum_to_size"
+                out[i] = g = self.new(shape, g.dtype)
+            if g.dtype != dtype:
+                self.op = n.name + ".to"
+                out[i] = self.new(shape, dtype)
+            elif g.shape != shape:
+                out[i] = Tensor(shape, g.dtype, g.storage)
+        return out
+
+    def accumulate(self, old: Tensor, new: Tensor) -> Tensor:
+        """Two gradients for one input: `old + new`, a new tensor."""
+        self.op = "accumulate"
+        return self.new(old.shape, promote(old.dtype, new.dtype))
+
+    def _accumulate_param(self, p: Param, g: Tensor) -> None:
+        p.received += 1
+        if p.pending is not None:
+            g = self.accumulate(p.pending, g)
+            p.pending = None
+        if p.received < p.uses:
+            p.pending = g
+            return
+        p.grad = g if p.grad is None else self.accumulate(p.grad, g)
+
+
+def role(index: int, count: int) -> str:
+    """Which simulated layer this is: the first, one middle layer standing for all, or the last."""
+    if index == 0:
+        return "first"
+    if index == count - 1:
+        return "top"
+    return "mid"
+
+
+def layer_indices(count: int) -> list[int]:
+    """The layers to simulate out of `count`: the first, one middle layer and the last."""
+    return list(range(count)) if count <= 3 else [0, 1, count - 1]

@@ -1,0 +1,266 @@
+"""What family code builds on: the model's parameters by name, and each method's wrapper around a linear.
+
+`Model` holds the simulation, the operators, the dtypes of the precision recipe and what the method
+changed: which base weights train (full fine-tuning), which linears carry a LoRA/DoRA/IA3 wrapper (peft's
+layer classes), which are quantized (QLoRA, as the measured backend's stand-in does it), where bottleneck
+adapters sit. Family code calls `m.linear(x, "model.layers.{i}.self_attn.q_proj")` and gets exactly what
+the wrapped module computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftcalc.methods.base import Adaptation
+from peftcalc.model.spec import Linear
+from peftcalc.stepsim.engine import Sim, Tensor
+from peftcalc.stepsim.ops import Ops
+
+DTYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Everything about the setup that changes what is allocated, except batch and sequence sizes."""
+
+    param_dtype: str  # "f32", "bf16", "f16"
+    compute_dtype: str
+    attention: str  # "sdpa" or "eager"
+    checkpointing: bool
+    adapter_dtype: str = "f32"
+    batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
+
+
+class Model:
+    def __init__(self, sim: Sim, adaptation: Adaptation, cfg: StepConfig) -> None:
+        self.sim = sim
+        self.f = Ops(sim)
+        self.ad = adaptation
+        self.spec = adaptation.spec
+        self.arch = adaptation.spec.arch
+        self.cfg = cfg
+        self.dtype = cfg.param_dtype
+        self.full = adaptation.method == "full"
+        self.layer = 0  # index substituted for "{i}"
+        self._linears = {l.name: l for l in self.spec.linears}
+        trainable = {g.name for g in adaptation.tensors if g.trainable}
+        self.method = adaptation.method
+        # per adapted linear: its LoRA rank (LoRA, DoRA, QLoRA) or its IA3 side ("in" / "out")
+        self.lora_rank: dict[str, int] = {}
+        self.ia3: dict[str, str] = {}
+        self.quantized: dict[str, str] = {}
+        for g in adaptation.tensors:
+            if g.name.endswith(".lora_A.weight") and g.shape:
+                self.lora_rank[g.name[: -len(".lora_A.weight")]] = g.shape[0]
+            elif g.name.endswith(".ia3_l"):
+                self.ia3[g.name[: -len(".ia3_l")]] = "in" if g.shape and g.shape[0] == 1 else "out"
+            elif g.storage != "dense":
+                self.quantized[g.name[: -len(".weight")]] = g.storage
+        self.dora = adaptation.method == "dora"
+        self.adapter_sites = {g.name.split(".")[-3] for g in adaptation.tensors
+                              if g.added and g.name.endswith(".down.weight")}
+        self.adapter_width = next((g.shape[0] for g in adaptation.tensors if g.added and g.name.endswith(".down.weight")), 0)
+        self.trainable_names = trainable
+        self.keep: list[Tensor] = []  # tensors the base model's forward holds in locals until it returns
+        self.outer: list[Tensor] = []  # tensors the *ForCausalLM forward holds until it returns
+        self.layer_args: tuple = ()  # tensors every layer receives (a checkpoint keeps them with its input)
+        self.mask: Tensor | None = None  # the attention mask, when transformers builds one
+        self.prefix_caches: dict = {}  # prefix tuning: each layer's key/value cache, alive until forward returns
+
+    def end_model(self) -> None:
+        """The base model's forward returned (before the head and the loss): its locals die."""
+        self.keep.clear()
+        self.layer_args = ()
+        self.mask = None
+
+    def end_forward(self) -> None:
+        """The whole forward returned: only the loss and what autograd saved live on."""
+        self.end_model()
+        self.outer.clear()
+        self.prefix_caches = {}
+
+    # -- parameters -----------------------------------------------------------------------------------
+    def weight(self, name: str, shape: tuple[int, ...], dtype: str | None = None, trainable: bool | None = None
+               ) -> Tensor:
+        """A base-model parameter: trainable in full fine-tuning only."""
+        return self.sim.param(name, shape, dtype or self.dtype, self.full if trainable is None else trainable)
+
+    def added(self, name: str, shape: tuple[int, ...], dtype: str = "f32") -> Tensor:
+        """A parameter the method adds: trainable, in the adapter dtype (peft keeps adapters in fp32)."""
+        return self.sim.param(name, shape, dtype, True)
+
+    def spec_linear(self, name: str) -> Linear:
+        return self._linears[name]
+
+    # -- linears --------------------------------------------------------------------------------------
+    def linear(self, x: Tensor, name: str, op: str = "mm") -> Tensor:
+        """The module `name` applied to x: the base linear (dense, or QLoRA's quantized stand-in) and the
+        method's wrapper around it."""
+        lin = self._linears[name]
+        if name in self.ia3 and self.ia3[name] == "in":
+            x = self._ia3_input(x, lin)
+        if name in self.quantized:
+            result = self._quantized(x, lin, self.quantized[name])
+        else:
+            w = self.weight(name + ".weight", (lin.out_features, lin.in_features))
+            b = self.weight(name + ".bias", (lin.out_features,)) if lin.bias else None
+            result = self.f.linear(x, w, b, lin.out_features, op="addmm" if b is not None else op)
+        if name in self.lora_rank:
+            result = self._lora(x, result, lin, self.lora_rank[name])
+        if name in self.ia3 and self.ia3[name] == "out":
+            result = self._ia3_output(result, lin)
+        return result
+
+    def _quantized(self, x: Tensor, lin: Linear, storage: str) -> Tensor:
+        """peftcalc/measure/qlinear.py's QuantLinear: x.to(compute dtype); a custom autograd Function that
+        dequantizes the whole weight (packed 4-bit: an output-size buffer filled from two uint8 temporaries
+        of half the weight each; int8: a cast copy and the cast scale), multiplies, frees it, saves nothing;
+        its backward dequantizes again and returns grad @ W."""
+        f = self.f
+        x = f.to(x, self.cfg.compute_dtype)
+        self._dequantize(lin, storage)
+        out = self.sim.new(x.shape[:-1] + (lin.out_features,), x.dtype)
+        out = f.custom("_Dequant4MatmulBackward", [x], out, [])
+        if out.node is not None:
+            out.node.backward = _dequant_backward(self, lin, storage)
+        if lin.bias:
+            out = f.add(out, self.weight(lin.name + ".bias", (lin.out_features,)))
+        return out
+
+    def _dequantize(self, lin: Linear, storage: str) -> None:
+        n = lin.in_features * lin.out_features
+        self.sim.op = "dequantize"
+        if storage == "int8":
+            w = self.sim.new((lin.out_features, lin.in_features), self.cfg.compute_dtype)
+            s = self.sim.new((lin.out_features,), self.cfg.compute_dtype)
+            del s, w
+            return
+        w = self.sim.new((2 * -(-n // 2),), self.cfg.compute_dtype)
+        t = self.sim.new((-(-n // 2),), "u8")  # packed >> 4
+        del t
+        t = self.sim.new((-(-n // 2),), "u8")  # packed & 15
+        del t, w
+
+    def _lora(self, x: Tensor, result: Tensor, lin: Linear, r: int) -> Tensor:
+        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_A, lora_B,
+        `* scaling` (a new tensor), `result + ...` (promoted to fp32), `.to(result dtype)`. DoRA: peft's
+        DoraLinearLayer.forward instead (see `_dora`)."""
+        f = self.f
+        ad = self.cfg.adapter_dtype
+        xa = f.to(x, ad)
+        a_w = self.added(lin.name + ".lora_A.weight", (r, lin.in_features), ad)
+        b_w = self.added(lin.name + ".lora_B.weight", (lin.out_features, r), ad)
+        if self.dora:
+            return self._dora(xa, result, lin, a_w, b_w, r)
+        a = f.linear(xa, a_w, None, r)
+        del xa
+        b = f.linear(a, b_w, None, lin.out_features)
+        del a
+        b = f.scale(b)
+        dtype = result.dtype
+        result = f.add(result, b)
+        del b
+        return f.to(result, dtype)
+
+    def _dora(self, xa: Tensor, result: Tensor, lin: Linear, a_w: Tensor, b_w: Tensor, r: int) -> Tensor:
+        """peft DoraLinearVariant.forward with lora_dropout 0 (base_result = result) and
+        DoraLinearLayer.forward: the LoRA weight through an identity matrix (`lora_B(lora_A(eye))`, built
+        with grad but only used detached), the base weight cast to the input dtype, the column norm of
+        W + s*BA (detached), then (m/||.|| - 1) * base_result + m/||.|| * lora_B(lora_A(x)) * s."""
+        f, sim = self.f, self.sim
+        out_f, in_f = lin.out_features, lin.in_features
+        ad = xa.dtype
+        mag = self.added(lin.name + ".lora_magnitude_vector", (out_f,), ad)
+        # get_lora_weight: eye (in x in), lora_A(eye) (in x r) saves eye, lora_B(...) (in x out) saves it; .T
+        eye = sim.new((in_f, in_f), ad)
+        ae = f.linear(eye, a_w, None, r)
+        del eye
+        lw = f.linear(ae, b_w, None, out_f)
+        del ae
+        lw = f.to(lw, ad)
+        # get_weight_norm(weight.to(x.dtype), lora_weight.detach(), scaling): weight + s*lora_weight, norm
+        sim.op = "dora_weight_norm"
+        wcast = sim.new((out_f, in_f), ad) if self.dtype != ad else None
+        slw = sim.new((in_f, out_f), ad)  # scaling * lora_weight
+        wsum = sim.new((out_f, in_f), ad)  # weight + ...
+        del slw
+        norm = sim.new((out_f,), "f32" if ad != "f32" else ad)
+        del wsum  # lw (with its graph: eye, lora_A(eye)) and the cast weight live until forward returns
+        norm = f.to(norm, ad) if norm.dtype != ad else norm
+        scale = f.div(mag, norm)  # magnitude / weight_norm -> (1, out)
+        del norm
+        a = f.linear(xa, a_w, None, r)
+        lora_result = f.linear(a, b_w, None, out_f)
+        del a
+        m1 = f.sub(scale)  # mag_norm_scale - 1
+        t1 = f.mul(m1, result)
+        del m1
+        t2 = f.mul(scale, lora_result)
+        del lora_result, scale
+        t2 = f.scale(t2)
+        dora = f.add(t1, t2)
+        del t1, t2
+        dtype = result.dtype
+        result = f.add(result, dora)
+        del dora, lw, wcast
+        return f.to(result, dtype)
+
+    def _ia3_output(self, result: Tensor, lin: Linear) -> Tensor:
+        """peft ia3.Linear.forward, not feed-forward: (base(x) * ia3_l.flatten()).to(result dtype);
+        `1 * ia3_l` is a new small tensor."""
+        f = self.f
+        v = self.added(lin.name + ".ia3_l", (lin.out_features, 1))
+        s = f.scale(f.view(v, (lin.out_features,)))
+        dtype = result.dtype
+        out = f.mul(result, s)
+        return f.to(out, dtype)
+
+    def _ia3_input(self, x: Tensor, lin: Linear) -> Tensor:
+        """peft ia3.Linear.forward, feed-forward: (x.to(fp32) * ia3_l.flatten()).to(x dtype) into the base."""
+        f = self.f
+        v = self.added(lin.name + ".ia3_l", (1, lin.in_features))
+        s = f.scale(f.view(v, (lin.in_features,)))
+        dtype = x.dtype
+        xf = f.to(x, v.dtype)
+        out = f.mul(xf, s)
+        del xf
+        return f.to(out, dtype)
+
+    def adapter(self, x: Tensor, site: str, prefix: str) -> Tensor:
+        """peftcalc/measure/adapters.py's Bottleneck on a module output: x + up(relu(down(x.to(fp32)))).to(x)."""
+        if site not in self.adapter_sites:
+            return x
+        f = self.f
+        h, b = self.arch.hidden_size, self.adapter_width
+        name = f"{prefix}.{site}"
+        xf = f.to(x, "f32")
+        d = f.linear(xf, self.added(name + ".down.weight", (b, h)), self.added(name + ".down.bias", (b,)), b,
+                     op="addmm")
+        del xf
+        d = f.unary_saves_output(d, "ReluBackward0", "relu")
+        u = f.linear(d, self.added(name + ".up.weight", (h, b)), self.added(name + ".up.bias", (h,)), h, op="addmm")
+        del d
+        u = f.to(u, x.dtype)
+        return f.add(x, u)
+
+
+def _dequant_backward(m: Model, lin: Linear, storage: str) -> Any:
+    def bw(sim: Sim, n: Any, g: list) -> list:
+        nbytes = lin.in_features * lin.out_features
+        sim.op = "dequantize"
+        if storage == "int8":
+            w = sim.new((lin.out_features, lin.in_features), m.cfg.compute_dtype)
+            s = sim.new((lin.out_features,), m.cfg.compute_dtype)
+            del s
+        else:
+            w = sim.new((2 * -(-nbytes // 2),), m.cfg.compute_dtype)
+            t = sim.new((-(-nbytes // 2),), "u8")
+            del t
+            t = sim.new((-(-nbytes // 2),), "u8")
+            del t
+        sim.op = "mm"
+        out = [sim.new(n.inputs[0][0], n.inputs[0][1])]
+        del w
+        return out
+    return bw
