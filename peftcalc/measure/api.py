@@ -78,6 +78,8 @@ def predicted(spec: ModelSpec, method: Method, setup: Setup) -> tuple[Bytes | No
         est = estimate_method(spec, method, setup)
     except PeftcalcError as e:
         return None, None, None, str(e)
+    except Exception as e:  # noqa: BLE001 - a broken estimate must not lose the measurement
+        return None, None, None, f"the analytic estimate failed: {type(e).__name__}: {e}"
     m = est.memory
     peak = m.total - m.overhead_bytes
     b = Bytes(weights=m.weight_bytes + m.master_weight_bytes, gradients=m.gradient_bytes,

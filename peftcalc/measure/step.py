@@ -77,6 +77,9 @@ def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | t
     precision = get_precision(setup.precision)
     adaptation = method.adapt(spec)
     notes: list[str] = []
+    if spec.arch.num_experts and precision.param_dtype != "bf16":
+        raise PeftcalcError(f"{spec.name} is a mixture of experts: transformers 5 runs its experts with grouped_mm, "
+                            "which takes bf16 weights only; use --precision bf16 or bf16-mixed")
     overrides: dict[str, Any] = {"use_cache": False, "dtype": DTYPES[precision.param_dtype],
                                  "_attn_implementation": setup.attention}
     try:

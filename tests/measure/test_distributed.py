@@ -1,0 +1,64 @@
+"""Two processes under torchrun on the CPU (gloo): FSDP2 gives each rank half of every parameter, gradient and
+optimizer state; the per-rank numbers come back in `per_rank`."""
+
+from __future__ import annotations
+
+import pytest
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.measure.api import measure
+from peftcalc.measure.distributed import check_distributed_setup
+from peftcalc.measure.result import Bytes
+from peftcalc.methods import make_method
+from peftcalc.setup import Setup
+
+from .tiny_models import tiny
+
+SETUP = dict(batch_size=2, seq_len=32, precision="fp32")
+
+
+def _single_process(method: str):
+    r = measure(tiny("llama"), make_method(method), Setup(**SETUP), "trace", save_checkpoint=False)
+    assert r.status == "ok"
+    return r
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp2_two_ranks_hold_half_of_everything(method):
+    one = _single_process(method)
+    two = measure(tiny("llama"), make_method(method), Setup(**SETUP, zero_stage=3), "run", nproc=2, timed_steps=1)
+    assert two.status == "ok", two.detail.error
+    assert [r.rank for r in two.per_rank] == [0, 1]
+    d = two.to_dict()
+    assert len(d["per_rank"]) == 2 and set(d["per_rank"][0]) == {"rank", "measured_bytes"}
+    assert two.setup["num_gpus"] == 2 and two.setup["zero_stage"] == 3
+
+    spec = tiny("llama")
+    added = 0 if method == "full" else one.trainable_params  # LoRA's A and B are parameters too
+    params = (spec.total_params + added) * 4
+    buffers = one.measured.weights - params  # rotary inv_freq: replicated, not sharded
+    trainable = one.trainable_params * 4
+    step_counters = one.measured.optimizer_states - 2 * trainable  # AdamW's 4-byte `step`, one per tensor
+    for r in two.per_rank:
+        m = r.measured
+        assert m.weights == params // 2 + buffers  # every dimension here is even: exact halves
+        assert m.gradients == trainable // 2
+        # exp_avg and exp_avg_sq are sharded; AdamW's 4-byte step counter is a plain tensor on each rank
+        assert m.optimizer_states == 2 * trainable // 2 + step_counters
+        assert m.activations > 0 and m.peak > m.weights + m.optimizer_states
+    assert two.measured == Bytes.max_of([r.measured for r in two.per_rank])  # top level: the worst rank
+    assert two.predicted is not None and two.step_seconds and two.tokens_per_second
+
+
+@pytest.mark.parametrize("zero,message", [(1, "ZeRO-1"), (3, None)])
+def test_distributed_setup_checks(zero, message):
+    setup = Setup(**SETUP, zero_stage=zero)
+    if message:
+        with pytest.raises(PeftcalcError, match=message):
+            check_distributed_setup(setup, 2)
+    else:
+        assert check_distributed_setup(setup, 2).num_gpus == 2
+    with pytest.raises(PeftcalcError, match="--gpus 4"):
+        check_distributed_setup(Setup(**SETUP, zero_stage=3, num_gpus=4), 2)
+    with pytest.raises(PeftcalcError, match="offload"):
+        check_distributed_setup(Setup(**SETUP, zero_stage=3, offload=True), 2)
