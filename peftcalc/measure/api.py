@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,15 @@ def measure(spec: ModelSpec, method: Method, setup: Setup, backend: str = "trace
             check_host_memory: bool = True) -> MeasureResult:
     """Trace or run one training step of `spec` adapted by `method` under `setup`; never raises for an OOM
     (status "oom") or a known limitation (status "unsupported"); bad arguments raise PeftcalcError."""
+    with warnings.catch_warnings():
+        # transformers/peft deprecation chatter (gradient_checkpointing_enable ...) is not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _measure(spec, method, setup, backend, nproc, device, save_checkpoint, timed_steps, check_host_memory)
+
+
+def _measure(spec: ModelSpec, method: Method, setup: Setup, backend: str, nproc: int, device: str | None,
+             save_checkpoint: bool, timed_steps: int, check_host_memory: bool) -> MeasureResult:
     if backend not in BACKENDS:
         raise PeftcalcError(f"--backend must be trace or run, got {backend!r}")
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:

@@ -1,0 +1,200 @@
+"""Bench suites: TOML matrices expand as written; results are appended durably, survive a killed writer,
+resume per environment, and a failing run does not stop the suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.measure.bench import (Run, append_record, load_suite, read_records, repair_tail, results_path,
+                                    run_suite)
+from peftcalc.methods import METHODS
+from peftcalc.model.catalogue import model_names
+
+from .tiny_models import TINY_CONFIGS
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"torch": "t", "transformers": "x", "peft": "p", "device_name": "cpu", "git_commit": "abc"}
+
+
+def _suite(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "suites" / "s.toml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+SUITE = """
+name = "s"
+[defaults]
+seq = 64
+[[matrix]]
+model = ["llama-2-7b", "gpt2-xl"]
+method = ["full", "lora", "prefix"]
+gradient_checkpointing = [false, true]
+[[exclude]]
+method = "prefix"
+gradient_checkpointing = true
+"""
+
+
+def test_matrix_expands_with_axes_defaults_and_excludes(tmp_path):
+    s = load_suite(_suite(tmp_path, SUITE))
+    assert s.name == "s" and len(s.runs) == 2 * 3 * 2 - 2
+    p = s.runs[0].p
+    assert p["seq"] == 64 and p["backend"] == "trace" and p["precision"] == "bf16"
+    assert not any(r.p["method"] == "prefix" and r.p["gradient_checkpointing"] for r in s.runs)
+    assert len({r.key for r in s.runs}) == len(s.runs)
+    assert results_path(s, None) == tmp_path / "results" / "s.jsonl"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name='s'\n", "no \\[\\[matrix\\]\\]"),
+    ("[[matrix]]\nmodel='a'\nmethod='lora'\nsequence=[1]\n", "unknown key"),
+    ("[[matrix]]\nmethod='lora'\n", "exactly one of model"),
+    ("name = [\n", "not valid TOML"),
+])
+def test_bad_suites_fail_with_the_file_and_entry(tmp_path, text, message):
+    with pytest.raises(PeftcalcError, match=message):
+        load_suite(_suite(tmp_path, text))
+
+
+def test_missing_suite_file(tmp_path):
+    with pytest.raises(PeftcalcError, match="not found"):
+        load_suite(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("name", ["cpu-small", "gpu"])
+def test_committed_suites_name_real_models_and_methods(name):
+    s = load_suite(ROOT / "bench" / "suites" / f"{name}.toml")
+    assert s.runs
+    for r in s.runs:
+        assert r.p["model"] in model_names()
+        assert r.p["method"] in METHODS
+
+
+def test_cpu_suite_covers_what_the_issue_asks():
+    s = load_suite(ROOT / "bench" / "suites" / "cpu-small.toml")
+    models = {r.p["model"] for r in s.runs}
+    assert {"llama-2-7b", "mistral-7b", "qwen2.5-7b", "phi-3-mini", "gemma-2b", "gpt2-xl", "t5-large",
+            "mixtral-8x7b"} <= models
+    assert {"full", "lora", "qlora", "dora", "prompt", "prefix"} <= {r.p["method"] for r in s.runs}
+    assert len({r.p["seq"] for r in s.runs}) >= 3 and {r.p["gradient_checkpointing"] for r in s.runs} == {False, True}
+    assert {r.p["backend"] for r in s.runs} == {"trace"}
+
+
+def test_gpu_suite_runs_real_steps_with_foreach_and_fused():
+    s = load_suite(ROOT / "bench" / "suites" / "gpu.toml")
+    assert {r.p["backend"] for r in s.runs} == {"run"}
+    assert {"foreach", "fused"} <= {r.p["adamw_impl"] for r in s.runs}
+    assert {"full", "lora"} <= {r.p["method"] for r in s.runs} and len({r.p["seq"] for r in s.runs}) >= 3
+    assert s.time_budget_s is not None and s.time_budget_s <= 420
+
+
+def test_append_is_one_line_and_a_partial_last_line_is_repaired(tmp_path):
+    f = tmp_path / "r.jsonl"
+    append_record(f, {"a": 1})
+    with open(f, "ab") as h:  # a writer killed mid-line
+        h.write(b'{"a": 2, "b": [1, 2')
+    assert [r["a"] for r in read_records(f)] == [1]  # readers skip the partial line
+    append_record(f, {"a": 3})  # the next append cuts it off first
+    assert f.read_text().count("\n") == 2
+    assert [r["a"] for r in read_records(f)] == [1, 3]
+
+
+def test_repair_of_a_file_holding_only_a_partial_line(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_bytes(b'{"a"')
+    repair_tail(f)
+    assert f.read_bytes() == b""
+
+
+def _fake_runner(fail: set[str]):
+    calls: list[str] = []
+
+    def runner(run: Run) -> dict:
+        calls.append(run.label)
+        if run.p["method"] in fail:
+            raise RuntimeError("boom")
+        return {"backend": "trace", "status": "ok", "environment": ENV, "measured_bytes": {"peak": 1}}
+    return runner, calls
+
+
+def test_resume_skips_recorded_runs_and_failures_do_not_stop_the_suite(tmp_path):
+    s = load_suite(_suite(tmp_path, SUITE))
+    runner, calls = _fake_runner({"prefix"})
+    first = run_suite(s, tmp_path / "out", runner=runner, environment_of=lambda b: ENV)
+    assert first.ran == len(s.runs) and first.statuses == {"ok": 8, "error": 2}
+    recs = read_records(tmp_path / "out" / "s.jsonl")
+    assert len(recs) == len(s.runs)
+    assert all(r["suite"] == "s" and "run_key" in r and "run" in r for r in recs)
+    assert [r["detail"]["error"] for r in recs if r["status"] == "error"] == ["RuntimeError: boom"] * 2
+
+    runner2, calls2 = _fake_runner(set())
+    again = run_suite(s, tmp_path / "out", runner=runner2, environment_of=lambda b: ENV)
+    assert again.ran == 0 and again.skipped == len(s.runs) and calls2 == []
+    retry = run_suite(s, tmp_path / "out", retry_failed=True, runner=runner2, environment_of=lambda b: ENV)
+    assert retry.ran == 2 and all("prefix" in c for c in calls2)
+
+    other = dict(ENV, torch="another version")  # a different environment measures again; the commit does not
+    runner3, calls3 = _fake_runner(set())
+    run_suite(s, tmp_path / "out", runner=runner3, environment_of=lambda b: dict(ENV, git_commit="new"))
+    assert calls3 == []
+    run_suite(s, tmp_path / "out", runner=runner3, environment_of=lambda b: other)
+    assert len(calls3) == len(s.runs)
+
+
+def test_time_budget_leaves_runs_for_later(tmp_path):
+    s = load_suite(_suite(tmp_path, SUITE))
+    runner, calls = _fake_runner(set())
+    out = run_suite(s, tmp_path / "out", time_budget_s=-1, runner=runner, environment_of=lambda b: ENV)
+    assert out.ran == 0 and out.not_started == len(s.runs) and calls == []
+
+
+def _tiny_suite(tmp_path: Path) -> Path:
+    cfg = tmp_path / "tiny" / "config.json"
+    cfg.parent.mkdir()
+    cfg.write_text(json.dumps(TINY_CONFIGS["llama"]))
+    return _suite(tmp_path, f"""
+name = "tiny"
+[defaults]
+seq = 16
+batch = 2
+precision = "fp32"
+timed_steps = 1
+[[matrix]]
+config = "{cfg}"
+method = ["lora", "prompt"]
+backend = ["trace", "run"]
+""")
+
+
+def test_a_real_tiny_suite_end_to_end(tmp_path):
+    s = load_suite(_tiny_suite(tmp_path))
+    summary = run_suite(s, tmp_path / "out")
+    assert summary.statuses == {"ok": 4}
+    recs = read_records(tmp_path / "out" / "tiny.jsonl")
+    by = {(r["run"]["method"], r["backend"]): r for r in recs}
+    for method in ("lora", "prompt"):
+        assert by[(method, "trace")]["measured_bytes"] == by[(method, "run")]["measured_bytes"]
+        assert by[(method, "run")]["step_seconds"] > 0
+
+
+def test_gpu_script_runs_from_a_checkout_without_the_package(tmp_path):
+    """The GPU script, on the CPU with a tiny suite: PYTHONPATH only, results in the given folder."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHON"] = str(Path(os.sys.executable))
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), str(tmp_path / "gpu-out"),
+                           str(_tiny_suite(tmp_path))], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recs = read_records(tmp_path / "gpu-out" / "tiny.jsonl")
+    assert len(recs) == 4 and {r["status"] for r in recs} == {"ok"}
+    assert (tmp_path / "gpu-out" / "gpu_suite.log").exists()
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "OUT_DIR" in proc.stdout
