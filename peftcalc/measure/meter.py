@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
@@ -96,6 +96,7 @@ class LiveMeter(TorchDispatchMode):
         self.peak = 0
         self._phase: str | None = None
         self.phases = PhasePeaks()
+        self.ops_seen: set[Any] = set()  # operator overloads that ran (to tell which kernels were chosen)
 
     # -- registration -------------------------------------------------------------------------------------
     def track(self, *tensors: torch.Tensor | None) -> None:
@@ -133,6 +134,7 @@ class LiveMeter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
+        self.ops_seen.add(func)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 for p in _plain_tensors(t):

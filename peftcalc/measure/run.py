@@ -80,7 +80,7 @@ def run_step(spec: ModelSpec, method: Method, setup: Setup, device: str | None =
     cuda = device.startswith("cuda")
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    prep = None
+    prep = model = None
     try:
         model, adaptation, notes = build_adapted(spec, method, setup, device=device)
         info = model_facts(model)
@@ -113,7 +113,7 @@ def run_step(spec: ModelSpec, method: Method, setup: Setup, device: str | None =
         msg = str(e).splitlines()[0][:500]
         return RunOutcome(None, None, {"wall_seconds": time.perf_counter() - t0}, oom=msg)
     finally:
-        prep = None
+        prep = model = None  # drop the model before emptying the CUDA cache (an OOM must not poison the next run)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

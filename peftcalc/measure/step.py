@@ -316,6 +316,23 @@ def _param_and_buffer_tensors(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters()] + [b for b in model.buffers()]
 
 
+MATH_SDPA_NOTE = ("sdpa fell back to its math path here (on the CPU: attention dropout > 0 or an additive bias such as "
+                  "T5's position bias): the (batch, heads, seq, seq) attention probabilities are materialized and "
+                  "saved; CUDA's flash/memory-efficient kernels would not keep them, so a GPU needs less")
+
+
+def note_attention_kernel(prep: Prepared, meter: LiveMeter) -> None:
+    """State when sdpa did not run a fused kernel: the traced/CPU numbers then include the attention matrix."""
+    if prep.setup.attention != "sdpa" or MATH_SDPA_NOTE in prep.notes:
+        return
+    fused = {n for n in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                         "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+             if hasattr(torch.ops.aten, n)}
+    seen = {getattr(op, "__name__", str(op)).split(".")[0] for op in meter.ops_seen}
+    if "_safe_softmax" in seen and not seen & fused:
+        prep.notes.append(MATH_SDPA_NOTE)
+
+
 def stray_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Tensors modules hold as plain attributes (peft's prompt_tokens, rotary caches): alive from the start."""
     out: list[torch.Tensor] = []
@@ -373,6 +390,7 @@ def measured_step(prep: Prepared, meter: LiveMeter, sync: Callable[[], None] | N
         with SavedTensorsAccount(exclude=param_keys) as saved:
             loss = prep.forward_loss()
         after_forward = meter.current
+        note_attention_kernel(prep, meter)
         meter.phase("backward")
         loss.backward()
         del loss
