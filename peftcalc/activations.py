@@ -1,18 +1,24 @@
-"""Activation memory: an ESTIMATE from a stated formula (the traced backend measures the real thing).
+"""Activation memory and the transient peaks of forward and backward, from what the real code allocates.
 
-Source: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"
-(arXiv:2205.05198), section 4.1, generalised to grouped-query attention, gated MLPs, frozen weights
-and fused attention kernels. Per layer and token, in elements of the compute dtype:
+Not a textbook formula: `peftcalc.stepsim` replays the transformers + peft training step of the model's
+family operator by operator (what each saves for backward, which copies and casts it makes, what each
+derivative allocates, in the order torch's autograd engine runs them), on symbolic tensors whose sizes are
+polynomials in batch B, sequence S, stream tokens T (S plus prompt tokens), keys K (T plus prefix tokens)
+and prefix length P. Every term names its source there (a transformers/peft function, an ATen kernel or
+a derivative formula of torch's derivatives.yaml), and `peftcalc validate` checks the result against the
+traced steps committed in bench/results/.
 
-  attention: norm input h, projection input h, q h, k and v 2*kv, attention output h -> 4h + 2kv
-             eager attention also keeps the softmax (heads x keys) and its dropout/cast copy: 2 * heads * keys
-  MLP:       norm input h, up-projection input h, then gated: gate, up, act(gate), product 4f; plain: 2f
-  frozen linears need not keep their inputs (no weight gradient): a frozen base keeps only what attention,
-             activations and norms need, plus each adapted module's input (peft runs adapters in fp32)
-  checkpointing keeps each layer's input (h) and recomputes one layer at a time in backward
+The replay runs once per model, method, dtypes, attention kernel and checkpointing (cached, ~10-50 ms);
+each batch and sequence length then costs a few polynomial evaluations.
 
-The loss path (logits in the compute dtype, their fp32 copy for cross-entropy, and its gradient) is
-counted separately: it is often the peak for large vocabularies.
+All numbers are bytes above the step's starting point (weights, buffers, optimizer states, master weights
+and the input batch):
+
+- `after_forward`: live when the forward returns: what autograd saved for backward, and the loss;
+- `forward_peak`: the most live during forward (often inside the loss: the logits, their fp32 copy and
+  the log-softmax);
+- `backward_peak`: the most live during backward, parameter gradients included as they appear (often
+  the loss's backward, three fp32 vocabulary-wide tensors, or the last layers with all gradients).
 """
 
 from __future__ import annotations
@@ -21,70 +27,64 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation
+from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
-from peftcalc.units import dtype_bytes
+from peftcalc.stepsim.model import DTYPES, StepConfig
+from peftcalc.stepsim.poly import Poly
+from peftcalc.stepsim.run import SimResult, simulate
 
 
 @dataclass(frozen=True)
 class Activations:
-    layer_bytes: int  # all transformer blocks together
-    loss_bytes: int  # logits, their fp32 copy and gradient
-    recompute_bytes: int  # one block's activations rebuilt during backward (checkpointing only)
+    after_forward_bytes: int  # saved for backward + the loss, when forward returns
+    forward_peak_bytes: int  # the most live during forward
+    backward_peak_bytes: int  # the most live during backward (gradients included)
+    gradient_bytes: int  # parameter gradients when backward ends (equals memory.py's, a consistency check)
 
     @property
     def total(self) -> int:
-        return self.layer_bytes + self.loss_bytes + self.recompute_bytes
+        """The activations proper: what the forward leaves alive for backward."""
+        return self.after_forward_bytes
 
 
-def _block_elements_per_token(adaptation: Adaptation, keys: int, cross: bool) -> tuple[int, int]:
-    """(elements in compute dtype, elements in fp32) one block keeps per token."""
-    a = adaptation.spec.arch
-    h, kv, f = a.hidden_size, a.num_kv_heads * a.head_dim, a.ffn_size
-    full = adaptation.method == "full"
-    attn = (4 * h + 2 * kv) if full else (2 * h + 2 * kv + h)  # frozen: no projection inputs kept
-    if cross:  # decoder blocks of encoder-decoder models attend twice
-        attn *= 2
-    mlp = (2 * h + (4 * f if a.gated_mlp else 2 * f)) if full else (h + (3 * f if a.gated_mlp else f))
-    if a.num_experts:  # each token visits experts_per_token experts (balanced routing assumed)
-        mlp = h + (mlp - h) * a.experts_per_token
-    return attn + mlp, _adapter_inputs(adaptation) // max(1, a.num_layers)
+# Families whose sdpa attention runs ATen matmuls on (B, H, ...) views (the CPU math composite, BLOOM's baddbmm):
+# a batch of one views what a larger batch copies. Eager attention does this in every family.
+BATCH_SENSITIVE = frozenset({"gpt2", "bert", "roberta", "t5", "mt5", "falcon", "bloom", "opt", "gpt_neox"})
 
 
-@lru_cache(maxsize=4096)
-def _adapter_inputs(adaptation: Adaptation) -> int:
-    """Input elements per token of all adapted modules: peft casts them to fp32 for lora_A."""
-    by_name = {l.name: l for l in adaptation.spec.linears}
-    return sum(by_name[n].in_features * by_name[n].count for n in adaptation.adapted)
+def step_config(setup: Setup, family: str | None = None) -> StepConfig:
+    """What of the setup changes the replayed step (batch and sequence stay symbols)."""
+    p = get_precision(setup.precision)
+    batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
+    return StepConfig(DTYPES[p.param_dtype], DTYPES[p.compute_dtype], setup.attention, setup.gradient_checkpointing,
+                      DTYPES[p.adapter_dtype], batch1)
 
 
-def _eager_elements_per_token(adaptation: Adaptation, keys: int) -> int:
-    a = adaptation.spec.arch
-    return 2 * a.num_heads * keys
+def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
+    """The symbols' values: B batch, S tokens given, T tokens the layers see, K keys, P prefix tokens."""
+    t = setup.seq_len + adaptation.extra_tokens
+    return {"B": setup.batch_size, "S": setup.seq_len, "T": t, "K": t + adaptation.prefix_tokens,
+            "P": adaptation.prefix_tokens}
 
 
-def activation_bytes(adaptation: Adaptation, setup: Setup, compute_dtype: str) -> Activations:
-    a = adaptation.spec.arch
-    c = dtype_bytes(compute_dtype)
-    b = setup.batch_size
-    seq = setup.seq_len + adaptation.extra_tokens  # virtual tokens lengthen the input
-    keys = seq + adaptation.prefix_tokens  # prefixes lengthen only the keys/values
-    enc_layers = a.num_encoder_layers
-    dec_layers = a.num_layers - enc_layers
-    per_layer = []  # (layers, bytes per layer)
-    for layers, cross in ((enc_layers, False), (dec_layers, a.kind == "encoder-decoder")):
-        if not layers:
-            continue
-        elems, fp32_elems = _block_elements_per_token(adaptation, keys, cross)
-        eager = _eager_elements_per_token(adaptation, keys) if setup.attention == "eager" else 0
-        one_layer = b * seq * ((elems + eager) * c + fp32_elems * 4)
-        one_layer += b * adaptation.prefix_tokens * 2 * a.num_kv_heads * a.head_dim * c
-        per_layer.append((layers, one_layer))
-    if setup.gradient_checkpointing:
-        layer_bytes = sum(n * b * seq * a.hidden_size * c for n, _ in per_layer)
-        recompute = max(one for _, one in per_layer)
-    else:
-        layer_bytes = sum(n * one for n, one in per_layer)
-        recompute = 0
-    # Logits (compute dtype), their fp32 upcast for the loss and its gradient, over the decoder's tokens.
-    loss = b * setup.seq_len * a.vocab_size * (c + 4 + 4)
-    return Activations(layer_bytes, loss, recompute)
+def _value(p: Poly, v: dict[str, int]) -> int:
+    total = 0
+    for mono, c in p.items():
+        for s in mono:
+            c *= v[s]
+        total += c
+    return total
+
+
+@lru_cache(maxsize=8192)
+def activation_bytes(adaptation: Adaptation, setup: Setup, compute_dtype: str | None = None) -> Activations:
+    """The replayed step's activations and transient peaks for this batch and sequence length.
+    (`compute_dtype` is accepted for older callers; the setup's precision recipe decides.)"""
+    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
+    v = sizes(adaptation, setup)
+    return Activations(
+        after_forward_bytes=_value(r.after_forward, v),
+        forward_peak_bytes=max(_value(p, v) for p in r.forward_peaks),
+        backward_peak_bytes=max(_value(p, v) for p in r.backward_peaks),
+        gradient_bytes=_value(r.gradients, v),
+    )

@@ -1,7 +1,15 @@
-"""Model-state bytes, exact: weights, gradients, master weights and optimizer states of an Adaptation.
+"""Model-state bytes, exact: weights, buffers, gradients, master weights and optimizer states of an Adaptation.
 
 Every quantity is a sum over the adaptation's tensor groups, so "total = sum of parts" holds by
-construction and each part can be checked to the byte against a traced step.
+construction and each part can be checked to the byte against a traced step. Besides the parameters,
+the step holds:
+
+- buffers: rotary `inv_freq` and its `original_inv_freq` copy (fp32, transformers 5), BERT's position and
+  token-type ids, Gemma's `embed_scale`, and the constants of each QLoRA-quantized weight (bitsandbytes'
+  NF4 code, second-level code and offset: peftcalc/measure/qlinear.py) — measured: the traced "weights"
+  are parameters plus buffers;
+- torch AdamW's `step` (torch/optim/adamw.py `_init_group`) and transformers Adafactor's `RMS`: a 4-byte
+  fp32 tensor per trainable tensor.
 """
 
 from __future__ import annotations
@@ -10,20 +18,33 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation, TensorGroup
+from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
 from peftcalc.precision import Precision
 from peftcalc.quant import int8_bytes, nf4_bytes
 from peftcalc.units import dtype_bytes
 
+ADAM_STEP_BYTES = 4  # torch.optim.AdamW: state["step"] = torch.tensor(0.0, dtype=float32) per parameter
+# Optimizers keeping a 0-dim fp32 tensor per parameter: AdamW's step, transformers Adafactor's RMS.
+SCALAR_STATE_OPTIMIZERS = ("adamw", "adafactor")
+# bitsandbytes' NF4 QuantState constants not in quant.nf4_bytes: the 16-entry fp32 NF4 code, the 256-entry fp32
+# code of the nested (double) quantization and its fp32 offset (bitsandbytes functional.quantize_4bit).
+NF4_CONSTANT_BYTES = 16 * 4 + 256 * 4 + 4
+
 
 @dataclass(frozen=True)
 class ModelStates:
-    weight_bytes: int
+    weight_bytes: int  # parameters as stored
     gradient_bytes: int
     master_weight_bytes: int
-    optimizer_state_bytes: int
-    largest_trainable_bytes: int  # the biggest single trainable tensor (optimizer temporaries scale with it)
-    trainable_weight_bytes: int  # bytes of the trainable weights (foreach AdamW copies them once)
+    optimizer_state_bytes: int  # includes AdamW's per-tensor step
+    largest_trainable_bytes: int  # the biggest single trainable tensor, as stored
+    trainable_weight_bytes: int  # bytes of the trainable weights, as stored
+    buffer_bytes: int = 0  # non-parameter tensors of the model (rotary frequencies, position ids, QLoRA constants)
+    stepped_bytes: int = 0  # what the optimizer steps, in its state dtype (foreach AdamW makes one such copy)
+    forloop_temporary_bytes: int = 0  # the for-loop AdamW's largest scratch (see forloop_scratch)
+    master_gradient_bytes: int = 0  # gradients as the optimizer step sees them (fp32 copies for master weights)
+    last_cast_gradient_bytes: int = 0  # the last low-precision gradient turned into fp32 (mixed precision)
 
     @property
     def total(self) -> int:
@@ -39,10 +60,57 @@ def tensor_bytes(g: TensorGroup, precision: Precision) -> int:
     return g.numel * dtype_bytes(precision.stored_dtype(g.added))
 
 
+def buffer_bytes(adaptation: Adaptation, precision: Precision) -> int:
+    """Buffers of the transformers model (measured on the meta device, transformers 5) and of QLoRA's
+    quantized weights."""
+    spec = adaptation.spec
+    total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
+    for g in adaptation.tensors:
+        if g.storage == "nf4":
+            total += NF4_CONSTANT_BYTES * g.count
+    return total
+
+
+def family_buffer_bytes(spec: ModelSpec, param_dtype_bytes: int = 4) -> int:
+    a, cfg = spec.arch, spec.hf_config
+    if a.family in ("llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "falcon", "gpt_neox"):
+        dim = a.head_dim
+        if a.family == "gpt_neox":
+            dim = int(a.head_dim * float(cfg.get("rotary_pct", cfg.get("partial_rotary_factor", 0.25))))
+        elif a.family == "phi3":
+            dim = int(a.head_dim * float(cfg.get("partial_rotary_factor", 1.0)))
+        elif a.family == "falcon" and cfg.get("alibi"):
+            return 0
+        extra = param_dtype_bytes if a.family in ("gemma", "gemma2") else 0  # embed_scale, in the model dtype
+        return 2 * (dim // 2) * 4 + extra  # inv_freq and original_inv_freq, fp32
+    if a.family in ("bert", "roberta"):
+        positions = int(cfg.get("max_position_embeddings") or a.max_positions or 512)
+        return 2 * positions * 8  # position_ids and token_type_ids buffers, int64
+    return 0
+
+
+def forloop_scratch(sizes: list[int]) -> int:
+    """torch's single-tensor AdamW: `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)` makes two
+    tensors of the parameter's size while the previous parameter's `denom` is still bound: the most of
+    2 x size(i) + size(i - 1) over the parameters in order."""
+    best, prev = 0, 0
+    for s in sizes:
+        best = max(best, 2 * s + prev)
+        prev = s
+    return best
+
+
 @lru_cache(maxsize=4096)
 def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -> ModelStates:
     opt = get_optimizer(optimizer)
-    weights = grads = master = states = largest = trainable_w = 0
+    torch_adamw = optimizer in SCALAR_STATE_OPTIMIZERS
+    weights = grads = master = states = largest = trainable_w = stepped = master_grads = 0
+    first, middle, last = [], [], []  # trainable tensor sizes in model.parameters() order, roughly
+    spec = adaptation.spec
+    heads = {l.name + ".weight" for l in spec.linears if l.head}
+    embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
+    norms = {p.name for p in spec.others if p.kind == "norm"}
+    last_cast = 0
     for g in adaptation.tensors:
         one = tensor_bytes(g, precision)
         weights += one * g.count
@@ -51,7 +119,20 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
         trainable_w += one * g.count
         largest = max(largest, one)
         grads += one * g.count  # a gradient has its parameter's dtype and shape
+        state_bytes = g.numel * dtype_bytes(precision.state_dtype(g.added))
+        stepped += state_bytes * g.count
+        (first if g.name in embeddings else last if g.name in heads else middle).extend([state_bytes] * min(g.count, 2))
         if precision.has_master(g.added):
             master += g.numel * 4 * g.count
+            master_grads += g.numel * 4 * g.count
+            if g.name in heads:  # model.parameters() ends with the output head: the last gradient cast
+                last_cast = one
+        else:
+            master_grads += one * g.count
         states += opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
-    return ModelStates(weights, grads, master, states, largest, trainable_w)
+        if torch_adamw:
+            # one step per tensor; a norm group holds numel / hidden_size tensors (weight, and bias for LayerNorm)
+            per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1
+            states += ADAM_STEP_BYTES * g.count * per
+    return ModelStates(weights, grads, master, states, largest, trainable_w, buffer_bytes(adaptation, precision), stepped,
+                       forloop_scratch(first + middle + last), master_grads, last_cast)

@@ -44,7 +44,14 @@ def test_total_is_the_sum_of_its_parts(model, method, setup):
     r = estimate_method(get_model(model), make_method(method), setup)
     m = r.memory
     assert m.model_state_bytes == m.weight_bytes + m.gradient_bytes + m.optimizer_state_bytes + m.master_weight_bytes
-    assert m.total == m.model_state_bytes + max(m.activation_bytes, m.temporary_bytes) + m.overhead_bytes
+    # the peak is the largest phase; the total adds the overhead lines
+    assert m.peak_bytes == max(m.forward_peak_bytes, m.backward_peak_bytes, m.optimizer_peak_bytes)
+    assert m.total == m.peak_bytes + m.overhead_bytes == m.peak_bytes + sum(line.bytes for line in m.overhead)
+    assert m.start_bytes == m.weight_bytes + m.buffer_bytes + m.master_weight_bytes + m.optimizer_state_bytes \
+        + m.input_bytes
+    assert m.start_bytes + m.activation_bytes <= m.forward_peak_bytes
+    if setup.zero_stage < 2 and not setup.offload:
+        assert m.optimizer_peak_bytes >= m.start_bytes + m.gradient_bytes + m.temporary_bytes
     assert r.activations.total == m.activation_bytes
     # gradients exist exactly for trainable tensors, in their dtype
     assert (m.gradient_bytes == 0) == (r.params.trainable == 0)

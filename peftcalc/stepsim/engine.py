@@ -43,12 +43,13 @@ def promote(a: str, b: str) -> str:
 class Storage:
     """Bytes that live while something refers to them."""
 
-    __slots__ = ("sim", "size", "tag", "__weakref__")
+    __slots__ = ("sim", "size", "tag", "index", "__weakref__")
 
     def __init__(self, sim: "Sim", size: Poly, tag: Any) -> None:
         self.sim = sim
         self.size = size
         self.tag = tag
+        self.index = sim.allocations
         sim._alloc(self)
 
     def __del__(self) -> None:
@@ -83,6 +84,7 @@ class Param:
     trainable: bool
     tag: Any = None  # (stack, role) of the layer it belongs to; None outside layers
     capture: bool = False
+    holds: Any = None  # a leaf tensor's storage, alive as long as its AccumulateGrad (the graph) is
     uses: int = 0  # graph edges into its AccumulateGrad
     received: int = 0
     pending: Tensor | None = None
@@ -114,7 +116,7 @@ class Event:
     states: tuple[int, ...]  # per stack, its mid layer's state (Stack.state)
     tag: Any  # (stack, role) of the layer running, None outside layers
     op: str
-    sid: int  # id() of the storage allocated
+    index: int  # the allocation counter at this moment (the last allocation's index)
 
 
 @dataclass
@@ -139,7 +141,9 @@ class Sim:
     def __init__(self) -> None:
         self.live: Poly = {}
         self.live_by_tag: dict[Any, Poly] = {}
-        self.events: list[Event] = []
+        self.events: list[Event] = []  # the live bytes at each local maximum (an allocation before a free)
+        self.allocations = 0
+        self._pending: tuple | None = None  # the last allocation's context, until a free makes it a maximum
         self.nodes: list[weakref.ref] = []  # in creation order; a graph no tensor reaches dies, as in torch
         self._seq = 0
         self.grad_enabled = True
@@ -154,12 +158,22 @@ class Sim:
     def _alloc(self, s: Storage) -> None:
         add_into(self.live, s.size)
         add_into(self.live_by_tag.setdefault(s.tag, {}), s.size)
-        self.events.append(Event(self.phase, dict(self.live), tuple(k.state for k in self.stacks.values()),
-                                 self.tag, self.op, id(s)))
+        self.allocations += 1
+        self._pending = (self.phase, tuple(k.state for k in self.stacks.values()), self.tag, self.op,
+                         self.allocations)
         if self.debug is not None:
             self.debug[id(s)] = (self.op, s.size, s.tag)
 
+    def flush(self) -> None:
+        """Record the live bytes if the last change was an allocation (a local maximum)."""
+        if self._pending is not None:
+            phase, states, tag, op, index = self._pending
+            self.events.append(Event(phase, dict(self.live), states, tag, op, index))
+            self._pending = None
+
     def _free(self, s: Storage) -> None:
+        if self._pending is not None:
+            self.flush()
         add_into(self.live, s.size, -1)
         if self.debug is not None:
             self.debug.pop(id(s), None)
@@ -178,6 +192,14 @@ class Sim:
     def capture(self, shape: tuple[Dim, ...], dtype: str) -> Param:
         """The detached input of a recomputed checkpointed layer: a leaf whose gradient is handed back."""
         return Param("<checkpoint input>", shape, dtype, True, self.tag, capture=True)
+
+    def require_grad(self, t: Tensor) -> Tensor:
+        """`t.requires_grad_(True)` on a tensor that has no grad_fn: a leaf whose AccumulateGrad (and so the
+        tensor, and later its .grad) lives as long as the graph."""
+        if t.requires_grad:
+            return t
+        p = Param("<leaf>", t.shape, t.dtype, True, self.tag, capture=True, holds=t.storage)
+        return Tensor(t.shape, t.dtype, t.storage, None, 0, True, p)
 
     def leaf(self, shape: tuple[Dim, ...], dtype: str) -> Tensor:
         """An input that exists before the step (token ids, labels): counted with the model states."""
@@ -233,6 +255,7 @@ class Sim:
 
     def start_backward(self) -> None:
         """Forward is over: what each mid layer holds now is what it holds until its backward."""
+        self.flush()
         self.phase = "backward"
         for name, st in self.stacks.items():
             st.held[2] = dict(self.live_by_tag.get((name, "mid"), {}))
@@ -240,6 +263,7 @@ class Sim:
                 st.state = 2
 
     def end_backward(self) -> None:
+        self.flush()
         for name, st in self.stacks.items():
             if 3 not in st.held:
                 st.held[3] = dict(self.live_by_tag.get((name, "mid"), {}))

@@ -183,19 +183,19 @@ class Ops:
         return _out(self.sim, out, node)
 
     def embedding(self, w: Tensor, ids: Tensor, dim: int) -> Tensor:
-        """F.embedding: new (ids..., dim) tensor; saves the indices (an input, no new bytes). Backward:
-        `embedding_dense_backward`, a new weight-sized gradient."""
+        """F.embedding: new (ids..., dim) tensor; saves the indices (new bytes only when the indices were made
+        in the step, e.g. position ids). Backward: `embedding_dense_backward`, a new weight-sized gradient."""
         out = self._new(ids.shape + (dim,), w.dtype, "embedding")
-        node = self.sim.node("EmbeddingBackward0", [w], [], _bw_each_input)
+        node = self.sim.node("EmbeddingBackward0", [w], [ids], _bw_each_input)
         return _out(self.sim, out, node)
 
     # -- normalisation and softmax --------------------------------------------------------------------
     def layer_norm(self, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
-        """native_layer_norm: output, mean and rstd ((..., 1), fp32 for low-precision inputs on the CPU).
-        Saves input, mean, rstd (and the weight). Backward: `native_layer_norm_backward` allocates the input,
-        weight and bias gradients."""
+        """native_layer_norm: output, mean and rstd ((..., 1), in the input dtype on the CPU). Saves input,
+        mean, rstd (and the weight). Backward: `native_layer_norm_backward` allocates the input, weight and
+        bias gradients."""
         out = self._new(x.shape, x.dtype, "native_layer_norm")
-        stat_dtype = "f32" if x.dtype in FLOATS else x.dtype
+        stat_dtype = x.dtype
         mean = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         rstd = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         node = self.sim.node("NativeLayerNormBackward0", [x, w, b], [x, mean, rstd], _bw_each_input)

@@ -17,7 +17,7 @@ from peftcalc.stepsim.poly import Poly, add_into, plus, prune, scale
 
 FAMILY_MODULES = {
     "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
-    "mixtral": "llama",
+    "mixtral": "llama", "gpt2": "gpt2", "t5": "t5", "mt5": "t5", "falcon": "falcon", "bloom": "bloom", "opt": "opt", "gpt_neox": "gpt_neox", "bert": "bert", "roberta": "bert",
 }
 
 
@@ -46,10 +46,11 @@ def simulate(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
     m.end_forward()
     after = dict(sim.live)
     sim.start_backward()
-    sim.op = "ones_like"
-    seed = sim.new((), "f32")
-    sim.backward([(loss.node, loss.out_index, seed)])
-    del seed
+    if loss.node is not None:  # (nothing trains: no backward, as torch would refuse)
+        sim.op = "ones_like"
+        seed = sim.new((), "f32")
+        sim.backward([(loss.node, loss.out_index, seed)])
+        del seed
     sim.end_backward()
     grads: Poly = {}
     grads_mid: dict[str, Poly] = {name: {} for name in sim.stacks}
@@ -81,4 +82,4 @@ def simulate(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
         add_into(after_all, scale(held[name].get(2, {}), extra[name]))
     for name in names:
         add_into(grads, scale(grads_mid[name], extra[name]))
-    return SimResult(after_all, tuple(prune(fwd)), tuple(prune(bwd)), grads)
+    return SimResult(after_all, tuple(prune(fwd)), tuple(prune(bwd) or [after_all]), grads)

@@ -109,7 +109,8 @@ def test_zero_figure_1_model_states(stage, expected_gb):
     # the paper's formulas, exactly: (2 + 2 + K) Psi with the partitioned parts divided by N_d
     psi, k, nd = 7_500_000_000, 12, 64
     exact = {0: (2 + 2 + k) * psi, 1: 4 * psi + k * psi / nd, 2: 2 * psi + (2 + k) * psi / nd, 3: (2 + 2 + k) * psi / nd}
-    assert o.memory.model_state_bytes == pytest.approx(exact[stage], abs=64 * 4)  # shards pad up to 4 bytes each
+    # shards pad up to 4 bytes each; torch's AdamW adds a 4-byte step per tensor (~1.3 kB here, sharded with the states)
+    assert o.memory.model_state_bytes == pytest.approx(exact[stage], abs=64 * 4 + 1400)
 
 
 # ---- searches ----------------------------------------------------------------------------------------------

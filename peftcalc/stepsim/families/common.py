@@ -8,60 +8,72 @@ from peftcalc.stepsim.engine import Event, Sim, Tensor, layer_indices
 from peftcalc.stepsim.model import Model
 
 
-def run_stack(m: Model, stack: str, count: int, layer: Callable[[Tensor, int], Tensor], x: Tensor,
-              saved_with_input: tuple[Tensor | None, ...] = ()) -> Tensor:
-    """Run the simulated layers of a stack (first, one middle, last), each checkpointed when asked.
-    `saved_with_input`: other tensors a checkpointed layer receives as arguments (position embeddings,
-    masks), which torch.utils.checkpoint keeps alive with the layer input."""
+def run_stack(m: Model, stack: str, count: int, layer: Callable[..., Tensor], x: Tensor,
+              args: tuple[Tensor | None, ...] = ()) -> Tensor:
+    """Run the simulated layers of a stack (first, one middle, last): `layer(x, i, *args)`, each
+    checkpointed when asked. `args` are the other tensors every layer receives (position embeddings, masks,
+    the encoder's output), which torch.utils.checkpoint keeps alive with the layer input and through which
+    gradients flow back out of a recomputed layer."""
     sim = m.sim
     for i in layer_indices(count):
         sim.enter_layer(stack, i, count)
         m.layer = i
         if m.cfg.checkpointing:
-            x = checkpointed(m, lambda t, i=i: layer(t, i), x, saved_with_input)
+            x = checkpointed(m, lambda t, *a, i=i: layer(t, i, *a), x, args)
         else:
-            x = layer(x, i)
+            x = layer(x, i, *args)
         sim.leave_layer(stack, i, count)
     return x
 
 
-def checkpointed(m: Model, fn: Callable[[Tensor], Tensor], x: Tensor, extra: tuple[Tensor | None, ...]) -> Tensor:
+def checkpointed(m: Model, fn: Callable[..., Tensor], x: Tensor, args: tuple[Tensor | None, ...]) -> Tensor:
     """transformers' GradientCheckpointingLayer with torch.utils.checkpoint(use_reentrant=False): the first
     forward keeps no saved tensors, only the layer's arguments; the backward recomputes the layer (stopping
     early, once the last saved tensor is recomputed) and runs its backward."""
     sim = m.sim
     if not sim.grad_enabled:
-        return fn(x)
+        return fn(x, *args)
     tag, layer = sim.tag, m.layer
     sim.grad_enabled = False
     before = len(sim.params)
-    out = fn(x)
+    out = fn(x, *args)
     sim.grad_enabled = True
     trains = any(p.trainable for p in sim.params[before:])
     del sim.params[before:]  # the recompute creates them again
-    out.node = sim.node("CheckpointBackward", [x], [x, *extra], _recompute(m, fn, tag, layer), force=trains)
+    inputs = [x, *args]
+    out.node = sim.node("CheckpointBackward", inputs, inputs, _recompute(m, fn, tag, layer), force=trains,
+                        ctx=[t.storage if t is not None else None for t in inputs])
     out.requires_grad = out.node is not None
     return out
 
 
-def _recompute(m: Model, fn: Callable[[Tensor], Tensor], tag: object, layer: int) -> Callable:
+def _recompute(m: Model, fn: Callable[..., Tensor], tag: object, layer: int) -> Callable:
     def backward(sim: Sim, n, g: list) -> list:
         was_tag, was_layer = sim.tag, m.layer
         sim.tag, m.layer = tag, layer
+        sim.flush()
         first_node, first_event = len(sim.nodes), len(sim.events)
-        x_shape, x_dtype = n.inputs[0]
-        x_storage = n.saved[0] if n.saved else None
-        leaf = None
-        if n.next[0] is not None:
-            leaf = sim.capture(x_shape, x_dtype)
-            x = Tensor(x_shape, x_dtype, x_storage, None, 0, True, leaf)
-        else:
-            x = Tensor(x_shape, x_dtype, x_storage)
+        leaves, inputs = [], []
+        for meta, edge, st in zip(n.inputs, n.next, n.ctx):
+            if meta is None:
+                leaves.append(None)
+                inputs.append(None)
+                continue
+            shape, dtype = meta
+            if edge is not None:
+                leaf = sim.capture(shape, dtype)
+                leaves.append(leaf)
+                inputs.append(Tensor(shape, dtype, st, None, 0, True, leaf))
+            else:
+                leaves.append(None)
+                inputs.append(Tensor(shape, dtype, st))
+        n.ctx = None  # the node releases its inputs with its saved tensors
+        del st
         sim.grad_enabled = True
         sim.op = "recompute"
-        out = fn(x)
+        out = fn(*inputs)
         sim.grad_enabled = False
-        del x
+        del inputs
         root = (out.node, out.out_index, g[0])
         del out, g
         _early_stop(sim, first_node, first_event)
@@ -70,19 +82,29 @@ def _recompute(m: Model, fn: Callable[[Tensor], Tensor], tag: object, layer: int
         sim.backward([root], nested)
         del root, nested
         sim.tag, m.layer = was_tag, was_layer
-        return [leaf.grad if leaf is not None else None]
+        return [leaf.grad if leaf is not None else None for leaf in leaves]
     return backward
 
 
 def _early_stop(sim: Sim, first_node: int, first_event: int) -> None:
-    """torch.utils.checkpoint stops recomputing once every saved tensor is back: drop the events after the
-    last allocation that a recomputed node saved (the layer's tail, e.g. its output, is not recomputed)."""
-    saved = {id(s) for ref in sim.nodes[first_node:] if (n := ref()) is not None for s in n.saved}
-    last = first_event
-    for k in range(first_event, len(sim.events)):
-        if sim.events[k].sid in saved:
-            last = k
-    del sim.events[last + 1:]
+    """torch.utils.checkpoint stops recomputing once every saved tensor is back: forget the moments after
+    the last allocation a recomputed node saved (the layer's tail, e.g. its output, is not recomputed)."""
+    sim.flush()
+    last = max((s.index for ref in sim.nodes[first_node:] if (n := ref()) is not None for s in n.saved), default=0)
+    keep = [e for e in sim.events[first_event:] if e.index <= last]
+    if keep is not sim.events[first_event:]:
+        del sim.events[first_event:]
+        sim.events.extend(keep)
+
+
+def embedding_output(m: Model, x: Tensor) -> Tensor:
+    """With gradient checkpointing transformers calls `enable_input_require_grads()`
+    (modeling_utils.py `_activation_checkpointing_enable`): a forward hook makes the input embeddings' output
+    require grad. For a frozen embedding that output becomes a leaf: its AccumulateGrad keeps it alive until
+    backward ends, and its gradient is materialised there."""
+    if m.cfg.checkpointing:
+        return m.sim.require_grad(x)
+    return x
 
 
 def prompt_inputs(m: Model, embeds: Tensor) -> Tensor:
@@ -93,11 +115,15 @@ def prompt_inputs(m: Model, embeds: Tensor) -> Tensor:
     n, d = m.ad.extra_tokens, m.arch.token_dim
     w = m.added("prompt_encoder.embedding.weight", (n * m.arch.stacks, d))
     sim.op = "prompt"
-    prompts = f.embedding(w, sim.leaf(("B", n), "i64"), d)
+    prompts = f.embedding(w, sim.leaf((1, n), "i64"), d)  # get_prompt: one row, expanded to the batch
     if m.method == "ptuning":
         prompts = _ptuning_mlp(m, prompts, d)
+    prompts = f.expand(prompts, ("B", n, d))
     prompts = f.to(prompts, embeds.dtype)
     out = f.cat([prompts, embeds], ("B", "T", d))
+    sim.op = "prompt_labels"
+    labels = [sim.new(("B", n), "i64"), sim.new(("B", "T"), "i64")]  # torch.full(-100), torch.cat with labels
+    m.outer += [prompts, out] + labels  # locals of PeftModelForCausalLM.forward
     return out
 
 
@@ -115,14 +141,15 @@ def _ptuning_mlp(m: Model, x: Tensor, d: int) -> Tensor:
                     d, op="addmm")
 
 
-def causal_lm_loss(m: Model, logits: Tensor, vocab: int) -> Tensor:
+def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> Tensor:
     """transformers loss/loss_utils.py ForCausalLMLoss: `logits.float()` (a copy unless fp32), labels padded
     by one (`nn.functional.pad`) and shifted (`[..., 1:].contiguous()`: a copy for batch > 1), then
     cross_entropy = log_softmax (saved) + nll_loss. The caller keeps `logits` alive until the loss exists."""
     f, sim = m.f, m.sim
     lf = f.to(logits, "f32")
     sim.op = "constant_pad_nd"
-    shifted = sim.new(("B", "T"), "i64")  # (B, T + 1), sliced; batch > 1 copies (B, T): 8 bytes x B apart
+    # (B, T + 1), sliced; batch > 1 copies (B, T): 8 bytes x B apart. ForMaskedLMLoss: the labels as given.
+    shifted = sim.new(("B", "T"), "i64") if shift else sim.leaf(("B", "T"), "i64")
     flat = f.view(lf, ("B", "T", vocab))
     del lf
     logp = f.log_softmax(flat)
@@ -142,7 +169,9 @@ def prefix_cache(m: Model, stack: str, count: int, kv_heads: int, head_dim: int)
     f, sim = m.f, m.sim
     P = m.ad.prefix_tokens
     width = next(g.shape[1] for g in m.ad.tensors if g.name == "prompt_encoder.embedding.weight")
-    full = count * 2 * kv_heads * head_dim
+    trans = [g.shape for g in m.ad.tensors if g.name == "prompt_encoder.transform.2.weight"]
+    full = trans[0][0] if trans else width
+    kv_heads = max(1, full // (count * 2 * head_dim))  # peft's heads for the cache (its token_dim rule)
     w = m.added("prompt_encoder.embedding.weight", (P, width))
     sim.op = "prefix"
     pe = f.embedding(w, sim.leaf(("B", P), "i64"), width)
@@ -175,7 +204,10 @@ def prefix_cache(m: Model, stack: str, count: int, kv_heads: int, head_dim: int)
 def prefix_update(m: Model, k: Tensor, v: Tensor, kv_heads: int, head_dim: int) -> tuple[Tensor, Tensor]:
     """DynamicCache.update: keys = cat([cached prefix, new keys]) (the cache holds it until forward ends)."""
     f = m.f
-    cache = m.prefix_caches[m.layer]
+    cache = m.prefix_caches.get(m.layer)
+    if cache is None:  # a checkpointed layer's recompute: transformers 5 drops the cache there (not measurable);
+        p = m.sim.leaf(("B", kv_heads, m.ad.prefix_tokens, head_dim), k.dtype)  # estimated as if it were kept
+        cache = [p, p]
     shape = ("B", kv_heads, "K", head_dim)
     cache[0] = f.cat([cache[0], k], shape)
     cache[1] = f.cat([cache[1], v], shape)

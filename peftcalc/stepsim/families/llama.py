@@ -8,7 +8,8 @@ residual add -> RMSNorm -> gated MLP act(gate) * up -> down_proj -> residual add
 from __future__ import annotations
 
 from peftcalc.stepsim.engine import Tensor
-from peftcalc.stepsim.families.common import causal_lm_loss, prefix_cache, prefix_update, prompt_inputs, run_stack
+from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
+                                              prompt_inputs, run_stack)
 from peftcalc.stepsim.model import Model
 
 ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "mixtral": "silu", "phi3": "silu",
@@ -77,7 +78,7 @@ def rotate(m: Model, t: Tensor, cos: Tensor, sin: Tensor, heads: int) -> Tensor:
     return out
 
 
-def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, prefix: str) -> Tensor:
+def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, prefix: str, mask: Tensor | None = None) -> Tensor:
     a, f = m.arch, m.f
     H, KV, d = a.num_heads, a.num_kv_heads, a.head_dim
     p = prefix + "self_attn."
@@ -100,7 +101,7 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, prefix: str) -> Ten
     if m.ad.prefix_tokens:
         k, v = prefix_update(m, k, v, KV, d)
     head_major = a.family == "phi3"  # q contiguous per head (a cat), not a head-major view of token-major data
-    o = attend(m, q, k, v, H, KV, d, mask=m.mask)
+    o = attend(m, q, k, v, H, KV, d, mask=mask)
     del q, k, v
     if head_major and m.cfg.attention == "sdpa":
         # the CPU flash kernel's output follows the query's layout: transpose(1, 2).contiguous() copies
@@ -255,14 +256,14 @@ def mlp(m: Model, x: Tensor, prefix: str) -> Tensor:
     return m.linear(h, p + "down_proj")
 
 
-def layer(m: Model, x: Tensor, i: int, cos: Tensor, sin: Tensor) -> Tensor:
+def layer(m: Model, x: Tensor, i: int, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
     """LlamaDecoderLayer.forward (Gemma2 adds post-attention and pre/post-feedforward norms)."""
     prefix = f"model.layers.{{i}}."
     a = m.arch
     residual = x
     h = rms_norm(m, x, prefix + "input_layernorm.weight")
     del x
-    h = attention(m, h, cos, sin, prefix)
+    h = attention(m, h, cos, sin, prefix, mask)
     h = m.adapter(h, "attn_adapter", prefix[:-1])
     if a.family == "gemma2":
         h = rms_norm(m, h, prefix + "post_attention_layernorm.weight")
@@ -287,14 +288,15 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_kv_heads, a.head_dim)
     emb_w = m.weight("model.embed_tokens.weight", (V, h))
-    x = f.embedding(emb_w, ids, h)
+    x = embedding_output(m, f.embedding(emb_w, ids, h))
     if a.family in ("gemma", "gemma2"):
         x = f.scale(x)  # hidden_states * normalizer (sqrt(hidden_size) in the embedding dtype)
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
-    m.mask = causal_mask(m) if m.ad.prefix_tokens else None
+    m.mask = causal_mask(m) if m.ad.prefix_tokens or m.cfg.attention == "eager" else None
     cos, sin = rotary(m, x)
-    x = run_stack(m, "decoder", a.num_layers, lambda t, i: layer(m, t, i, cos, sin), x, m.layer_args)
+    x = run_stack(m, "decoder", a.num_layers, lambda t, i, c, s, p, k: layer(m, t, i, c, s, k), x,
+                  m.layer_args + (m.mask,))
     x = rms_norm(m, x, "model.norm.weight")
     m.end_model()  # LlamaModel.forward returns: its locals (mask, position ids) go
     if a.tie_embeddings:
@@ -309,8 +311,9 @@ def forward(m: Model) -> Tensor:
 
 
 def causal_mask(m: Model) -> Tensor:
-    """masking_utils.create_causal_mask: with a key/value cache longer than the input (prefix tuning) the mask
-    cannot be skipped; sdpa gets a boolean (1, 1, T, K) mask, eager a float one in the model dtype."""
+    """masking_utils.create_causal_mask: eager attention always gets a float (B, 1, T, K) mask in the model
+    dtype; sdpa a boolean one only when the key/value cache is longer than the input (prefix tuning), else
+    none (the causal kernel). It lives until the base model's forward returns."""
     m.sim.op = "causal_mask"
     mask = m.sim.new(("B", 1, "T", "K"), "bool" if m.cfg.attention == "sdpa" else m.cfg.compute_dtype)
     m.keep.append(mask)

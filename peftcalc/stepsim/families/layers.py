@@ -1,0 +1,122 @@
+"""Building blocks shared by the LayerNorm-era families (GPT-2, GPT-NeoX, OPT, BLOOM, Falcon, BERT, T5).
+
+Each function mirrors one transformers module or torch composite and says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftcalc.stepsim.engine import Tensor
+from peftcalc.stepsim.model import Model
+
+
+def cfg(m: Model, *keys: str, default: Any = None) -> Any:
+    """The first of `keys` present in the model's config.json, else `default` (transformers' default)."""
+    for k in keys:
+        v = m.spec.hf_config.get(k)
+        if v is not None:
+            return v
+    return default
+
+
+def layer_norm(m: Model, x: Tensor, name: str, bias: bool = True, width: int | None = None) -> Tensor:
+    """nn.LayerNorm: native_layer_norm (output, mean and rstd; saves input, mean, rstd)."""
+    h = width or m.arch.hidden_size
+    w = m.weight(name + ".weight", (h,))
+    b = m.weight(name + ".bias", (h,)) if bias else None
+    return m.f.layer_norm(x, w, b)
+
+
+def gelu_new(m: Model, x: Tensor) -> Tensor:
+    """transformers NewGELUActivation (GPT-2's gelu_new), in Python: 0.5 * x * (1 + tanh(c * (x + 0.044715 *
+    x^3))): pow (saves x), tanh (saves its result), and the final product (saves both factors)."""
+    f = m.f
+    half = f.scale(x)  # 0.5 * input
+    cube = f.unary_saves_input(x, "PowBackward0", "pow")
+    t = f.scale(cube)
+    del cube
+    t2 = f.add(x, t)
+    del t
+    t3 = f.scale(t2)
+    del t2
+    th = f.unary_saves_output(t3, "TanhBackward0", "tanh")
+    del t3
+    one = f.add(th)
+    del th
+    return f.mul(half, one)
+
+
+def activation(m: Model, x: Tensor, name: str) -> Tensor:
+    """ACT2FN[name]: gelu_new/gelu_fast as Python formulas; gelu, gelu_pytorch_tanh, silu, relu as kernels."""
+    f = m.f
+    if name in ("gelu_new", "gelu_fast", "gelu_python_tanh"):
+        return gelu_new(m, x)
+    if name == "relu":
+        return f.unary_saves_output(x, "ReluBackward0", "relu")
+    if name in ("silu", "swish"):
+        return f.unary_saves_input(x, "SiluBackward0", "silu")
+    return f.unary_saves_input(x, "GeluBackward0", "gelu")
+
+
+def _bmm_operand(m: Model, t: Tensor, strided: bool) -> Tensor:
+    """ATen's matmul views a (B, H, ...) operand as (B*H, ...): free for a batch of one, a copy (saved by the
+    bmm) for B > 1 when the operand is a head-major view of token-major data."""
+    return m.f.copy(t, op="matmul_reshape") if strided and not m.cfg.batch1 else t
+
+
+def sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float, causal: bool,
+              q_len: str = "T", k_len: str = "T", mask: Tensor | None = None, strided: bool = True,
+              kv_strided: bool | None = None) -> Tensor:
+    """torch's `_scaled_dot_product_attention_math`, the CPU path when dropout is on: bf16/fp16 inputs are
+    upcast to fp32 first (q, k, v copies; the output is cast back), q * sqrt(scale), k^T * sqrt(scale) (both
+    saved by the matmul), the causal mask (ones().tril(), then a float `where`, per call), scores, + mask,
+    `_safe_softmax` (saved), dropout (noise saved), @ v."""
+    f, sim = m.f, m.sim
+    dtype = q.dtype
+    if dtype != "f32":
+        q, k, v = f.to(q, "f32"), f.to(k, "f32"), f.to(v, "f32")
+    qs = f.scale(q)
+    fmask = None
+    if causal and mask is None:
+        sim.op = "tril"
+        ones = sim.new((q_len, k_len), "bool")
+        tri = sim.new((q_len, k_len), "bool")
+        del ones
+        sim.op = "where"
+        fmask = sim.new((q_len, k_len), q.dtype)
+        del tri
+    ks = f.scale(k)
+    kv_strided = strided if kv_strided is None else kv_strided
+    qm, km = _bmm_operand(m, qs, strided), _bmm_operand(m, ks, kv_strided)
+    scores = f.matmul(qm, km, ("B", H, q_len, k_len))
+    del ks, qm, km  # the scaled query is a local of the C++ function: it lives until the function returns
+    if fmask is not None or mask is not None:
+        scores = f.add(scores, fmask if fmask is not None else mask)
+    probs = f.softmax(scores)
+    del scores
+    probs = f.dropout(probs, dropout)
+    vm = _bmm_operand(m, v, kv_strided)
+    out = f.matmul(probs, vm, ("B", H, q_len, d))
+    del probs, fmask, q, k, v, qs, vm
+    return f.to(out, dtype)
+
+
+def eager_softmax_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float,
+                            mask: Tensor | None, q_len: str = "T", k_len: str = "T", upcast: bool = False,
+                            strided: bool = True, kv_strided: bool | None = None) -> Tensor:
+    """The eager attention of GPT-2/OPT/BERT-style models: matmul(q, k^T) * scaling (+ mask), softmax
+    (in the input dtype; `upcast`: dtype=fp32, then cast back), dropout, @ v."""
+    f = m.f
+    kv_strided = strided if kv_strided is None else kv_strided
+    qm, km = _bmm_operand(m, q, strided), _bmm_operand(m, k, kv_strided)
+    scores = f.matmul(qm, km, ("B", H, q_len, k_len))
+    del qm, km
+    scores = f.scale(scores)
+    if mask is not None:
+        scores = f.add(scores, mask)
+    probs = f.softmax(scores, "f32" if upcast else None)
+    del scores
+    probs = f.to(probs, q.dtype)
+    probs = f.dropout(probs, dropout)
+    return f.matmul(probs, _bmm_operand(m, v, kv_strided), ("B", H, q_len, d))
