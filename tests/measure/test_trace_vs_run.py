@@ -62,7 +62,8 @@ def test_trace_equals_run_precisions(precision):
 
 
 @pytest.mark.parametrize("family,method", [("t5", "lora"), ("t5", "full"), ("mixtral", "lora"), ("mixtral", "full"),
-                                           ("gpt2", "qlora"), ("gemma", "prompt"), ("qwen2", "full")])
+                                           ("mixtral", "qlora"), ("gpt2", "qlora"), ("gemma", "prompt"),
+                                           ("qwen2", "full")])
 def test_trace_equals_run_families(family, method):
     precision = "bf16" if family == "mixtral" else "fp32"  # grouped_mm experts take bf16 only
     traced, ran, _, _ = trace_and_run(family, method, precision=precision,
