@@ -54,7 +54,9 @@ def checkpoint_bytes(adaptation: Adaptation, precision: Precision) -> int:
         dtype = SAFETENSORS_DTYPE[precision.stored_dtype(g.added)]
         nbytes = tensor_bytes(g, precision)
         shape = g.shape or (g.numel,)
-        prefix = "" if adaptation.save_full_model or g.name.startswith("prompt") else PEFT_PREFIX
+        # peft prefixes module paths; our bottleneck adapters and full models save plain module names
+        peft_names = not adaptation.save_full_model and adaptation.method != "adapter"
+        prefix = PEFT_PREFIX if peft_names and not g.name.startswith("prompt") else ""
         suffix = "" if g.name.endswith(("weight", "bias", "embeddings", "ia3_l", "vector")) else ".weight"
         for i in range(g.count):
             entries.append((prefix + g.name.replace("{i}", str(i)) + suffix, dtype, shape, nbytes))
