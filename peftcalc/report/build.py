@@ -66,8 +66,8 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
                 "tasks_bytes": f"{num_tasks} tasks", "full_copies_bytes": f"{num_tasks} full copies"})
     sections.append(Section("Method comparison", _headline(est, unit), [
         Table("comparison", "Parameters, memory and storage per method", comp, comp_display,
-              "model states = weights + gradients + optimizer states + master weights; peak adds activations "
-              "(or the optimizer step's temporaries, whichever is larger) and the assumed overhead"),
+              "model states = weights + gradients + optimizer states + master weights; peak per GPU = the most "
+              "memory live at any moment of one step (forward, backward or optimizer step) plus the assumed overhead"),
     ]))
 
     # 2. memory breakdown
@@ -218,11 +218,12 @@ def _headline(est: Any, unit: Unit) -> list[str]:
                    f"its peak per GPU is {fmt_bytes(m.total, unit)}.")
     if "lora" in names:
         r = est.result("lora")
+        size = size_fmt(unit)
         out.append(f"LoRA (r={est.options.rank}) trains {fmt_count(r.params.trainable)} parameters "
                    f"({fmt_percent(r.params.percent)}), peaks at {fmt_bytes(r.memory.total, unit)} per GPU and saves "
-                   f"{fmt_bytes(r.storage.checkpoint_bytes, unit)} per task; {r.storage.num_tasks} tasks take "
-                   f"{fmt_bytes(r.storage.tasks_bytes, unit)} of adapters against "
-                   f"{fmt_bytes(r.storage.full_copies_bytes, unit)} of full copies.")
+                   f"{size(r.storage.checkpoint_bytes)} per task; {r.storage.num_tasks} tasks take "
+                   f"{size(r.storage.tasks_bytes)} of adapters against {size(r.storage.full_copies_bytes)} of full "
+                   "copies.")
     return out
 
 
@@ -247,13 +248,16 @@ def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band
     worst_df = fr.worst_runs_frame(results, worst)
     worst_display = format_frame(
         worst_df, {"measured_peak_bytes": b, "predicted_peak_bytes": b, "peak_error_bytes": b,
-                   "peak_error_percent": error_fmt},
+                   "peak_error_percent": error_fmt, "recorded_peak_error_percent": error_fmt},
         rename={"measured_peak_bytes": "measured peak", "predicted_peak_bytes": "predicted peak",
-                "peak_error_bytes": "error", "peak_error_percent": "error %", "peak_phase": "peak phase"})
+                "peak_error_bytes": "error", "peak_error_percent": "error %",
+                "recorded_peak_error_percent": "error % (recorded prediction)", "peak_phase": "peak phase"})
+    history = fr.prediction_history_frame(results)
+    current = int((compared["prediction"] == "current").sum())
 
     sections = [
         Section("Runs", [f"{len(results)} result lines from {source}; {len(compared)} completed runs have both a "
-                         "prediction and a measurement of the peak."], [
+                         f"prediction and a measurement of the peak; {int(failures['runs'].sum())} did not complete."], [
             Table("runs-by-status", "Runs by layer and status", status),
             Table("failed-runs", "Runs that did not complete, by cause", failures,
                   caption="out-of-memory runs are results; errors and unsupported combinations are listed with "
@@ -262,9 +266,13 @@ def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band
         Section("Predicted vs measured", [
             "Each point is one run: the analytic prediction of the peak against what the traced step (fake tensors) "
             f"or the real step (CPU, GPU) allocated. On the identity line the prediction is exact; the grey band is "
-            f"±{band_percent:g} %."], [
+            f"±{band_percent:g} %.",
+            f"Predictions are the analytic model's as this code computes it now ({current} of {len(compared)} runs); "
+            f"the others, whose model is not in the catalogue, use the prediction recorded with the result."], [
             Plot("predicted-vs-measured", "Predicted vs measured peak memory",
                  fig.predicted_vs_measured_figure(compared, setup_line, band_percent, unit)),
+            Table("prediction-history", "Peak error: the predictions recorded with the results, and today's",
+                  history, format_frame(history, err_fmt, rename=err_rename | {"within_2_percent": "within ±2 %"})),
             Table("error-by-component", "Error by component", components, format_frame(components, err_fmt,
                                                                                      rename=err_rename)),
         ]),
@@ -290,8 +298,9 @@ def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band
         "traced": "the real transformers + peft training step on fake tensors, every live storage counted",
         "measured CPU": "the same step on real tensors on the CPU",
         "measured GPU": "the same step on a GPU (torch.cuda.max_memory_allocated)",
-        "predictions": "as recorded with each result: the analytic estimate of the commit that ran it, without "
-                       "its assumed CUDA/library overhead (no tensor); regenerate the results to check a newer model",
+        "predictions": "the analytic estimate of this code for each run's catalogue model, setup and method options "
+                       "(else the one recorded with the result), without the assumed CUDA/library overhead (no "
+                       "tensor); weights include fp32 master weights, as the measured backend counts them",
     }
     title = "Validation: predicted vs traced and measured memory"
     summary = [setup_line + ".", f"Bytes in {unit.value} ({unit.value} = {unit.bytes:,} bytes)."]

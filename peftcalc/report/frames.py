@@ -379,12 +379,18 @@ RESULT_COLUMNS = ["source", "suite", "layer", "backend", "device", "status", "mo
                   "batch_size", "seq_len", "gradient_checkpointing", "setup", "trainable_params",
                   *[f"measured_{c}_bytes" for c in RESULT_COMPONENTS],
                   *[f"predicted_{c}_bytes" for c in RESULT_COMPONENTS],
-                  "peak_error_bytes", "peak_error_percent", "peak_phase", "step_seconds"]
+                  "prediction", "recorded_predicted_peak_bytes", "peak_error_bytes", "peak_error_percent",
+                  "recorded_peak_error_percent", "peak_phase", "step_seconds"]
 
 
-def results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def results_frame(records: Iterable[Mapping[str, Any]], repredict: bool = True) -> pd.DataFrame:
     """One row per result line: what ran, predicted and measured bytes per component, the peak's error
-    (predicted - measured, in bytes and % of measured; None where either is missing)."""
+    (predicted - measured, in bytes and % of measured; None where either is missing).
+
+    The prediction is the analytic model's as the code computes it now (`prediction` = "current"), for the
+    run's catalogue model, setup and method options; where that cannot be rebuilt (a model given by config
+    or bare count) it is the one recorded with the result ("recorded"). The recorded peak stays beside it
+    (`recorded_predicted_peak_bytes`), to show what changed since the results were taken."""
     rows = []
     for rec in records:
         run = rec.get("run") or {}  # what the bench suite asked: all a failed run may carry
@@ -395,7 +401,10 @@ def results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             model = {**model, "family": _family(model["name"])}
         setup = rec.get("setup") or _setup_of_run(run)
         measured = rec.get("measured_bytes") or {}
-        predicted = rec.get("predicted_bytes") or {}
+        recorded = rec.get("predicted_bytes") or {}
+        current = predict_bytes(model.get("name"), rec.get("method") or run.get("method"), setup,
+                                _method_options(rec, run)) if repredict and rec.get("status") == "ok" else None
+        predicted = current if current is not None else recorded
         row: dict[str, Any] = {
             "source": rec.get("_source"),
             "suite": rec.get("suite"),
@@ -416,13 +425,12 @@ def results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         for c in RESULT_COMPONENTS:
             row[f"measured_{c}_bytes"] = _int_or_none(measured.get(c))
             row[f"predicted_{c}_bytes"] = _int_or_none(predicted.get(c))
-        mp, pp = row["measured_peak_bytes"], row["predicted_peak_bytes"]
-        if mp and pp is not None:
-            row["peak_error_bytes"] = pp - mp
-            row["peak_error_percent"] = round(100.0 * (pp - mp) / mp, 4)
-        else:
-            row["peak_error_bytes"] = None
-            row["peak_error_percent"] = None
+        row["prediction"] = "current" if current is not None else ("recorded" if recorded else None)
+        row["recorded_predicted_peak_bytes"] = _int_or_none(recorded.get("peak"))
+        mp, pp, rp = row["measured_peak_bytes"], row["predicted_peak_bytes"], row["recorded_predicted_peak_bytes"]
+        row["peak_error_bytes"] = pp - mp if mp and pp is not None else None
+        row["peak_error_percent"] = round(100.0 * (pp - mp) / mp, 4) if mp and pp is not None else None
+        row["recorded_peak_error_percent"] = round(100.0 * (rp - mp) / mp, 4) if mp and rp is not None else None
         row["peak_phase"] = rec.get("peak_phase")
         row["step_seconds"] = rec.get("step_seconds")
         rows.append(row)
@@ -430,7 +438,43 @@ def results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for c in [c for c in RESULT_COLUMNS if c.endswith("_bytes") or c in ("trainable_params", "batch_size", "seq_len")]:
         df[c] = df[c].astype("Int64")
     df["peak_error_percent"] = df["peak_error_percent"].astype("Float64")
+    df["recorded_peak_error_percent"] = df["recorded_peak_error_percent"].astype("Float64")
     return df
+
+
+_OPTION_NAMES = {f.name for f in dataclasses.fields(MethodOptions)}
+_SETUP_NAMES = {f.name for f in dataclasses.fields(Setup)}
+
+
+def _method_options(rec: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+    """The method options a result ran with: the bench suite's run, else what the result's detail names."""
+    given = {**((rec.get("detail") or {}).get("method_options") or {}), **run}
+    return {k: v for k, v in given.items() if k in _OPTION_NAMES}
+
+
+def predict_bytes(model: str | None, method: str | None, setup: Mapping[str, Any],
+                  options: Mapping[str, Any]) -> dict[str, int] | None:
+    """The analytic prediction for a measured run, in the measured backend's terms (weights include master
+    weights; the peak excludes the assumed overhead, which is no tensor); None where the run cannot be
+    rebuilt (a model outside the catalogue, an option or setup this code does not know)."""
+    from peftcalc.estimate import estimate_method
+    from peftcalc.methods import make_method
+    from peftcalc.model.catalogue import get_model
+
+    if not model or not method:
+        return None
+    try:
+        spec = get_model(model)
+        opts = dict(options)
+        if opts.get("targets") is not None:
+            opts["targets"] = tuple(opts["targets"])
+        s = Setup(**{k: v for k, v in setup.items() if k in _SETUP_NAMES})
+        m = estimate_method(spec, make_method(method, MethodOptions(**opts)), s).memory
+    except (PeftcalcError, TypeError, ValueError, NotImplementedError):
+        return None
+    return {"weights": m.weight_bytes + m.master_weight_bytes, "gradients": m.gradient_bytes,
+            "optimizer_states": m.optimizer_state_bytes, "activations": m.activation_bytes,
+            "peak": m.total - m.overhead_bytes}
 
 
 def compared_frame(results: pd.DataFrame) -> pd.DataFrame:
@@ -449,7 +493,7 @@ def status_frame(results: pd.DataFrame) -> pd.DataFrame:
 def failures_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The runs that did not complete (oom, unsupported, error), one row per (layer, status, message):
     how many runs, which methods and models."""
-    df = results_frame(records).assign(message=[error_message(r) for r in records])
+    df = results_frame(records, repredict=False).assign(message=[error_message(r) for r in records])
     bad = df[df["status"] != "ok"].fillna({"message": "", "model": "?", "method": "?"})
     rows = []
     for (layer, status, message), g in bad.groupby(["layer", "status", "message"], sort=True):
@@ -457,6 +501,21 @@ def failures_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                      "methods": ", ".join(sorted(set(g["method"].astype(str)))),
                      "models": ", ".join(sorted(set(g["model"].astype(str)))), "message": message})
     return pd.DataFrame(rows, columns=["layer", "status", "runs", "methods", "models", "message"])
+
+
+def prediction_history_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """The peak's error with the predictions recorded when the runs were taken, and with today's model."""
+    ok = compared_frame(results)
+    rows = []
+    for label, col in (("recorded with the results", "recorded_peak_error_percent"),
+                       ("current analytic model", "peak_error_percent")):
+        e = ok[col].dropna().astype(float)
+        rows.append({"prediction": label, "runs": len(e),
+                     "mean_abs_error_percent": round(float(e.abs().mean()), 4) if len(e) else None,
+                     "max_abs_error_percent": round(float(e.abs().max()), 4) if len(e) else None,
+                     "within_2_percent": int((e.abs() <= 2.0).sum())})
+    return pd.DataFrame(rows, columns=["prediction", "runs", "mean_abs_error_percent", "max_abs_error_percent",
+                                       "within_2_percent"])
 
 
 def error_summary_frame(results: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -494,5 +553,5 @@ def worst_runs_frame(results: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     ok = ok.assign(_abs=ok["peak_error_percent"].astype(float).abs())
     ok = ok.sort_values(["_abs", "source"], ascending=[False, True], kind="stable").head(n)
     cols = ["layer", "model", "family", "method", "setup", "measured_peak_bytes", "predicted_peak_bytes",
-            "peak_error_bytes", "peak_error_percent", "peak_phase", "source"]
+            "peak_error_bytes", "peak_error_percent", "recorded_peak_error_percent", "peak_phase", "source"]
     return ok[cols].reset_index(drop=True)

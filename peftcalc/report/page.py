@@ -178,7 +178,9 @@ def render_markdown(report: Report) -> str:
         for item in s.items:
             out.append(f"### {item.title}\n")
             if isinstance(item, Table):
-                if item.show:
+                if item.show and item.frame.empty:
+                    out.append("None.\n")
+                elif item.show:
                     out.append(markdown_table(item.shown()) + "\n")
                 out.append(f"Data: [{item.name}.csv]({item.name}.csv)" + (f" — {item.caption}" if item.caption else "")
                            + "\n")
@@ -256,7 +258,9 @@ def render_html(report: Report, pngs: Mapping[str, bytes]) -> str:
         for item in s.items:
             out.append(f"<h3>{e(item.title)}</h3>")
             if isinstance(item, Table):
-                if item.show:
+                if item.show and item.frame.empty:
+                    out.append("<p>None.</p>")
+                elif item.show:
                     out.append(html_table(item.shown()))
                 link = f'<a href="{e(item.name)}.csv">{e(item.name)}.csv</a>'
                 out.append(f'<p class="data">Data: {link}' + (f" — {e(item.caption)}" if item.caption else "") + "</p>")

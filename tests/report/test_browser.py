@@ -88,7 +88,8 @@ def check(report: Path, shots: Path, label: str, size: tuple[int, int], content_
     out = shots / f"{label}-{size[0]}x{size[1]}.png"
     rgb = screenshot(report / "index.html", out, size)
     assert rgb.shape[:2] == (size[1], size[0])
-    assert rgb.std() > 20, "blank screenshot"
+    drawn = np.flatnonzero((rgb != rgb[-1, -1]).any(axis=2).any(axis=1))  # rows that differ from the background
+    assert len(drawn) and rgb[: drawn[-1] + 1].std() > 20, "blank screenshot"
     pngs = embedded_images(report)
     assert pngs, "the page embeds no image"
     mask = colourful(rgb)

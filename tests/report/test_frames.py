@@ -248,3 +248,39 @@ def test_a_failed_bench_line_is_read_from_its_run(records):
     assert t5["message"] == "NotImplementedError: no step simulation for family 't5'"  # the last line only
     assert set(fails["status"]) == {"oom", "error"}
     assert fails["runs"].sum() == 4
+
+
+def test_predictions_are_recomputed_with_todays_model():
+    """A catalogue model's run is predicted again by the current code; the recorded prediction stays beside."""
+    import dataclasses
+
+    from peftcalc.estimate import estimate_method
+    from peftcalc.methods import make_method
+    from peftcalc.model.catalogue import get_model
+
+    setup = Setup(precision="bf16", seq_len=128)
+    rec = {"backend": "trace", "device": "cpu (fake tensors)", "status": "ok",
+           "model": {"name": "gpt2", "family": "gpt2"}, "setup": dataclasses.asdict(setup), "method": "lora",
+           "run": {"model": "gpt2", "method": "lora", "rank": 4, "targets": None, "seq": 128},
+           "measured_bytes": {"weights": 1, "gradients": 1, "optimizer_states": 1, "activations": 1,
+                              "peak": 400_000_000},
+           "predicted_bytes": {"weights": 1, "gradients": 1, "optimizer_states": 1, "activations": 1,
+                               "peak": 300_000_000}}
+    m = estimate_method(get_model("gpt2"), make_method("lora", MethodOptions(rank=4)), setup).memory
+    row = fr.results_frame([rec]).iloc[0]
+    assert row["prediction"] == "current"
+    assert row["predicted_peak_bytes"] == m.total - m.overhead_bytes
+    assert row["predicted_weights_bytes"] == m.weight_bytes + m.master_weight_bytes
+    assert row["recorded_predicted_peak_bytes"] == 300_000_000 and row["recorded_peak_error_percent"] == -25.0
+    old = fr.results_frame([rec], repredict=False).iloc[0]
+    assert old["prediction"] == "recorded" and old["predicted_peak_bytes"] == 300_000_000
+    history = fr.prediction_history_frame(fr.results_frame([rec])).set_index("prediction")
+    assert history.loc["recorded with the results", "max_abs_error_percent"] == 25.0
+    assert history.loc["current analytic model", "runs"] == 1
+
+
+def test_a_model_outside_the_catalogue_keeps_its_recorded_prediction(records):
+    df = fr.results_frame(records)
+    assert set(df.loc[df["status"] == "ok", "prediction"]) == {"recorded"}
+    assert fr.predict_bytes("no-such-model", "lora", {}, {}) is None
+    assert fr.predict_bytes("gpt2", "lora", {"seq_len": 128}, {"rank": 2}) is not None

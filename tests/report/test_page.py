@@ -178,7 +178,7 @@ def test_validation_report(records):
     r = validation_report(records, "results/", command="cmd")
     assert [p.name for p in r.plots()] == ["predicted-vs-measured", "error-distribution"]
     names = [t.name for t in r.tables()]
-    assert names == ["runs-by-status", "failed-runs", "error-by-component", "error-by-method", "error-by-family", "worst-runs", "runs"]
+    assert names == ["runs-by-status", "failed-runs", "prediction-history", "error-by-component", "error-by-method", "error-by-family", "worst-runs", "runs"]
     worst = next(t for t in r.tables() if t.name == "worst-runs").shown()
     assert worst.loc[0, "error %"] == "-25.00 %" and worst.loc[0, "model"] == "qwen-tiny"
     assert "12 runs from results/" in r.summary[0]
@@ -235,3 +235,12 @@ def test_size_fmt_scales_small_files():
     assert [f(v) for v in (512, 327_680, 16_777_216, 28 * 10**9, 280 * 10**9)] == \
         ["512 B", "328 kB", "16.8 MB", "28 GB", "280 GB"]
     assert page.size_fmt(Unit.GiB)(3 * 2**20) == "3 MiB"
+
+
+def test_an_empty_table_says_none(seed_estimate):
+    r = small_report(seed_estimate)
+    r.sections[0].items.append(page.Table("empty", "Nothing failed", pd.DataFrame({"a": []})))
+    files = page.render_files(r)
+    assert "### Nothing failed\n\nNone.\n" in files["report.md"].decode()
+    assert "<h3>Nothing failed</h3>\n<p>None.</p>" in files["index.html"].decode()
+    assert files["empty.csv"] == b"a\n"
