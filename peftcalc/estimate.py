@@ -33,6 +33,7 @@ from peftcalc.parallel import Placement, place
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.storage import Storage, storage
+from peftcalc.validation import Uncertainty, uncertainty
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -107,6 +108,7 @@ class MethodEstimate:
     activations: Activations
     storage: Storage
     notes: tuple[str, ...]
+    uncertainty: Uncertainty | None = None  # the peak's band, from the validation history of this kind of setup
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, adaptation.params, memory, acts,
-                          storage(adaptation, full, precision, num_tasks), adaptation.notes)
+                          storage(adaptation, full, precision, num_tasks), adaptation.notes,
+                          uncertainty(method.name, setup.gradient_checkpointing))
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,

@@ -64,10 +64,13 @@ def _estimate_rows(est: Estimate, unit: Unit) -> list[tuple[str, list[str]]]:
         ("optimizer states", b(lambda r: r.memory.optimizer_state_bytes)),
         ("master weights", b(lambda r: r.memory.master_weight_bytes)),
         ("= model states (exact)", b(lambda r: r.memory.model_state_bytes)),
-        ("activations (estimate)", b(lambda r: r.memory.activation_bytes)),
+        ("activations (after forward)", b(lambda r: r.memory.activation_bytes)),
         ("optimizer temporaries", b(lambda r: r.memory.temporary_bytes)),
-        ("overhead (assumed)", b(lambda r: r.memory.overhead_bytes)),
+        ("peak of tensors", b(lambda r: r.memory.peak_bytes)),
+        ("  in phase", [r.memory.peak_phase for r in rs]),
+        ("overhead (CUDA, stated)", b(lambda r: r.memory.overhead_bytes)),
         ("total per GPU (peak)", b(lambda r: r.memory.total)),
+        ("peak uncertainty", [_band(r) for r in rs]),
     ]
     if est.setup.offload:
         rows.append(("CPU memory (offload)", b(lambda r: r.memory.cpu_bytes)))
@@ -77,6 +80,11 @@ def _estimate_rows(est: Estimate, unit: Unit) -> list[tuple[str, list[str]]]:
         (f"vs {n} full copies", b(lambda r: r.storage.full_copies_bytes)),
     ]
     return rows
+
+
+def _band(r: MethodEstimate) -> str:
+    u = r.uncertainty
+    return "-" if u is None else f"±{u.percent:.1f} % ({u.runs} runs)"
 
 
 def assumptions(est: Estimate) -> dict[str, Any]:
@@ -93,8 +101,17 @@ def assumptions(est: Estimate) -> dict[str, Any]:
         "attention kernel": s.attention,
         "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
         "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else ""),
-        "activations": "estimate: Korthikanti et al. 2022 (arXiv:2205.05198) formula adapted per method, plus the fp32 loss path",
-        "overhead": "assumed 512 MiB for the CUDA context and library workspaces (not measured)",
+        "activations": ("replayed: the transformers + peft step of this family, operator by operator, as it runs on "
+                        "the CPU (peftcalc/stepsim; checked against traced steps by `peftcalc validate`); the peak is "
+                        "the largest of the forward, backward and optimizer phases"),
+        "overhead": ("; ".join(f"{l.name} {l.bytes / 2**20:,.0f} MiB: {l.source}" for l in est.results[0].memory.overhead)
+                     or "none (--overhead none)") if est.results else
+                    "CUDA context, cuBLAS workspace, allocator rounding and fragmentation: stated defaults (peftcalc/overhead.py)",
+        "device": ("tensors as the step allocates them on the CPU, where it was traced; on CUDA dropout keeps 1-byte "
+                   "masks and sdpa's fused kernels replace the CPU's math path (GPT-2/T5/BERT attention dropout or bias), "
+                   "so a GPU holds less there"),
+        "uncertainty": "the largest |error| of the analytic peak against traced steps of the same kind (method, "
+                       "checkpointing) in the committed validation history",
         "checkpoints": "safetensors files: adapter weights in fp32 (peft's default), full copies in the weight dtype",
     }
     if est.spec.is_inferred:
@@ -147,7 +164,12 @@ def _method_dict(r: MethodEstimate) -> dict[str, Any]:
         "memory_bytes": {"weights": m.weight_bytes, "gradients": m.gradient_bytes,
                          "optimizer_states": m.optimizer_state_bytes, "master_weights": m.master_weight_bytes,
                          "activations": m.activation_bytes, "temporaries": m.temporary_bytes,
-                         "overhead": m.overhead_bytes, "total": m.total},
+                         "overhead": m.overhead_bytes, "total": m.total, "buffers": m.buffer_bytes,
+                         "inputs": m.input_bytes, "peak": m.peak_bytes, "forward_peak": m.forward_peak_bytes,
+                         "backward_peak": m.backward_peak_bytes, "optimizer_peak": m.optimizer_peak_bytes},
+        "peak_phase": m.peak_phase,
+        "overhead_lines": [{"name": l.name, "bytes": l.bytes, "source": l.source} for l in m.overhead],
+        "uncertainty": r.uncertainty.to_dict() if r.uncertainty else None,
         "cpu_bytes": m.cpu_bytes,
         "checkpoint_bytes": r.storage.checkpoint_bytes,
         "tasks_bytes": r.storage.tasks_bytes,

@@ -7,7 +7,8 @@ from typing import Any
 import click
 
 from peftcalc.cli.options import (METHOD_NAMES, method_options, model_options, output_options,
-                                  resolve_method_options, resolve_setup, resolve_spec, resolve_unit, setup_options)
+                                  resolve_method_options, resolve_overhead, resolve_setup, resolve_spec, resolve_unit,
+                                  setup_options)
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import estimate
 from peftcalc.methods import DEFAULT_TABLE
@@ -30,13 +31,15 @@ def estimate_cmd(**kw: Any) -> None:
       peftcalc estimate --model llama-2-7b --method lora --rank 16 --targets all-linear \\
           --precision bf16-mixed --seq 2048 --batch 4
       peftcalc estimate --config ./my-model/config.json --method qlora --rank 64 --json
+      peftcalc estimate --model mistral-7b --method lora --adamw-impl fused --overhead context=600MiB
     """
     unit = resolve_unit(kw)
     if kw["tasks"] <= 0:
         raise PeftcalcError(f"--tasks must be a positive integer, got {kw['tasks']}")
     spec = resolve_spec(kw)
     methods = (kw["method"],) if kw["method"] else DEFAULT_TABLE
-    est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"])
+    est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"],
+                   overhead=resolve_overhead(kw))
     if kw["as_json"]:
         click.echo(estimate_json(est))
     elif kw["as_csv"]:

@@ -91,6 +91,9 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
         click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
+        click.option("--overhead", metavar="SPEC",
+                     help="CUDA overhead lines beyond tensors: 'none', or NAME=SIZE,... with NAME context, workspace, "
+                          "rounding or fragmentation (e.g. context=600MiB,fragmentation=10%). Default: stated defaults."),
     )
 
 
@@ -134,6 +137,12 @@ def resolve_setup(kw: dict[str, Any]) -> Setup:
     return Setup(precision=kw["precision"], optimizer=kw["optimizer"], batch_size=kw["batch"], seq_len=kw["seq"],
                  gradient_checkpointing=kw["gradient_checkpointing"], attention=kw["attention"],
                  num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"])
+
+
+def resolve_overhead(kw: dict[str, Any]) -> Any:
+    from peftcalc.overhead import OverheadSpec
+
+    return OverheadSpec.parse(kw.get("overhead"))
 
 
 def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:

@@ -36,6 +36,8 @@ class Model:
     def __init__(self, sim: Sim, adaptation: Adaptation, cfg: StepConfig) -> None:
         self.sim = sim
         self.f = Ops(sim)
+        if cfg.compute_dtype != cfg.param_dtype:  # amp: the forward runs under torch.autocast(compute dtype)
+            self.f.autocast = cfg.compute_dtype
         self.ad = adaptation
         self.spec = adaptation.spec
         self.arch = adaptation.spec.arch
@@ -79,6 +81,7 @@ class Model:
         self.end_model()
         self.outer.clear()
         self.prefix_caches = {}
+        self.f.autocast_cache.clear()
 
     # -- parameters -----------------------------------------------------------------------------------
     def weight(self, name: str, shape: tuple[int, ...], dtype: str | None = None, trainable: bool | None = None
@@ -226,6 +229,28 @@ class Model:
         out = f.mul(xf, s)
         del xf
         return f.to(out, dtype)
+
+    def wrapped_param(self, name: str, w: Tensor) -> Tensor:
+        """peft's ParamWrapper (LoRA on a bare parameter: MoE routers and fused experts under all-linear),
+        as a parametrization active during the module's forward. Several experts, one adapter:
+        `_LoraFactorsProxy`, one `baddbmm(W, lhs, rhs)` with the factors cast to W's dtype: a new W-sized tensor
+        (saved by the grouped matmul that uses it; its gradient is W-sized in backward). One expert (a router):
+        `W + delta_weight` with delta = (B @ A * scaling).to(W dtype)."""
+        groups = {g.name: g for g in self.ad.tensors}
+        a_g, b_g = groups.get(name + ".lora_A.weight"), groups.get(name + ".lora_B.weight")
+        if a_g is None or b_g is None:
+            return w
+        f = self.f
+        a = self.added(name + ".lora_A.weight", a_g.shape, self.cfg.adapter_dtype)
+        b = self.added(name + ".lora_B.weight", b_g.shape, self.cfg.adapter_dtype)
+        if len(w.shape) == 3:
+            lhs, rhs = f.to(a, w.dtype), f.to(b, w.dtype)
+            out = self.sim.new(w.shape, w.dtype)
+            self.sim.op = "baddbmm"
+            return f.custom("BaddbmmBackward0", [w, lhs, rhs], out, [lhs, rhs])
+        delta = f.matmul(b, a, w.shape, op="mm")
+        delta = f.to(f.scale(delta), w.dtype)
+        return f.add(w, delta)
 
     def adapter(self, x: Tensor, site: str, prefix: str) -> Tensor:
         """peftcalc/measure/adapters.py's Bottleneck on a module output: x + up(relu(down(x.to(fp32)))).to(x)."""

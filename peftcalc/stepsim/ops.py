@@ -31,6 +31,21 @@ class Ops:
 
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
+        self.autocast: str | None = None  # torch.autocast's lower-precision dtype, when the forward runs under it
+        self.autocast_cache: dict[int, Tensor] = {}
+
+    def cast(self, t: Tensor | None) -> Tensor | None:
+        """torch.autocast's cached_cast for the lower-precision ops (CPU: linear, mm, addmm, bmm, baddbmm, matmul,
+        scaled_dot_product_attention): a floating tensor of another dtype is cast (a copy); the cast of a leaf
+        that requires grad (a trainable parameter) is cached until autocast exits, a frozen weight's is not."""
+        if self.autocast is None or t is None or t.dtype == self.autocast or t.dtype not in FLOATS:
+            return t
+        if t.param is not None and t.requires_grad and self.sim.grad_enabled:
+            hit = self.autocast_cache.get(id(t.param))
+            if hit is None:
+                hit = self.autocast_cache[id(t.param)] = self.to(t, self.autocast)
+            return hit
+        return self.to(t, self.autocast)
 
     def _new(self, shape: tuple[Dim, ...], dtype: str, op: str) -> Tensor:
         self.sim.op = op
@@ -68,6 +83,8 @@ class Ops:
         if x.dtype == dtype:
             return x
         out = self._new(x.shape, dtype, "_to_copy")
+        if dtype not in FLOATS:  # an integer tensor cannot require grad: the graph stops here
+            return out
         node = self.sim.node("ToCopyBackward0", [x], [], _bw_cast)
         return _out(self.sim, out, node)
 
@@ -163,13 +180,15 @@ class Ops:
     # -- linear algebra -------------------------------------------------------------------------------
     def linear(self, x: Tensor, w: Tensor, bias: Tensor | None, out_features: int, op: str = "mm") -> Tensor:
         """F.linear (mm/addmm on the flattened input; GPT-2's Conv1D the same with the weight transposed).
-        Saves the input when the weight requires grad (the weight itself when the input does: no bytes).
+        Saves the input when the weight requires grad, the weight when the input does (no bytes for a
+        parameter; a weight computed in the step, e.g. peft's parametrized experts, stays alive).
         Backward: grad @ W for the input, grad^T @ x for the weight (stolen by AccumulateGrad), the bias
         gradient by reducing grad (validate_outputs)."""
+        x, w, bias = self.cast(x), self.cast(w), self.cast(bias)
         out = self._new(x.shape[:-1] + (out_features,), x.dtype, op)
         inputs = [x, w] + ([bias] if bias is not None else [])
         node = self.sim.node("AddmmBackward0" if bias is not None else "MmBackward0", inputs,
-                             [x if w.requires_grad else None], _bw_linear)
+                             [x if w.requires_grad else None, w if x.requires_grad else None], _bw_linear)
         return _out(self.sim, out, node)
 
     def matmul(self, a: Tensor, b: Tensor, shape: tuple[Dim, ...], saved: Sequence[Tensor | None] | None = None,
@@ -177,6 +196,7 @@ class Ops:
         """Batched matmul (attention scores, probs @ values): saves both operands (as given: the caller passes
         the contiguous copies ATen's matmul makes of non-contiguous operands). Backward: one new tensor per
         operand that requires grad."""
+        a, b = self.cast(a), self.cast(b)
         out = self._new(shape, promote(a.dtype, b.dtype), op)
         sv = list(saved) if saved is not None else [b if a.requires_grad else None, a if b.requires_grad else None]
         node = self.sim.node("BmmBackward0", [a, b], sv, _bw_each_input)
@@ -232,6 +252,7 @@ class Ops:
         """`_scaled_dot_product_flash_attention_for_cpu`: output (in the query's dtype) and logsumexp (fp32);
         saves q, k, v, output, logsumexp (and the mask). Backward: new gradients of q, k and v; its scratch
         buffers live inside the kernel (not counted, as the traced backend does not see them)."""
+        q, k, v = self.cast(q), self.cast(k), self.cast(v)
         out = self._new(out_shape, q.dtype, "_scaled_dot_product_flash_attention_for_cpu")
         lse = self._new(lse_shape, "f32", "_scaled_dot_product_flash_attention_for_cpu")
         node = self.sim.node("ScaledDotProductFlashAttentionForCpuBackward0", [q, k, v], [q, k, v, out, lse, mask],

@@ -97,6 +97,9 @@ def forward(m: Model) -> Tensor:
     m.outer += [y, logits]
     del y
     # BertForMaskedLM: CrossEntropyLoss()(prediction_scores.view(-1, V), labels.view(-1)), in the logits' dtype
-    logp = f.log_softmax(f.view(logits, ("B", "T", V)))
+    flat = f.view(logits, ("B", "T", V))
+    if f.autocast:  # cross_entropy is an fp32 autocast op: the logits are cast up first
+        flat = f.to(flat, "f32")
+    logp = f.log_softmax(flat)
     del logits
     return f.nll_loss(logp, sim.leaf(("B", "T"), "i64"))

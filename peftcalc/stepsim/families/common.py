@@ -71,7 +71,9 @@ def _recompute(m: Model, fn: Callable[..., Tensor], tag: object, layer: int) -> 
         del st
         sim.grad_enabled = True
         sim.op = "recompute"
+        cache, m.f.autocast_cache = m.f.autocast_cache, {}  # the recompute re-enters autocast: a fresh cache
         out = fn(*inputs)
+        m.f.autocast_cache = cache
         sim.grad_enabled = False
         del inputs
         root = (out.node, out.out_index, g[0])

@@ -73,6 +73,17 @@ def sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout
     saved by the matmul), the causal mask (ones().tril(), then a float `where`, per call), scores, + mask,
     `_safe_softmax` (saved), dropout (noise saved), @ v."""
     f, sim = m.f, m.sim
+    q, k, v = f.cast(q), f.cast(k), f.cast(v)  # sdpa is an autocast op: under amp its inputs are cast first
+    autocast, f.autocast = f.autocast, None  # ... and the composite's own operators run below autocast
+    try:
+        return _sdpa_math(m, q, k, v, H, d, dropout, causal, q_len, k_len, mask, strided, kv_strided)
+    finally:
+        f.autocast = autocast
+
+
+def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float, causal: bool,
+               q_len: str, k_len: str, mask: Tensor | None, strided: bool, kv_strided: bool | None) -> Tensor:
+    f, sim = m.f, m.sim
     dtype = q.dtype
     if dtype != "f32":
         q, k, v = f.to(q, "f32"), f.to(k, "f32"), f.to(v, "f32")

@@ -120,9 +120,8 @@ def attend(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, c
             return f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
         # with a mask transformers does not pass enable_gqa (use_gqa_in_sdpa): repeat_kv copies; sdpa turns a
         # boolean mask into a float one (convert_boolean_attn_mask: logical_not, where), which the kernel saves
-        if H != KV:
-            k = f.copy(f.expand(k, ("B", KV, H // KV, keys, d)), ("B", H, keys, d), "repeat_kv")
-            v = f.copy(f.expand(v, ("B", KV, H // KV, keys, d)), ("B", H, keys, d), "repeat_kv")
+        if H != KV:  # expand + reshape: a view when there is one key/value head, else a copy
+            k, v = repeat_kv(m, k, KV, H, keys, d), repeat_kv(m, v, KV, H, keys, d)
         sim.op = "logical_not"
         inv = sim.new(mask.shape, "bool")
         sim.op = "where"
@@ -144,8 +143,9 @@ def eager(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, ke
     copies = not m.cfg.batch1
     cached = bool(m.ad.prefix_tokens)  # keys/values come out of the cache's cat: contiguous
     if groups > 1:
-        k = f.copy(f.expand(k, ("B", KV, groups, keys, d)), ("B", H, keys, d), "repeat_kv")
-        v = f.copy(f.expand(v, ("B", KV, groups, keys, d)), ("B", H, keys, d), "repeat_kv")
+        k, v = repeat_kv(m, k, KV, H, keys, d), repeat_kv(m, v, KV, H, keys, d)
+        if KV == 1 and copies:  # expanded views: ATen's matmul copies them for B > 1
+            k = f.copy(k, op="matmul_reshape")
     elif copies and not cached:
         k = f.copy(k, op="matmul_reshape")
     qc = f.copy(q, op="matmul_reshape") if copies else q
@@ -162,7 +162,7 @@ def eager(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, ke
     del scores
     probs = f.to(probs, q.dtype)
     probs = f.dropout(probs, dropout)
-    vc = f.copy(v, op="matmul_reshape") if copies and groups == 1 and not cached else v
+    vc = f.copy(v, op="matmul_reshape") if copies and (KV == 1 or groups == 1 and not cached) else v
     out = f.matmul(probs, vc, ("B", H, "T", d))
     del probs, vc
     return f.copy(out, ("B", "T", H, d), "transpose_contiguous")
@@ -181,7 +181,7 @@ def moe(m: Model, x: Tensor, prefix: str) -> Tensor:
     h, E, k, ff = a.hidden_size, a.num_experts, a.experts_per_token, a.ffn_size
     N, Nk = ("B", "T"), ("B", "T", k)
     flat = f.view(x, N + (h,))
-    logits = f.linear(flat, m.weight(p + "gate.weight", (E, h)), None, E)
+    logits = f.linear(flat, m.wrapped_param(p + "gate.weight", m.weight(p + "gate.weight", (E, h))), None, E)
     probs = f.softmax(logits, "f32")
     del logits
     sim.op = "topk"
@@ -207,7 +207,7 @@ def moe(m: Model, x: Tensor, prefix: str) -> Tensor:
     del hist_in
     offsets = sim.new((E,), "i32")
     del counts
-    w1 = m.weight(p + "experts.gate_up_proj", (E, 2 * ff, h))
+    w1 = m.wrapped_param(p + "experts.gate_up_proj", m.weight(p + "experts.gate_up_proj", (E, 2 * ff, h)))
     gu = f.linear(sel, w1, None, 2 * ff, op="_grouped_mm")
     del sel
     gate, up = f.slice(gu, Nk + (ff,)), f.slice(gu, Nk + (ff,))
@@ -216,7 +216,7 @@ def moe(m: Model, x: Tensor, prefix: str) -> Tensor:
     del gate
     hid = f.mul(act, up)
     del act, up
-    w2 = m.weight(p + "experts.down_proj", (E, h, ff))
+    w2 = m.wrapped_param(p + "experts.down_proj", m.weight(p + "experts.down_proj", (E, h, ff)))
     out = f.linear(hid, w2, None, h, op="_grouped_mm")
     del hid
     weighted = f.mul(out, f.view(weights_g, Nk + (1,)))
@@ -231,6 +231,14 @@ def moe(m: Model, x: Tensor, prefix: str) -> Tensor:
     summed = f.custom("SumBackward1", [f.view(unperm, ("B", "T", k, h))], sim.new(N + (h,), "f32"), [])
     del unperm
     return f.view(f.to(summed, flat.dtype), ("B", "T", h))
+
+
+def repeat_kv(m: Model, t: Tensor, KV: int, H: int, keys: str, d: int) -> Tensor:
+    """transformers repeat_kv: t[:, :, None].expand(B, KV, H // KV, keys, d).reshape(B, H, keys, d) — a copy,
+    except with a single key/value head, where the reshape can view the expanded tensor."""
+    f = m.f
+    e = f.expand(t, ("B", KV, H // KV, keys, d))
+    return f.view(e, ("B", H, keys, d)) if KV == 1 else f.copy(e, ("B", H, keys, d), "repeat_kv")
 
 
 def mlp(m: Model, x: Tensor, prefix: str) -> Tensor:

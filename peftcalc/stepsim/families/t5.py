@@ -114,6 +114,10 @@ def feed_forward(m: Model, x: Tensor, p: str) -> Tensor:
     else:
         h = activation(m, m.linear(x, p + "DenseReluDense.wi"), act_name)
     h = f.dropout(h, p_drop)
+    if m.quantized.get(p + "DenseReluDense.wo") == "nf4":
+        # T5DenseActDense casts its input to wo.weight.dtype when they differ and the weight is not int8: with a
+        # packed 4-bit weight that is uint8, and no gradient flows back through it (as in the traced step)
+        h = f.to(h, "u8")
     return m.linear(h, p + "DenseReluDense.wo")
 
 
@@ -199,6 +203,8 @@ def forward(m: Model) -> Tensor:
     m.outer.append(y)
     del y
     flat = f.view(logits, ("B", "S", V))
+    if f.autocast:  # cross_entropy is an fp32 autocast op: the logits are cast up first
+        flat = f.to(flat, "f32")
     logp = f.log_softmax(flat)  # nn.CrossEntropyLoss on the logits as they are
     m.outer.append(logits)
     del flat, logits

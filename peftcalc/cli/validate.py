@@ -1,0 +1,158 @@
+"""`peftcalc validate`: the analytic model against every measured step in bench/results (or fresh traces)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peftcalc.errors import PeftcalcError
+
+
+def committed_results() -> list[Path]:
+    """The results files committed to the repository (`git ls-files bench/results/*.jsonl`); outside a git
+    checkout, every bench/results/*.jsonl."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "bench" / "results"
+    try:
+        out = subprocess.run(["git", "-C", str(root), "ls-files", "--", "bench/results/*.jsonl"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0:
+            return [root / line for line in out.stdout.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def _default_results() -> list[Path]:
+    files = committed_results()
+    if not files:
+        raise PeftcalcError("no committed bench/results/*.jsonl found: give result files or folders, or --trace SUITE")
+    return files
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e9:,.3f} GB" if abs(n) >= 1e8 else f"{n / 1e6:,.2f} MB"
+
+
+def _fmt_pct(p: float | None) -> str:
+    return "-" if p is None else f"{p:+.2f} %"
+
+
+def _bytes_check(c: Any, key: str) -> str:
+    d = c.difference(key)
+    return "-" if d is None else ("=" if d == 0 else f"{d:+,}")
+
+
+@click.command("validate")
+@click.argument("results", nargs=-1, type=click.Path(exists=True))
+@click.option("--trace", "trace_suite", type=click.Path(exists=True, dir_okay=False), metavar="SUITE",
+              help="Trace the runs of this suite now (fake tensors, this machine) and validate those instead.")
+@click.option("--tolerance", type=float, default=2.0, show_default=True,
+              help="Peak error (%%) that --share of the runs must stay within.")
+@click.option("--max-tolerance", type=float, default=5.0, show_default=True,
+              help="Peak error (%%) no run may exceed.")
+@click.option("--share", type=float, default=95.0, show_default=True,
+              help="Percentage of runs that must be within --tolerance.")
+@click.option("--worst", type=int, default=None, metavar="N", help="Show only the N largest peak errors.")
+@click.option("--write-history", is_flag=True,
+              help="Write the error per kind of setup to peftcalc/validation_history.json (the estimate's band).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: float, max_tolerance: float,
+                 share: float, worst: int | None, write_history: bool, as_json: bool) -> None:
+    """Compare the analytic estimate with measured training steps: per run, the relative error of the peak and
+    of the activations, and whether weights, gradients and optimizer states agree to the byte; then the
+    median, 90th percentile and largest peak error. Exits with status 1 unless at least --share % of the runs
+    are within --tolerance and every run is within --max-tolerance.
+
+    RESULTS are JSON-lines files or folders of them (default: the files committed in bench/results, as
+    `peftcalc bench` writes them). A run's setup is rebuilt from its record and estimated with the current code.
+
+    \b
+    Examples:
+      peftcalc validate                                   # every committed result in bench/results
+      peftcalc validate bench/results                     # every results file there, committed or not
+      peftcalc validate bench/results/cpu-accuracy.jsonl --worst 5
+      peftcalc validate --trace bench/suites/cpu-accuracy.toml --tolerance 1
+      peftcalc validate --json > validation.json
+    """
+    from peftcalc.validation import compare_all, history, read_results, summarize
+
+    if tolerance <= 0 or max_tolerance <= 0 or not 0 < share <= 100:
+        raise PeftcalcError("--tolerance and --max-tolerance must be positive and --share in (0, 100]")
+    if trace_suite:
+        if results:
+            raise PeftcalcError("give result files or --trace SUITE, not both")
+        records = _trace(trace_suite)
+    else:
+        records = read_results(results or _default_results())
+    comparisons = compare_all(records)
+    if not comparisons:
+        raise PeftcalcError("no successful measured run in the given results")
+    s = summarize(comparisons, tolerance, max_tolerance, share)
+    if write_history:
+        from peftcalc.validation import HISTORY_FILE
+
+        HISTORY_FILE.write_text(json.dumps(history(comparisons), indent=1) + "\n", encoding="utf-8")
+    ordered = sorted(comparisons, key=lambda c: -abs(c.relative_error("peak") or 0.0) if c.error is None else -1e9)
+    shown = ordered[:worst] if worst else sorted(comparisons, key=lambda c: (c.source, c.label))
+    if as_json:
+        click.echo(json.dumps({
+            "summary": {"runs": s.runs, "within_tolerance": s.within, "within_percent": round(s.within_share, 2),
+                        "median_percent": round(s.median, 4), "p90_percent": round(s.p90, 4),
+                        "max_percent": s.max if s.max != float("inf") else None,
+                        "tolerance_percent": tolerance, "max_tolerance_percent": max_tolerance, "share_percent": share,
+                        "exact_to_the_byte": s.exact, "passed": s.passed},
+            "runs": [{"label": c.label, "source": c.source, "backend": c.backend, "device": c.device,
+                      "family": c.family, "method": c.method, "rank": c.rank, "measured_bytes": c.measured,
+                      "predicted_bytes": c.predicted, "measured_phase": c.measured_phase,
+                      "predicted_phase": c.predicted_phase, "error": c.error,
+                      "relative_error_percent": {k: (round(e, 4) if (e := c.relative_error(k)) is not None else None)
+                                                 for k in ("peak", "activations")}} for c in shown],
+        }, indent=2))
+    else:
+        from peftcalc.render import table
+
+        rows = []
+        for c in shown:
+            if c.error is not None:
+                rows.append((c.label, c.backend, _fmt_bytes(c.measured.get("peak")), "-", "no estimate", "-", "-",
+                             "-", "-", c.error[:60]))
+                continue
+            rows.append((c.label, c.backend, _fmt_bytes(c.measured.get("peak")), _fmt_bytes(c.predicted.get("peak")),
+                         _fmt_pct(c.relative_error("peak")), _fmt_pct(c.relative_error("activations")),
+                         _bytes_check(c, "weights"), _bytes_check(c, "gradients"),
+                         _bytes_check(c, "optimizer_states"),
+                         f"{c.measured_phase or '-'}/{c.predicted_phase or '-'}"))
+        click.echo(table(["run", "backend", "peak measured", "peak estimated", "peak err", "activ. err", "weights",
+                          "grads", "states", "peak phase (meas/est)"], rows))
+        click.echo("")
+        maxtxt = "no estimate for some run" if s.max == float("inf") else f"{s.max:.2f} %"
+        click.echo(f"{s.runs} runs: median |peak error| {s.median:.2f} %, p90 {s.p90:.2f} %, max {maxtxt}; "
+                   f"{s.within} ({s.within_share:.1f} %) within {tolerance:g} %")
+        exact = ", ".join(f"{k.replace('_', ' ')} {v}/{s.runs}" for k, v in s.exact.items())
+        click.echo(f"agree to the byte: {exact}  (= equal; otherwise estimate - measured, in bytes)")
+        click.echo(f"gate: >= {share:g} % of runs within {tolerance:g} % and all within {max_tolerance:g} %: "
+                   f"{'PASSED' if s.passed else 'FAILED'}")
+    if not s.passed:
+        raise SystemExit(1)
+
+
+def _trace(suite_path: str) -> list[tuple[str, dict[str, Any]]]:
+    from peftcalc.measure.bench import load_suite, run_suite
+    from peftcalc.validation import read_results
+
+    suite = load_suite(suite_path)
+    if any(r.p["backend"] != "trace" for r in suite.runs):
+        raise PeftcalcError(f"--trace traces runs; {suite.name} has runs with another backend")
+    with tempfile.TemporaryDirectory(prefix="peftcalc-validate-") as tmp:
+        with click.progressbar(length=len(suite.runs), label=f"tracing {suite.name}", show_pos=True) as bar:
+            run_suite(suite, results_dir=tmp, progress=lambda i, n, run, status: bar.update(1))
+        return read_results([tmp])
