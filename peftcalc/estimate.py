@@ -56,6 +56,7 @@ class MemoryBreakdown:
     cpu_bytes: int = 0  # offloaded states, in host memory
     buffer_bytes: int = 0  # non-parameter tensors of the model
     input_bytes: int = 0  # the batch: token ids and labels
+    communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
     backward_peak_bytes: int = 0  # the most live during backward (absolute)
     optimizer_peak_bytes: int = 0  # the most live during the optimizer step (absolute)
@@ -69,7 +70,7 @@ class MemoryBreakdown:
     def start_bytes(self) -> int:
         """Live at the start of a step: weights, buffers, master weights, optimizer states and the batch."""
         return self.weight_bytes + self.buffer_bytes + self.master_weight_bytes + self.optimizer_state_bytes \
-            + self.input_bytes
+            + self.input_bytes + self.communication_bytes
 
     @property
     def after_forward_bytes(self) -> int:
@@ -168,13 +169,25 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
             overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec()) -> MemoryBreakdown:
     """The phases of one step on one GPU from model states, their placement and the replayed activations."""
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
+    parallel = setup.num_gpus > 1
+    # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
+    # every gradient from the first backward on (measured: exactly +gradients at every phase, bench/results).
+    comm = placed.gradient_bytes if parallel and setup.zero_stage == 0 else 0
     start = placed.weight_bytes + states.buffer_bytes + placed.master_weight_bytes + placed.optimizer_state_bytes \
-        + input_bytes(setup)
+        + input_bytes(setup) + comm
     # Backward's gradients: the replay materialises every gradient in full; under ZeRO-2/3 each rank keeps its
-    # shard once reduced (the full-size buckets in flight are not modelled).
+    # shard once reduced.
     grad_shortfall = states.gradient_bytes - placed.gradient_bytes
-    forward = start + acts.forward_peak_bytes
-    backward = start + acts.backward_peak_bytes - (grad_shortfall if setup.zero_stage >= 2 else 0)
+    # ZeRO-3 / FSDP2 (fully_shard per block, then the root): during forward and backward a rank holds the
+    # gathered weights of the root (embeddings, head) and of two blocks (the current one and the one prefetched),
+    # and in backward one block's unsharded gradients before their reduce-scatter. A stated approximation: the
+    # CPU meter cannot see FSDP2's storage resizes, so these are not checked against measurement yet.
+    gathered = 0
+    if parallel and setup.zero_stage >= 3:
+        gathered = (states.root_weight_bytes + 2 * states.layer_weight_bytes) * (setup.num_gpus - 1) // setup.num_gpus
+    forward = start + acts.forward_peak_bytes + gathered
+    backward = start + acts.backward_peak_bytes - (grad_shortfall if setup.zero_stage >= 2 else 0) \
+        + (gathered + states.layer_weight_bytes if gathered else 0)
     temps = optimizer_temporary_bytes(states, setup, ranks)
     if setup.offload:
         opt_grads = placed.gradient_bytes
@@ -201,6 +214,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         cpu_bytes=placed.cpu_bytes,
         buffer_bytes=states.buffer_bytes,
         input_bytes=input_bytes(setup),
+        communication_bytes=comm,
         forward_peak_bytes=forward,
         backward_peak_bytes=backward,
         optimizer_peak_bytes=optimizer,

@@ -45,6 +45,9 @@ class ModelStates:
     forloop_temporary_bytes: int = 0  # the for-loop AdamW's largest scratch (see forloop_scratch)
     master_gradient_bytes: int = 0  # gradients as the optimizer step sees them (fp32 copies for master weights)
     last_cast_gradient_bytes: int = 0  # the last low-precision gradient turned into fp32 (mixed precision)
+    layer_weight_bytes: int = 0  # the largest transformer block's weights (what FSDP/ZeRO-3 gathers at a time)
+    scalar_state_bytes: int = 0  # AdamW's step / Adafactor's RMS: 0-dim, every rank keeps them whole
+    root_weight_bytes: int = 0  # weights outside the blocks (embeddings, final norm, head)
 
     @property
     def total(self) -> int:
@@ -104,16 +107,24 @@ def forloop_scratch(sizes: list[int]) -> int:
 def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -> ModelStates:
     opt = get_optimizer(optimizer)
     torch_adamw = optimizer in SCALAR_STATE_OPTIMIZERS
-    weights = grads = master = states = largest = trainable_w = stepped = master_grads = 0
+    weights = grads = master = states = largest = trainable_w = stepped = master_grads = scalars = 0
     first, middle, last = [], [], []  # trainable tensor sizes in model.parameters() order, roughly
     spec = adaptation.spec
     heads = {l.name + ".weight" for l in spec.linears if l.head}
     embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
     norms = {p.name for p in spec.others if p.kind == "norm"}
     last_cast = 0
+    prefixes = [prefix.replace("{i}", "") for prefix, _ in spec.layer_prefixes()]
+    per_layer = dict.fromkeys(prefixes, 0)
+    root = 0
     for g in adaptation.tensors:
         one = tensor_bytes(g, precision)
         weights += one * g.count
+        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
+        if stack is None:
+            root += one * g.count
+        else:
+            per_layer[stack] += one
         if not g.trainable:
             continue
         trainable_w += one * g.count
@@ -134,5 +145,8 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
             # one step per tensor; a norm group holds numel / hidden_size tensors (weight, and bias for LayerNorm)
             per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1
             states += ADAM_STEP_BYTES * g.count * per
+            scalars += ADAM_STEP_BYTES * g.count * per
     return ModelStates(weights, grads, master, states, largest, trainable_w, buffer_bytes(adaptation, precision), stepped,
-                       forloop_scratch(first + middle + last), master_grads, last_cast)
+                       forloop_scratch(first + middle + last), master_grads, last_cast,
+                       layer_weight_bytes=max(per_layer.values(), default=0), root_weight_bytes=root,
+                       scalar_state_bytes=scalars)

@@ -30,8 +30,9 @@ class Placement:
 
 def place(states: ModelStates, num_gpus: int, zero_stage: int, offload: bool) -> Placement:
     w, g, m, s = states.weight_bytes, states.gradient_bytes, states.master_weight_bytes, states.optimizer_state_bytes
-    if zero_stage >= 1:
-        m, s = _shard(m, num_gpus), _shard(s, num_gpus)
+    if zero_stage >= 1:  # 0-dim states (AdamW's step) stay whole on every rank (measured with FSDP2)
+        m = _shard(m, num_gpus)
+        s = _shard(s - states.scalar_state_bytes, num_gpus) + states.scalar_state_bytes
     if zero_stage >= 2:
         g = _shard(g, num_gpus)
     if zero_stage >= 3:
