@@ -113,7 +113,7 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
     heads = {l.name + ".weight" for l in spec.linears if l.head}
     embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
     norms = {p.name for p in spec.others if p.kind == "norm"}
-    last_cast = 0
+    last_cast = head_cast = block_cast = 0
     prefixes = [prefix.replace("{i}", "") for prefix, _ in spec.layer_prefixes()]
     per_layer = dict.fromkeys(prefixes, 0)
     root = 0
@@ -136,8 +136,13 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
         if precision.has_master(g.added):
             master += g.numel * 4 * g.count
             master_grads += g.numel * 4 * g.count
-            if g.name in heads:  # model.parameters() ends with the output head: the last gradient cast
-                last_cast = one
+            # MasterWeightOptimizer casts gradients in model.parameters() order, each fp32 copy made while its
+            # low-precision gradient still lives: the last large one decides (the output head, or for a tied head
+            # the last block's last matrix; norms after it are negligible)
+            if g.name in heads:
+                head_cast = one
+            elif g.shape and "{i}" in g.name and not g.added:
+                block_cast = one
         else:
             master_grads += one * g.count
         states += opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
@@ -146,6 +151,7 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
             per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1
             states += ADAM_STEP_BYTES * g.count * per
             scalars += ADAM_STEP_BYTES * g.count * per
+    last_cast = head_cast or block_cast
     return ModelStates(weights, grads, master, states, largest, trainable_w, buffer_bytes(adaptation, precision), stepped,
                        forloop_scratch(first + middle + last), master_grads, last_cast,
                        layer_weight_bytes=max(per_layer.values(), default=0), root_weight_bytes=root,
