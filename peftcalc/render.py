@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterable, Sequence
 
 from peftcalc.estimate import Estimate, MethodEstimate
@@ -12,8 +13,9 @@ from peftcalc.units import Unit
 
 def fmt_bytes(n: int, unit: Unit) -> str:
     v = n / unit.bytes
-    if v and abs(v) < 0.1:  # small adapters: keep three significant digits rather than print 0.00
-        return f"{v:.3g} {unit.value}"
+    if v and abs(v) < 0.1:  # small adapters: three significant digits rather than 0.00, never an exponent
+        places = 2 - math.floor(math.log10(abs(v)))
+        return f"{v:.{places}f} {unit.value}"
     return f"{v:,.2f} {unit.value}"
 
 
