@@ -296,15 +296,21 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_kv_heads, a.head_dim)
     emb_w = m.weight("model.embed_tokens.weight", (V, h))
-    x = embedding_output(m, f.embedding(emb_w, ids, h))
+    x = f.embedding(emb_w, ids, h)
     if a.family in ("gemma", "gemma2"):
-        x = f.scale(x)  # hidden_states * normalizer (sqrt(hidden_size) in the embedding dtype)
+        # GemmaTextScaledWordEmbedding: the module's output is already * embed_scale (sqrt(hidden_size))
+        x = f.scale(x)
+    x = embedding_output(m, x)
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     m.mask = causal_mask(m) if m.ad.prefix_tokens or m.cfg.attention == "eager" else None
     cos, sin = rotary(m, x)
-    x = run_stack(m, "decoder", a.num_layers, lambda t, i, c, s, p, k: layer(m, t, i, c, s, k), x,
-                  m.layer_args + (m.mask,))
+    # Gemma2 alternates sliding-window and full attention: transformers builds both masks (a dict the layers
+    # pick from), and checkpointed layers keep theirs.
+    mask2 = causal_mask(m) if a.family == "gemma2" and m.mask is not None else None
+    x = run_stack(m, "decoder", a.num_layers, lambda t, i, c, s, p, k, k2: layer(m, t, i, c, s, k), x,
+                  m.layer_args + (m.mask, mask2))
+    del mask2
     x = rms_norm(m, x, "model.norm.weight")
     m.end_model()  # LlamaModel.forward returns: its locals (mask, position ids) go
     if a.tie_embeddings:
