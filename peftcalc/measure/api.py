@@ -83,7 +83,8 @@ def predicted(spec: ModelSpec, method: Method, setup: Setup) -> tuple[Bytes | No
         return None, None, None, f"the analytic estimate failed: {type(e).__name__}: {e}"
     m = est.memory
     peak = m.total - m.overhead_bytes
-    b = Bytes(weights=m.weight_bytes + m.master_weight_bytes, gradients=m.gradient_bytes,
+    # measured weights hold every parameter and buffer (rotary tables ...), so the prediction does too
+    b = Bytes(weights=m.weight_bytes + m.buffer_bytes + m.master_weight_bytes, gradients=m.gradient_bytes,
               optimizer_states=m.optimizer_state_bytes, activations=m.activation_bytes, peak=peak)
     ckpt = getattr(getattr(est, "storage", None), "checkpoint_bytes", None)
     return b, m.overhead_bytes, ckpt, None
