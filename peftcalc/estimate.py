@@ -92,11 +92,6 @@ class MemoryBreakdown:
         return max(p, key=lambda k: p[k])
 
     @property
-    def transient_bytes(self) -> int:
-        """The peak above the start: activations, gradients present at that moment, scratch."""
-        return self.peak_bytes - self.start_bytes
-
-    @property
     def total(self) -> int:
         return self.peak_bytes + self.overhead_bytes
 

@@ -52,9 +52,9 @@ def check_distributed_setup(setup: Setup, nproc: int) -> Setup:
 def measure_distributed(spec: ModelSpec, method: Method, setup: Setup, nproc: int, device: str | None = None,
                         timed_steps: int = 2, timeout_s: int = DEFAULT_TIMEOUT_S):
     """Run the step on `nproc` processes and gather a MeasureResult with one `per_rank` entry each."""
-    from peftcalc.measure.api import (_failed, environment, measured_bytes, method_options, model_info, predicted,
+    from peftcalc.measure.api import (_failed, environment, method_options, model_info, predicted, rank_result,
                                       setup_dict)
-    from peftcalc.measure.result import Bytes, Detail, MeasureResult, RankResult
+    from peftcalc.measure.result import Bytes, Detail, MeasureResult
     from peftcalc.measure.step import StepNumbers
 
     setup = check_distributed_setup(setup, nproc)
@@ -98,8 +98,7 @@ def measure_distributed(spec: ModelSpec, method: Method, setup: Setup, nproc: in
         return _failed("run", dev, status, spec, method, setup, msg, pred, env, notes, overhead, pred_ckpt)
     ranks.sort(key=lambda r: r["rank"])
     numbers = [StepNumbers(**r["numbers"]) for r in ranks]
-    per_rank = tuple(RankResult(r["rank"], measured_bytes(n), n.master_weight_bytes, n.peak_phase)
-                     for r, n in zip(ranks, numbers))
+    per_rank = tuple(rank_result(r["rank"], n) for r, n in zip(ranks, numbers))
     top = Bytes.max_of([p.measured for p in per_rank])
     worst = max(numbers, key=lambda n: n.peak_bytes)
     steps = [r.get("step_seconds") for r in ranks if r.get("step_seconds")]

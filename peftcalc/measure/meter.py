@@ -38,10 +38,6 @@ def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
         yield t
 
 
-def storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage()._cdata
-
-
 def unique_storage_bytes(tensors: Iterable[torch.Tensor], exclude: set[int] | None = None) -> int:
     """Bytes of the distinct storages behind `tensors` (views and tied weights counted once)."""
     seen: set[int] = set(exclude or ())

@@ -47,10 +47,6 @@ class Bytes:
         return {k: getattr(self, k) for k in BYTE_KEYS}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Bytes":
-        return cls(**{k: int(d[k]) for k in BYTE_KEYS})
-
-    @classmethod
     def max_of(cls, items: list["Bytes"]) -> "Bytes":
         """Per key, the largest value over ranks (the rank that runs out of memory first decides)."""
         return cls(**{k: max(getattr(b, k) for b in items) for k in BYTE_KEYS})
