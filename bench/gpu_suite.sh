@@ -35,5 +35,5 @@ print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft
 PY
 
 cd "$ROOT"
-"$PYTHON" -m peftcalc.measure.bench "$SUITE" --results-dir "$OUT" 2>&1 | tee -a "$OUT/gpu_suite.log"
+"$PYTHON" -m peftcalc.measure.suite "$SUITE" --results-dir "$OUT" 2>&1 | tee -a "$OUT/gpu_suite.log"
 exit "${PIPESTATUS[0]}"

@@ -31,7 +31,7 @@ from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.stepsim.model import DTYPES, StepConfig
 from peftcalc.stepsim.poly import Poly
-from peftcalc.stepsim.run import SimResult, simulate
+from peftcalc.stepsim.replay import SimResult, simulate
 
 
 @dataclass(frozen=True)

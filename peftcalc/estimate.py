@@ -2,7 +2,7 @@
 
 Composes the parts: methods (what trains), memory (model states, exact), activations (the replayed step:
 saved tensors and transient peaks), parallel (bytes per GPU), overhead (CUDA realities, one line each),
-storage (checkpoint bytes).
+checkpoint (checkpoint bytes per task).
 
 The peak is a phase, not a sum. One training step goes through
 
@@ -32,8 +32,7 @@ from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, roundi
 from peftcalc.parallel import Placement, place
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
-from peftcalc.storage import Storage, storage
-from peftcalc.validation import Uncertainty, uncertainty
+from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -102,9 +101,8 @@ class MethodEstimate:
     params: ParamCount
     memory: MemoryBreakdown
     activations: Activations
-    storage: Storage
+    checkpoint: CheckpointSize
     notes: tuple[str, ...]
-    uncertainty: Uncertainty | None = None  # the peak's band, from the validation history of this kind of setup
 
 
 @dataclass(frozen=True)
@@ -156,8 +154,7 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, adaptation.params, memory, acts,
-                          storage(adaptation, full, precision, num_tasks), adaptation.notes,
-                          uncertainty(method.name, setup.gradient_checkpointing))
+                          checkpoint_size(adaptation, full, precision, num_tasks), adaptation.notes)
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,

@@ -56,9 +56,9 @@ class ModelStates:
 
 def tensor_bytes(g: TensorGroup, precision: Precision) -> int:
     """Bytes of one tensor of the group as stored."""
-    if g.storage == "nf4":
+    if g.format == "nf4":
         return nf4_bytes(g.numel)
-    if g.storage == "int8":
+    if g.format == "int8":
         return int8_bytes(g.numel, g.shape[0] if g.shape else 1)
     return g.numel * dtype_bytes(precision.stored_dtype(g.added))
 
@@ -69,7 +69,7 @@ def buffer_bytes(adaptation: Adaptation, precision: Precision) -> int:
     spec = adaptation.spec
     total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
     for g in adaptation.tensors:
-        if g.storage == "nf4":
+        if g.format == "nf4":
             total += NF4_CONSTANT_BYTES * g.count
     return total
 

@@ -9,7 +9,7 @@ from peftcalc.methods import MethodOptions, make_method
 from peftcalc.model.catalogue import get_model
 from peftcalc.model.infer import infer_spec
 from peftcalc.quant import nf4_bytes
-from peftcalc.render import estimate_dict
+from peftcalc.render.estimate import estimate_dict
 from peftcalc.setup import Setup
 
 SEED = infer_spec(7 * 10**9)
@@ -43,9 +43,9 @@ def test_seed_storage_ten_tasks_is_280_gb():
     r = estimate(SEED, Setup(), ("full", "lora")).results
     full, lora = r
     # seed: "10 tasks = 280GB"; each file adds its safetensors header (tens of kB)
-    assert 28 * 10**9 < full.storage.checkpoint_bytes < 28 * 10**9 + 10**6
-    assert full.storage.full_copies_bytes == 10 * full.storage.checkpoint_bytes
-    assert lora.storage.checkpoint_bytes < 20 * 10**6  # seed: LoRA "~10MB" per task
+    assert 28 * 10**9 < full.checkpoint.checkpoint_bytes < 28 * 10**9 + 10**6
+    assert full.checkpoint.full_copies_bytes == 10 * full.checkpoint.checkpoint_bytes
+    assert lora.checkpoint.checkpoint_bytes < 20 * 10**6  # seed: LoRA "~10MB" per task
 
 
 def test_lora_matrix_example_is_256x_fewer():

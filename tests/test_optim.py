@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from peftcalc.measure.build import build_model  # noqa: E402
+from peftcalc.measure.hf_model import build_model  # noqa: E402
 from peftcalc.memory import model_states  # noqa: E402
 from peftcalc.methods import make_method  # noqa: E402
 from peftcalc.model.catalogue import get_model, model_names  # noqa: E402

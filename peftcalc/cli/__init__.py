@@ -15,8 +15,8 @@ from peftcalc.errors import PeftcalcError
 # command name -> module defining a click command of the same name (attribute `<name>_cmd`)
 COMMANDS = {
     "estimate": "peftcalc.cli.estimate",
-    "models": "peftcalc.cli.catalog",
-    "methods": "peftcalc.cli.catalog",
+    "models": "peftcalc.cli.models",
+    "methods": "peftcalc.cli.methods",
     "gpus": "peftcalc.cli.gpus",
     "plan": "peftcalc.cli.plan",
     "measure": "peftcalc.cli.measure",
@@ -42,8 +42,7 @@ class Group(click.Group):
             if e.name == COMMANDS[name]:
                 return None  # a command whose module is not written yet
             raise
-        # a module may register with @main.command(...) or expose `<name>_cmd`
-        return super().get_command(ctx, name) or getattr(module, f"{name}_cmd", None)
+        return getattr(module, f"{name}_cmd")
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:

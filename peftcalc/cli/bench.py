@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from peftcalc.cli import main
 from peftcalc.errors import PeftcalcError
 
 
-@main.command("bench")
+@click.command("bench")
 @click.argument("suite", type=click.Path(dir_okay=False))
 @click.option("--results-dir", type=click.Path(file_okay=False),
               help="Where <suite name>.jsonl is appended (default: bench/results beside the suites folder).")
@@ -31,7 +30,7 @@ def bench_cmd(**kw: Any) -> None:
       peftcalc bench bench/suites/cpu-small.toml --only mixtral --list
       peftcalc bench bench/suites/gpu.toml --results-dir /tmp/gpu-results --time-budget 400
     """
-    from peftcalc.measure.bench import load_suite, results_path, run_suite
+    from peftcalc.measure.suite import load_suite, results_path, run_label, run_suite
 
     try:
         import peft  # noqa: F401
@@ -43,12 +42,12 @@ def bench_cmd(**kw: Any) -> None:
     suite = load_suite(kw["suite"])
     if kw["time_budget"] is not None and kw["time_budget"] <= 0:
         raise PeftcalcError(f"--time-budget must be a positive number of seconds, got {kw['time_budget']}")
-    runs = [r for r in suite.runs if kw["only"] is None or kw["only"] in r.label]
+    runs = [r for r in suite.runs if kw["only"] is None or kw["only"] in run_label(r)]
     if kw["only"] is not None and not runs:
         raise PeftcalcError(f"no run of {suite.name} matches --only {kw['only']!r} (see --list)")
     if kw["list_runs"]:
         for r in runs:
-            click.echo(r.label)
+            click.echo(run_label(r))
         return
     out = results_path(suite, kw["results_dir"])
     click.echo(f"{suite.name}: {len(runs)} runs -> {out}")
@@ -56,8 +55,8 @@ def bench_cmd(**kw: Any) -> None:
     with click.progressbar(length=len(runs), label=suite.name, show_pos=True, show_eta=True,
                            item_show_func=lambda s: s) as bar:
         def progress(i: int, n: int, run: Any, status: str) -> None:
-            lines.append(f"[{i}/{n}] {run.label}: {status}")
-            bar.update(1, f"{run.label}: {status}")
+            lines.append(f"[{i}/{n}] {run_label(run)}: {status}")
+            bar.update(1, f"{run_label(run)}: {status}")
 
         summary = run_suite(suite, kw["results_dir"], kw["retry_failed"], kw["time_budget"], kw["only"],
                             progress=progress)

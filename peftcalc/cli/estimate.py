@@ -6,21 +6,22 @@ from typing import Any
 
 import click
 
-from peftcalc.cli.options import (METHOD_NAMES, method_options, model_options, output_options,
+from peftcalc.cli.options import (method_options, model_options, one_method_option, output_options,
                                   resolve_method_options, resolve_overhead, resolve_setup, resolve_spec, resolve_unit,
-                                  setup_options)
+                                  setup_options, tasks_option)
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import estimate
 from peftcalc.methods import DEFAULT_TABLE
-from peftcalc.render import estimate_csv, estimate_json, estimate_text
+from peftcalc.render.estimate import estimate_csv, estimate_json, estimate_text
+from peftcalc.uncertainty import bands
 
 
 @click.command("estimate")
 @model_options
-@click.option("--method", type=click.Choice(METHOD_NAMES), help="One method (default: compare them all).")
+@one_method_option
 @method_options
 @setup_options
-@click.option("--tasks", type=int, default=10, show_default=True, help="Tasks for the storage comparison.")
+@tasks_option
 @output_options
 def estimate_cmd(**kw: Any) -> None:
     """Parameters, memory and storage of fine-tuning a model with each method.
@@ -40,9 +41,9 @@ def estimate_cmd(**kw: Any) -> None:
     methods = (kw["method"],) if kw["method"] else DEFAULT_TABLE
     est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"],
                    overhead=resolve_overhead(kw))
-    if kw["as_json"]:
-        click.echo(estimate_json(est))
-    elif kw["as_csv"]:
+    if kw["as_csv"]:
         click.echo(estimate_csv(est), nl=False)
+    elif kw["as_json"]:
+        click.echo(estimate_json(est, bands(est)))
     else:
-        click.echo(estimate_text(est, unit))
+        click.echo(estimate_text(est, unit, bands(est)))

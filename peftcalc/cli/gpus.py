@@ -7,19 +7,15 @@ from dataclasses import asdict
 
 import click
 
-from peftcalc.cli import main
+from peftcalc.cli.options import gpu_file_option, output_options
 from peftcalc.units import GB, Unit
 
 TERA = 10**12
 
 
-@main.command("gpus")
-@click.option("--gpu-file", "gpu_files", multiple=True, metavar="PATH",
-              help="A JSON file of GPUs that adds to or overrides the catalogue (repeatable).")
-@click.option("--units", type=click.Choice(["GB", "GiB"]), default="GB", show_default=True,
-              help="GB = 10^9 bytes, GiB = 2^30 bytes.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field, with the default MFU).")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@click.command("gpus")
+@gpu_file_option
+@output_options
 def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool) -> None:
     """The GPU catalogue: usable memory, dense peak TFLOPS, bandwidth, rent and purchase prices, sources.
 
@@ -35,7 +31,7 @@ def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool
     from peftcalc.errors import PeftcalcError
     from peftcalc.hardware.catalogue import catalogue_with
     from peftcalc.hardware.mfu import default_mfu
-    from peftcalc.render import fmt_bytes, table, to_csv
+    from peftcalc.render.text import fmt_bytes, table, to_csv
 
     if as_json and as_csv:
         raise PeftcalcError("--json and --csv are exclusive: choose one")

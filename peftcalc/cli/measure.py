@@ -10,19 +10,18 @@ from typing import Any
 
 import click
 
-from peftcalc.cli import main
 from peftcalc.cli.options import (METHOD_NAMES, method_options, model_options, output_options,
                                   resolve_method_options, resolve_setup, resolve_spec, resolve_unit, setup_options)
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods import make_method
-from peftcalc.render import fmt_bytes, fmt_count, table, to_csv
+from peftcalc.render.text import fmt_bytes, fmt_count, table, to_csv
 from peftcalc.units import Unit
 
 LABELS = {"weights": "weights (+ master copies)", "gradients": "gradients", "optimizer_states": "optimizer states",
           "activations": "activations after forward", "peak": "peak (tensors)"}
 
 
-@main.command("measure")
+@click.command("measure")
 @model_options
 @click.option("--method", type=click.Choice(METHOD_NAMES), required=True, help="The method to measure.")
 @method_options

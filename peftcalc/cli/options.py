@@ -101,14 +101,53 @@ def setup_options_with(precision: str = "fp32") -> Callable:
 setup_options = setup_options_with("fp32")
 planning_setup_options = setup_options_with("bf16-mixed")
 
-output_options = _compose(
-    click.option("--units", type=click.Choice(["GB", "GiB"]), default="GB", show_default=True,
-                 help="GB = 10^9 bytes, GiB = 2^30 bytes."),
-    click.option("--json", "as_json", is_flag=True, help="Print JSON."),
-    click.option("--csv", "as_csv", is_flag=True, help="Print CSV."),
-)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+units_option = click.option("--units", type=click.Choice(["GB", "GiB"]), default="GB", show_default=True,
+                            help="GB = 10^9 bytes, GiB = 2^30 bytes.")
+format_options = _compose(json_option, csv_option)
+output_options = _compose(units_option, json_option, csv_option)
 
 METHOD_NAMES = list(METHODS)
+one_method_option = click.option("--method", type=click.Choice(METHOD_NAMES),
+                                 help="One method (default: compare them all).")
+methods_option = click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
+                              help="A method (repeatable; default: every method).")
+tasks_option = click.option("--tasks", type=int, default=10, show_default=True,
+                            help="Tasks for the storage comparison.")
+gpu_file_option = click.option("--gpu-file", "gpu_files", multiple=True, metavar="PATH",
+                               help="A JSON file of GPUs (one object or a list) that adds to or overrides the "
+                                    "catalogue (repeatable).")
+DEFAULT_TOKENS = 100_000_000
+
+# What plan and report need beyond the model, method and setup: the GPUs, how far to scale, how much to train.
+planning_options = _compose(
+    click.option("--gpu", "gpu_ids", multiple=True, metavar="ID",
+                 help="A GPU to consider (repeatable; default: the whole catalogue, see `peftcalc gpus`)."),
+    gpu_file_option,
+    click.option("--max-gpus", type=int, default=8, show_default=True,
+                 help="Most GPUs of one type to scale out to (DDP, ZeRO 1/2/3, offload)."),
+    click.option("--tokens", type=Count(), default=str(DEFAULT_TOKENS), show_default=True,
+                 help="Training tokens per epoch, e.g. 50e6."),
+    click.option("--epochs", type=float, default=1.0, show_default=True,
+                 help="Passes over --tokens (may be fractional)."),
+    click.option("--mfu", type=float, default=None,
+                 help="Model FLOPs utilisation in (0, 1] for every GPU and method (default: per GPU family, see "
+                      "assumptions)."),
+)
+
+
+def resolve_gpus(kw: dict[str, Any]) -> tuple[Any, ...]:
+    """The GPUs --gpu names (from the catalogue plus --gpu-file entries), else every one, user entries first."""
+    from peftcalc.hardware.catalogue import all_gpus, catalogue_with, get_gpu
+
+    catalogue = catalogue_with(kw["gpu_files"])
+    if kw["gpu_ids"]:
+        return tuple(dict.fromkeys(get_gpu(g, catalogue) for g in kw["gpu_ids"]))
+    builtin = {g.id for g in all_gpus()}
+    return tuple(sorted(catalogue.values(), key=lambda g: (g.id in builtin, g.id)))
+
+
 
 
 def resolve_spec(kw: dict[str, Any]) -> ModelSpec:

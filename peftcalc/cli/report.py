@@ -9,9 +9,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from peftcalc.cli import main
-from peftcalc.cli.options import (METHOD_NAMES, Count, method_options, model_options, resolve_method_options,
-                                  resolve_setup, resolve_spec, setup_options)
+from peftcalc.cli.options import (method_options, methods_option, model_options, planning_options, resolve_gpus,
+                                  resolve_method_options, resolve_setup, resolve_spec, setup_options, tasks_option,
+                                  units_option)
 from peftcalc.errors import PeftcalcError
 from peftcalc.units import Unit
 
@@ -25,30 +25,22 @@ EXAMPLES: dict[str, list[str]] = {
     "validation": ["--results", "bench/results"],
 }
 DEFAULT_REPORTS_DIR = "reports"
-DEFAULT_TOKENS = 100_000_000  # as `peftcalc plan`
 MODEL_FLAGS = ("params", "model_name", "config_path", "hidden", "layers", "heads", "kv_heads", "ffn", "vocab")
 
 
-@main.command("report")
+@click.command("report")
 @model_options
-@click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
-              help="A method to compare (repeatable; default: all of them).")
+@methods_option
 @method_options
 @setup_options
-@click.option("--tasks", type=int, default=10, show_default=True, help="Tasks for the storage comparison.")
-@click.option("--gpu", "gpu_ids", multiple=True, metavar="ID",
-              help="A GPU for the fit matrix and the cost plan (repeatable; default: every GPU in the catalogue).")
-@click.option("--tokens", type=Count(), default=str(DEFAULT_TOKENS), show_default=True,
-              help="Training tokens per epoch, for time and cost (as `peftcalc plan`).")
-@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over --tokens.")
-@click.option("--max-gpus", type=int, default=8, show_default=True, help="Most GPUs of one type to scale out to.")
+@tasks_option
+@planning_options
 @click.option("--results", "results_path", type=click.Path(exists=True),
               help="A folder of measured results (*.jsonl, e.g. bench/results/): the validation report.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="The report folder to write (replaced whole).")
 @click.option("--all", "all_examples", is_flag=True,
               help=f"Regenerate the example reports ({', '.join(EXAMPLES)}) under --out (default {DEFAULT_REPORTS_DIR}/).")
-@click.option("--units", type=click.Choice(["GB", "GiB"]), default="GB", show_default=True,
-              help="GB = 10^9 bytes, GiB = 2^30 bytes.")
+@units_option
 @click.pass_context
 def report_cmd(ctx: click.Context, **kw: Any) -> None:
     """Write a report: report.md, a self-contained index.html (open it offline, on a phone), a PNG per
@@ -157,19 +149,18 @@ def build_report(kw: dict[str, Any], command: str):  # -> page.Report
         if any(kw.get(k) for k in MODEL_FLAGS) or kw["methods"]:
             raise PeftcalcError("--results makes the validation report of measured results; it takes no model or "
                                 "method (each result names its own)")
-        from peftcalc.report.build import validation_report
-        from peftcalc.report.frames import load_results
+        from peftcalc.report.assemble import validation_report
+        from peftcalc.results.files import read_records
 
-        records = load_results(kw["results_path"])
+        records = read_records([kw["results_path"]])
         source = kw["results_path"].rstrip("/") + "/"
         return validation_report(records, source, unit=unit, command=command)
     return _model_report(kw, unit, command)
 
 
 def _model_report(kw: dict[str, Any], unit: Unit, command: str):  # -> page.Report
-    from peftcalc.hardware.catalogue import all_gpus, get_gpu
     from peftcalc.methods import DEFAULT_TABLE
-    from peftcalc.report.build import CAPACITY_GPUS, model_report
+    from peftcalc.report.assemble import CAPACITY_GPUS, model_report
 
     if kw["tasks"] <= 0:
         raise PeftcalcError(f"--tasks must be a positive integer, got {kw['tasks']}")
@@ -177,7 +168,7 @@ def _model_report(kw: dict[str, Any], unit: Unit, command: str):  # -> page.Repo
     setup = resolve_setup(kw)
     options = resolve_method_options(kw)
     methods = tuple(dict.fromkeys(kw["methods"])) or DEFAULT_TABLE
-    gpus = [get_gpu(g) for g in kw["gpu_ids"]] if kw["gpu_ids"] else all_gpus()
+    gpus = list(resolve_gpus(kw))
     capacity = [g for g in gpus if g.id in CAPACITY_GPUS] if not kw["gpu_ids"] else gpus
     plan = _plan(spec, setup, methods, options, gpus, kw)
     training = f"{kw['tokens']:,} tokens x {kw['epochs']:g} epoch(s)"
@@ -185,12 +176,11 @@ def _model_report(kw: dict[str, Any], unit: Unit, command: str):  # -> page.Repo
                         capacity_gpus=capacity, training=training, unit=unit, command=command)
 
 
-def _plan(spec: Any, setup: Any, methods: tuple[str, ...], options: Any, gpus: list, kw: dict[str, Any]
-          ) -> dict[str, Any]:
-    """The planner's options for these GPUs and methods: the JSON of `peftcalc plan --json`."""
-    from peftcalc.cli.plan import plan_dict
+def _plan(spec: Any, setup: Any, methods: tuple[str, ...], options: Any, gpus: list, kw: dict[str, Any]) -> Any:
+    """The planner's options for these GPUs and methods, as the report shows them (a frames.PlanView)."""
     from peftcalc.hardware.planner import PlanRequest, plan
+    from peftcalc.report.frames import PlanView
 
     request = PlanRequest(spec=spec, setup=setup, gpus=tuple(gpus), methods=methods, options=options,
-                          max_gpus=kw["max_gpus"], tokens=kw["tokens"], epochs=kw["epochs"])
-    return plan_dict(plan(request))
+                          max_gpus=kw["max_gpus"], tokens=kw["tokens"], epochs=kw["epochs"], mfu=kw["mfu"])
+    return PlanView.of(plan(request))

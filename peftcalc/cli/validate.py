@@ -9,31 +9,8 @@ from typing import Any
 
 import click
 
+from peftcalc.cli.options import json_option
 from peftcalc.errors import PeftcalcError
-
-
-def committed_results() -> list[Path]:
-    """The results files committed to the repository (`git ls-files bench/results/*.jsonl`); outside a git
-    checkout, every bench/results/*.jsonl."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    folder = root / "bench" / "results"
-    try:
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "--", "bench/results/*.jsonl"], capture_output=True,
-                             text=True, timeout=10)
-        if out.returncode == 0:
-            return [root / line for line in out.stdout.splitlines() if line.strip()]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-
-
-def _default_results() -> list[Path]:
-    files = committed_results()
-    if not files:
-        raise PeftcalcError("no committed bench/results/*.jsonl found: give result files or folders, or --trace SUITE")
-    return files
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -62,11 +39,12 @@ def _bytes_check(c: Any, key: str) -> str:
 @click.option("--share", type=float, default=95.0, show_default=True,
               help="Percentage of runs that must be within --tolerance.")
 @click.option("--worst", type=int, default=None, metavar="N", help="Show only the N largest peak errors.")
-@click.option("--write-history", is_flag=True,
-              help="Write the error per kind of setup to peftcalc/validation_history.json (the estimate's band).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--write-history", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="Write the error per kind of setup to PATH (the estimate's band; the committed copy is "
+                   "peftcalc/data/validation_history.json in a checkout).")
+@json_option
 def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: float, max_tolerance: float,
-                 share: float, worst: int | None, write_history: bool, as_json: bool) -> None:
+                 share: float, worst: int | None, write_history: str | None, as_json: bool) -> None:
     """Compare the analytic estimate with measured training steps: per run, the relative error of the peak and
     of the activations, and whether weights, gradients and optimizer states agree to the byte; then the
     median, 90th percentile and largest peak error. Exits with status 1 unless at least --share % of the runs
@@ -81,78 +59,92 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
       peftcalc validate bench/results                     # every results file there, committed or not
       peftcalc validate bench/results/cpu-accuracy.jsonl --worst 5
       peftcalc validate --trace bench/suites/cpu-accuracy.toml --tolerance 1
+      peftcalc validate --write-history peftcalc/data/validation_history.json
       peftcalc validate --json > validation.json
     """
-    from peftcalc.validation import compare_all, history, read_results, summarize
+    from peftcalc.validation import compare_all, history, summarize
 
     if tolerance <= 0 or max_tolerance <= 0 or not 0 < share <= 100:
         raise PeftcalcError("--tolerance and --max-tolerance must be positive and --share in (0, 100]")
-    if trace_suite:
-        if results:
-            raise PeftcalcError("give result files or --trace SUITE, not both")
-        records = _trace(trace_suite)
-    else:
-        records = read_results(results or _default_results())
-    comparisons = compare_all(records)
+    comparisons = compare_all(_records(results, trace_suite))
     if not comparisons:
         raise PeftcalcError("no successful measured run in the given results")
     s = summarize(comparisons, tolerance, max_tolerance, share)
     if write_history:
-        from peftcalc.validation import HISTORY_FILE
+        from peftcalc.atomic import write_text_atomic
 
-        HISTORY_FILE.write_text(json.dumps(history(comparisons), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(Path(write_history), json.dumps(history(comparisons), indent=1) + "\n")
     ordered = sorted(comparisons, key=lambda c: -abs(c.relative_error("peak") or 0.0) if c.error is None else -1e9)
     shown = ordered[:worst] if worst else sorted(comparisons, key=lambda c: (c.source, c.label))
-    if as_json:
-        click.echo(json.dumps({
-            "summary": {"runs": s.runs, "within_tolerance": s.within, "within_percent": round(s.within_share, 2),
-                        "median_percent": round(s.median, 4), "p90_percent": round(s.p90, 4),
-                        "max_percent": s.max if s.max != float("inf") else None,
-                        "tolerance_percent": tolerance, "max_tolerance_percent": max_tolerance, "share_percent": share,
-                        "exact_to_the_byte": s.exact, "passed": s.passed},
-            "runs": [{"label": c.label, "source": c.source, "backend": c.backend, "device": c.device,
-                      "family": c.family, "method": c.method, "rank": c.rank, "measured_bytes": c.measured,
-                      "predicted_bytes": c.predicted, "measured_phase": c.measured_phase,
-                      "predicted_phase": c.predicted_phase, "error": c.error,
-                      "relative_error_percent": {k: (round(e, 4) if (e := c.relative_error(k)) is not None else None)
-                                                 for k in ("peak", "activations")}} for c in shown],
-        }, indent=2))
-    else:
-        from peftcalc.render import table
-
-        rows = []
-        for c in shown:
-            if c.error is not None:
-                rows.append((c.label, c.backend, _fmt_bytes(c.measured.get("peak")), "-", "no estimate", "-", "-",
-                             "-", "-", c.error[:60]))
-                continue
-            rows.append((c.label, c.backend, _fmt_bytes(c.measured.get("peak")), _fmt_bytes(c.predicted.get("peak")),
-                         _fmt_pct(c.relative_error("peak")), _fmt_pct(c.relative_error("activations")),
-                         _bytes_check(c, "weights"), _bytes_check(c, "gradients"),
-                         _bytes_check(c, "optimizer_states"),
-                         f"{c.measured_phase or '-'}/{c.predicted_phase or '-'}"))
-        click.echo(table(["run", "backend", "peak measured", "peak estimated", "peak err", "activ. err", "weights",
-                          "grads", "states", "peak phase (meas/est)"], rows))
-        click.echo("")
-        maxtxt = "no estimate for some run" if s.max == float("inf") else f"{s.max:.2f} %"
-        click.echo(f"{s.runs} runs: median |peak error| {s.median:.2f} %, p90 {s.p90:.2f} %, max {maxtxt}; "
-                   f"{s.within} ({s.within_share:.1f} %) within {tolerance:g} %")
-        exact = ", ".join(f"{k.replace('_', ' ')} {v}/{s.runs}" for k, v in s.exact.items())
-        click.echo(f"agree to the byte: {exact}  (= equal; otherwise estimate - measured, in bytes)")
-        click.echo(f"gate: >= {share:g} % of runs within {tolerance:g} % and all within {max_tolerance:g} %: "
-                   f"{'PASSED' if s.passed else 'FAILED'}")
+    click.echo(json.dumps(_as_json(s, shown), indent=2) if as_json else _as_text(s, shown))
     if not s.passed:
         raise SystemExit(1)
 
 
-def _trace(suite_path: str) -> list[tuple[str, dict[str, Any]]]:
-    from peftcalc.measure.bench import load_suite, run_suite
-    from peftcalc.validation import read_results
+def _records(results: tuple[str, ...], trace_suite: str | None) -> list[Any]:
+    from peftcalc.results.files import committed_results, read_records
+
+    if trace_suite:
+        if results:
+            raise PeftcalcError("give result files or --trace SUITE, not both")
+        return _trace(trace_suite)
+    files = list(results) or committed_results()
+    if not files:
+        raise PeftcalcError("no committed bench/results/*.jsonl found: give result files or folders, or --trace SUITE")
+    return read_records(files)
+
+
+def _as_json(s: Any, shown: list[Any]) -> dict[str, Any]:
+    return {
+        "summary": {"runs": s.runs, "within_tolerance": s.within, "within_percent": round(s.within_share, 2),
+                    "median_percent": round(s.median, 4), "p90_percent": round(s.p90, 4),
+                    "max_percent": s.max if s.max != float("inf") else None,
+                    "tolerance_percent": s.tolerance, "max_tolerance_percent": s.max_tolerance,
+                    "share_percent": s.share, "exact_to_the_byte": s.exact, "passed": s.passed},
+        "runs": [{"label": c.label, "source": c.source, "backend": c.backend, "device": c.device,
+                  "family": c.family, "method": c.method, "rank": c.rank, "measured_bytes": c.measured.to_dict(),
+                  "predicted_bytes": c.predicted.to_dict() if c.predicted else None,
+                  "measured_phase": c.measured_phase, "predicted_phase": c.predicted_phase, "error": c.error,
+                  "relative_error_percent": {k: (round(e, 4) if (e := c.relative_error(k)) is not None else None)
+                                             for k in ("peak", "activations")}} for c in shown],
+    }
+
+
+def _as_text(s: Any, shown: list[Any]) -> str:
+    from peftcalc.render.text import table
+
+    rows = []
+    for c in shown:
+        if c.predicted is None:
+            rows.append((c.label, c.backend, _fmt_bytes(c.measured.peak), "-", "no estimate", "-", "-", "-", "-",
+                         (c.error or "")[:60]))
+            continue
+        rows.append((c.label, c.backend, _fmt_bytes(c.measured.peak), _fmt_bytes(c.predicted.peak),
+                     _fmt_pct(c.relative_error("peak")), _fmt_pct(c.relative_error("activations")),
+                     _bytes_check(c, "weights"), _bytes_check(c, "gradients"), _bytes_check(c, "optimizer_states"),
+                     f"{c.measured_phase or '-'}/{c.predicted_phase or '-'}"))
+    maxtxt = "no estimate for some run" if s.max == float("inf") else f"{s.max:.2f} %"
+    exact = ", ".join(f"{k.replace('_', ' ')} {v}/{s.runs}" for k, v in s.exact.items())
+    return "\n".join([
+        table(["run", "backend", "peak measured", "peak estimated", "peak err", "activ. err", "weights", "grads",
+               "states", "peak phase (meas/est)"], rows),
+        "",
+        f"{s.runs} runs: median |peak error| {s.median:.2f} %, p90 {s.p90:.2f} %, max {maxtxt}; "
+        f"{s.within} ({s.within_share:.1f} %) within {s.tolerance:g} %",
+        f"agree to the byte: {exact}  (= equal; otherwise estimate - measured, in bytes)",
+        f"gate: >= {s.share:g} % of runs within {s.tolerance:g} % and all within {s.max_tolerance:g} %: "
+        f"{'PASSED' if s.passed else 'FAILED'}",
+    ])
+
+
+def _trace(suite_path: str) -> list[Any]:
+    from peftcalc.measure.suite import load_suite, run_suite
+    from peftcalc.results.files import read_records
 
     suite = load_suite(suite_path)
-    if any(r.p["backend"] != "trace" for r in suite.runs):
+    if any(r.backend != "trace" for r in suite.runs):
         raise PeftcalcError(f"--trace traces runs; {suite.name} has runs with another backend")
     with tempfile.TemporaryDirectory(prefix="peftcalc-validate-") as tmp:
         with click.progressbar(length=len(suite.runs), label=f"tracing {suite.name}", show_pos=True) as bar:
-            run_suite(suite, results_dir=tmp, progress=lambda i, n, run, status: bar.update(1))
-        return read_results([tmp])
+            run_suite(suite, results_dir=tmp, progress=lambda *_: bar.update(1))
+        return read_records([tmp])

@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from peftcalc.errors import PeftcalcError
+from peftcalc.measure.outcome import Context, context, model_info, rank_result
+from peftcalc.measure.step import StepNumbers
 from peftcalc.methods.base import Method
 from peftcalc.model.spec import ModelSpec
+from peftcalc.results.record import Bytes, MeasureResult
 from peftcalc.setup import Setup
 
 ZERO_STAGES = (0, 2, 3)
@@ -50,13 +53,8 @@ def check_distributed_setup(setup: Setup, nproc: int) -> Setup:
 
 
 def measure_distributed(spec: ModelSpec, method: Method, setup: Setup, nproc: int, device: str | None = None,
-                        timed_steps: int = 2, timeout_s: int = DEFAULT_TIMEOUT_S):
+                        timed_steps: int = 2, timeout_s: int = DEFAULT_TIMEOUT_S) -> MeasureResult:
     """Run the step on `nproc` processes and gather a MeasureResult with one `per_rank` entry each."""
-    from peftcalc.measure.api import (_failed, environment, method_options, model_info, predicted, rank_result,
-                                      setup_dict)
-    from peftcalc.measure.result import Bytes, Detail, MeasureResult
-    from peftcalc.measure.step import StepNumbers
-
     setup = check_distributed_setup(setup, nproc)
     method.adapt(spec)
     import torch
@@ -64,57 +62,58 @@ def measure_distributed(spec: ModelSpec, method: Method, setup: Setup, nproc: in
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and torch.cuda.device_count() < nproc:
         raise PeftcalcError(f"--nproc {nproc} needs {nproc} GPUs; this machine has {torch.cuda.device_count()}")
-    pred, overhead, pred_ckpt, pred_error = predicted(spec, method, setup)
-    notes: tuple[str, ...] = ((f"no prediction: {pred_error}",) if pred_error else ())
-    env = environment(dev)
+    ctx = context(spec, method, setup, "run", dev)
     t0 = time.perf_counter()
+    try:
+        ranks, stderr = _launch(ctx, nproc, timed_steps, timeout_s)
+    except subprocess.TimeoutExpired:
+        return ctx.failed("error", f"torchrun did not finish in {timeout_s} s")
+    if len(ranks) != nproc or any(r.get("status") != "ok" for r in ranks):
+        statuses = {r.get("status") for r in ranks}
+        status = "oom" if "oom" in statuses else ("unsupported" if "unsupported" in statuses else "error")
+        messages = [r.get("error") for r in ranks if r.get("error")]
+        return ctx.failed(status, messages[0] if messages else stderr)
+    return _gathered(ctx, sorted(ranks, key=lambda r: r["rank"]), time.perf_counter() - t0)
+
+
+def _launch(ctx: Context, nproc: int, timed_steps: int, timeout_s: int) -> tuple[list[dict[str, Any]], str]:
+    """torchrun this module's worker on `nproc` ranks: what each rank wrote, and the tail of stderr."""
     with tempfile.TemporaryDirectory(prefix="peftcalc-dist-") as tmp:
         request = Path(tmp) / "request.pkl"
-        request.write_bytes(pickle.dumps({"spec": spec, "method": method, "setup": setup, "device": dev,
-                                          "timed_steps": timed_steps}))
+        request.write_bytes(pickle.dumps({"spec": ctx.spec, "method": ctx.method, "setup": ctx.setup,
+                                          "device": ctx.device, "timed_steps": timed_steps}))
         root = str(Path(__file__).resolve().parents[2])
         env_vars = dict(os.environ)
         env_vars["PYTHONPATH"] = root + (os.pathsep + env_vars["PYTHONPATH"] if env_vars.get("PYTHONPATH") else "")
         env_vars.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "peftcalc.measure.distributed", "--worker", str(request), tmp]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env_vars, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return _failed("run", dev, "error", spec, method, setup, f"torchrun did not finish in {timeout_s} s",
-                           pred, env, notes, overhead, pred_ckpt)
-        ranks = []
-        for r in range(nproc):
-            f = Path(tmp) / f"rank{r}.json"
-            if f.exists():
-                ranks.append(json.loads(f.read_text()))
-    wall = time.perf_counter() - t0
-    if len(ranks) != nproc or any(r.get("status") != "ok" for r in ranks):
-        statuses = {r.get("status") for r in ranks}
-        status = "oom" if "oom" in statuses else ("unsupported" if "unsupported" in statuses else "error")
-        messages = [r.get("error") for r in ranks if r.get("error")]
-        tail = (proc.stderr or "").strip().splitlines()[-15:]
-        msg = messages[0] if messages else (f"torchrun exited with {proc.returncode}: " + " | ".join(tail))
-        return _failed("run", dev, status, spec, method, setup, msg, pred, env, notes, overhead, pred_ckpt)
-    ranks.sort(key=lambda r: r["rank"])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env_vars, timeout=timeout_s)
+        ranks = [json.loads(f.read_text()) for r in range(nproc) if (f := Path(tmp) / f"rank{r}.json").exists()]
+    tail = (proc.stderr or "").strip().splitlines()[-15:]
+    return ranks, f"torchrun exited with {proc.returncode}: " + " | ".join(tail)
+
+
+def _gathered(ctx: Context, ranks: list[dict[str, Any]], wall: float) -> MeasureResult:
+    """One result from the ranks' numbers: per key the largest value over ranks, and each rank's own."""
+    nproc, setup = len(ranks), ctx.setup
     numbers = [StepNumbers(**r["numbers"]) for r in ranks]
     per_rank = tuple(rank_result(r["rank"], n) for r, n in zip(ranks, numbers))
-    top = Bytes.max_of([p.measured for p in per_rank])
     worst = max(numbers, key=lambda n: n.peak_bytes)
     steps = [r.get("step_seconds") for r in ranks if r.get("step_seconds")]
     step_seconds = max(steps) if steps else None
     tps = setup.batch_size * setup.seq_len * nproc / step_seconds if step_seconds else None
     rank_notes = tuple(dict.fromkeys(n for r in ranks for n in r.get("notes", [])))
-    detail = Detail(master_weight_bytes=max(n.master_weight_bytes for n in numbers),
-                    saved_tensor_bytes=max(n.saved_tensor_bytes for n in numbers),
-                    baseline_bytes=max(n.baseline_bytes for n in numbers), phase_peaks=dict(worst.phase_peaks),
-                    predicted_overhead_bytes=overhead, predicted_checkpoint_bytes=pred_ckpt, wall_seconds=wall,
-                    total_params_built=ranks[0].get("total_params"), method_options=method_options(method),
-                    notes=rank_notes + notes + (f"{nproc} processes ({'nccl' if dev.startswith('cuda') else 'gloo'}), "
-                                                f"{wrapper_name(setup.zero_stage)}; tokens/s over all ranks",))
-    return MeasureResult("run", dev, "ok", model_info(spec), setup_dict(setup), method.name,
-                         ranks[0].get("trainable_params"), top, worst.peak_phase, pred, None, step_seconds, tps,
-                         per_rank, env, detail)
+    backend = "nccl" if ctx.device.startswith("cuda") else "gloo"
+    detail = ctx.detail(master_weight_bytes=max(n.master_weight_bytes for n in numbers),
+                        saved_tensor_bytes=max(n.saved_tensor_bytes for n in numbers),
+                        baseline_bytes=max(n.baseline_bytes for n in numbers), phase_peaks=dict(worst.phase_peaks),
+                        wall_seconds=wall, total_params_built=ranks[0].get("total_params"),
+                        notes=rank_notes + (f"{nproc} processes ({backend}), {wrapper_name(setup.zero_stage)}; "
+                                            "tokens/s over all ranks",))
+    return MeasureResult("run", ctx.device, "ok", model_info(ctx.spec), setup, ctx.method.name,
+                         ranks[0].get("trainable_params"), Bytes.max_of([p.measured for p in per_rank]),
+                         worst.peak_phase, ctx.predicted, None, step_seconds, tps, per_rank, ctx.environment, detail)
 
 
 def wrapper_name(zero_stage: int) -> str:

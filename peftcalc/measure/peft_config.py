@@ -23,7 +23,7 @@ from peftcalc.methods.prompt import PromptTuning, PTuning
 from peftcalc.methods.targets import ALL_LINEAR, default_ia3_targets, default_lora_targets
 from peftcalc.model.spec import ModelSpec
 
-# The peft task type of each kind of model, as measure/build.py builds it. Encoder-only models are built
+# The peft task type of each kind of model, as measure/hf_model.py builds it. Encoder-only models are built
 # with their masked-LM head, for which peft has no task type. task_type=None works for LoRA and IA3 but not
 # for the prompt methods (get_peft_model looks the task up: KeyError); FEATURE_EXTRACTION wraps any model,
 # adds nothing trainable and accepts every method, so counts are the model's own. Its forward (like

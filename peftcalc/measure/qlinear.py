@@ -44,14 +44,14 @@ class _Dequant4Matmul(torch.autograd.Function):
 class QuantLinear(nn.Linear):
     """nn.Linear whose frozen weight is stored packed (nf4) or as int8; peft wraps it like any nn.Linear."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, storage: str, compute_dtype: torch.dtype,
+    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: str, compute_dtype: torch.dtype,
                  device: torch.device | str | None = None) -> None:
         nn.Module.__init__(self)
         self.in_features, self.out_features = in_features, out_features
-        self.storage = storage
+        self.format = fmt
         self.compute_dtype = compute_dtype
         n = in_features * out_features
-        if storage == "nf4":
+        if fmt == "nf4":
             blocks = math.ceil(n / BLOCK)
             self.weight = nn.Parameter(torch.zeros(math.ceil(n / 2), 1, dtype=torch.uint8, device=device),
                                        requires_grad=False)
@@ -60,18 +60,18 @@ class QuantLinear(nn.Linear):
             self.register_buffer("code2", torch.zeros(256, dtype=torch.float32, device=device))
             self.register_buffer("offset", torch.zeros((), dtype=torch.float32, device=device))
             self.register_buffer("code", torch.zeros(16, dtype=torch.float32, device=device))
-        elif storage == "int8":
+        elif fmt == "int8":
             self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.int8, device=device),
                                        requires_grad=False)
             self.register_buffer("scale", torch.ones(out_features, dtype=torch.float32, device=device))
         else:
-            raise ValueError(f"unknown quantized storage {storage!r}")
+            raise ValueError(f"unknown quantized weight format {fmt!r}")
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device)) if bias else None
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         n = self.in_features * self.out_features
         with torch.no_grad():
-            if self.storage == "int8":
+            if self.format == "int8":
                 w = self.weight.to(dtype)
                 w.mul_(self.scale.to(dtype)[:, None])
                 return w
@@ -90,7 +90,7 @@ class QuantLinear(nn.Linear):
         return out
 
 
-def quantize_linears(model: nn.Module, module_names: set[str], storage: str, compute_dtype: torch.dtype) -> int:
+def quantize_linears(model: nn.Module, module_names: set[str], fmt: str, compute_dtype: torch.dtype) -> int:
     """Replace the named nn.Linear modules of `model` by QuantLinear stand-ins; returns how many were replaced."""
     replaced = 0
     for name in sorted(module_names):
@@ -104,7 +104,7 @@ def quantize_linears(model: nn.Module, module_names: set[str], storage: str, com
         else:
             continue
         dev = old.weight.device
-        new = QuantLinear(fan_in, fan_out, old.bias is not None, storage, compute_dtype, device=dev)
+        new = QuantLinear(fan_in, fan_out, old.bias is not None, fmt, compute_dtype, device=dev)
         setattr(parent, leaf, new)
         replaced += 1
     return replaced

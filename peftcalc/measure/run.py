@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from peftcalc.measure.meter import LiveMeter
-from peftcalc.measure.result import CudaNumbers
+from peftcalc.results.record import CudaNumbers
 from peftcalc.measure.step import StepNumbers, build_adapted, measured_step, prepare_training
 from peftcalc.measure.trace import model_facts
 from peftcalc.methods.base import Adaptation, Method
@@ -101,7 +101,7 @@ def run_step(spec: ModelSpec, method: Method, setup: Setup, device: str | None =
         step_seconds = _timed_steps(prep, timed_steps, sync) if timed_steps > 0 else numbers.step_seconds
         checkpoint = None
         if save:
-            from peftcalc.measure.storage import save_checkpoint
+            from peftcalc.measure.checkpoint_file import save_checkpoint
 
             checkpoint = save_checkpoint(prep.model, method.name)
         info["notes"] = prep.notes

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.measure.build import build_model
+from peftcalc.measure.hf_model import build_model
 from peftcalc.measure.meter import LiveMeter, SavedTensorsAccount, storage_keys, unique_storage_bytes
 from peftcalc.methods.adapter import BottleneckAdapter
 from peftcalc.methods.base import Adaptation, Method
@@ -64,9 +64,9 @@ def _expand(template: str, count: int) -> list[str]:
 
 
 def quantized_modules(adaptation: Adaptation) -> tuple[str, set[str]]:
-    """The storage format and the module names of the base weights a QLoRA adaptation quantizes."""
-    formats = {g.storage for g in adaptation.tensors if g.storage != "dense"}
-    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.storage != "dense"
+    """The weight format and the module names of the base weights a QLoRA adaptation quantizes."""
+    formats = {g.format for g in adaptation.tensors if g.format != "dense"}
+    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.format != "dense"
              for n in _expand(g.name, g.count)}
     return (formats.pop() if formats else "dense"), names
 
@@ -94,13 +94,13 @@ def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | t
     if spec.arch.num_experts:
         notes.append("MoE experts run transformers' grouped_mm implementation: every (token, expert) pair of the "
                      "top-k routing goes through one grouped GEMM, so memory does not depend on how tokens are routed")
-    storage, qnames = quantized_modules(adaptation)
-    if storage != "dense":
+    fmt, qnames = quantized_modules(adaptation)
+    if fmt != "dense":
         from peftcalc.measure.qlinear import quantize_linears
 
-        quantize_linears(model, qnames, storage, DTYPES[precision.compute_dtype])
-        notes.append(f"QLoRA base emulated without bitsandbytes: each {storage} weight is a packed "
-                     f"{'uint8' if storage == 'nf4' else 'int8'} tensor with bitsandbytes' constants, dequantized "
+        quantize_linears(model, qnames, fmt, DTYPES[precision.compute_dtype])
+        notes.append(f"QLoRA base emulated without bitsandbytes: each {fmt} weight is a packed "
+                     f"{'uint8' if fmt == 'nf4' else 'int8'} tensor with bitsandbytes' constants, dequantized "
                      "per layer in forward and backward (see peftcalc/measure/qlinear.py)")
         if spec.arch.num_experts:
             notes.append("fused MoE expert tensors stay unquantized (not nn.Linear)")

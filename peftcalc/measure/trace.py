@@ -18,7 +18,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from peftcalc.measure.meter import LiveMeter
-from peftcalc.measure.storage import state_dict_file_bytes
+from peftcalc.measure.checkpoint_file import state_dict_file_bytes
 from peftcalc.measure.step import StepNumbers, build_adapted, measured_step, prepare_training
 from peftcalc.methods.base import Adaptation, Method
 from peftcalc.model.spec import ModelSpec

@@ -13,19 +13,19 @@ from typing import Literal, Protocol
 
 from peftcalc.model.spec import ModelSpec
 
-Storage = Literal["dense", "nf4", "int8"]
+WeightFormat = Literal["dense", "nf4", "int8"]  # how a weight is stored: dense, or bitsandbytes-quantized
 
 
 @dataclass(frozen=True)
 class TensorGroup:
-    """`count` tensors of `numel` elements each that share a role, trainability and storage format."""
+    """`count` tensors of `numel` elements each that share a role, trainability and weight format."""
 
     name: str  # parameter name template ("{i}" for the layer), as peft/transformers name it
     numel: int
     count: int
     trainable: bool
     added: bool  # created by the method (adapter weights), as opposed to a base-model weight
-    storage: Storage = "dense"
+    format: WeightFormat = "dense"
     shape: tuple[int, ...] = ()  # 2-D or more for matrices (factored optimizers need it); () = 1-D
 
     @property
@@ -60,7 +60,7 @@ class Adaptation:
     notes: tuple[str, ...] = ()  # assumptions worth printing
 
     def __hash__(self) -> int:
-        # Adaptations key the memory and storage caches: hash the tensor list once.
+        # Adaptations key the memory and checkpoint caches: hash the tensor list once.
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens))
@@ -82,14 +82,14 @@ class Method(Protocol):
     def adapt(self, spec: ModelSpec) -> Adaptation: ...
 
 
-def base_tensors(spec: ModelSpec, trainable: bool, quantize: Storage = "dense") -> tuple[TensorGroup, ...]:
+def base_tensors(spec: ModelSpec, trainable: bool, quantize: WeightFormat = "dense") -> tuple[TensorGroup, ...]:
     """The base model's tensors; with `quantize`, every non-head linear weight in that format (bitsandbytes)."""
     groups: list[TensorGroup] = []
     for lin in spec.linears:
         if not lin.tied:
-            storage: Storage = "dense" if lin.head else quantize
-            groups.append(TensorGroup(lin.name + ".weight", lin.weight_params, lin.count, trainable and storage == "dense",
-                                      False, storage, (lin.out_features, lin.in_features)))
+            fmt: WeightFormat = "dense" if lin.head else quantize
+            groups.append(TensorGroup(lin.name + ".weight", lin.weight_params, lin.count, trainable and fmt == "dense",
+                                      False, fmt, (lin.out_features, lin.in_features)))
         if lin.bias:
             groups.append(TensorGroup(lin.name + ".bias", lin.out_features, lin.count, trainable, False))
     for p in spec.others:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.methods.base import Adaptation, Storage, TensorGroup, base_tensors
+from peftcalc.methods.base import Adaptation, TensorGroup, WeightFormat, base_tensors
 from peftcalc.methods.targets import ALL_LINEAR, all_linear_parameters, default_lora_targets, select, unmatched
 from peftcalc.model.spec import Linear, ModelSpec, Params
 
@@ -19,11 +19,11 @@ class Lora:
     rank: int = 8
     targets: tuple[str, ...] | None = None  # None: peft's default for the family
     magnitude: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output feature
-    base_storage: Storage = "dense"  # QLoRA (Dettmers et al., 2023): "nf4" or "int8" base weights
+    base_format: WeightFormat = "dense"  # QLoRA (Dettmers et al., 2023): "nf4" or "int8" base weights
 
     @property
     def name(self) -> str:
-        if self.base_storage != "dense":
+        if self.base_format != "dense":
             return "qlora"
         return "dora" if self.magnitude else "lora"
 
@@ -55,9 +55,9 @@ class Lora:
             added += tuple(g for p, k in moe for g in self._parameter_tensors(p, k))
             notes.append("all-linear also adapts the MoE router and the fused expert tensors, as peft does on "
                          "transformers 5 (rank 2r for gate_up_proj, which fuses w1 and w3)")
-        tensors = base_tensors(spec, trainable=False, quantize=self.base_storage) + added
-        if self.base_storage != "dense":
-            notes.append(f"base linears stored as {self.base_storage} by bitsandbytes; "
+        tensors = base_tensors(spec, trainable=False, quantize=self.base_format) + added
+        if self.base_format != "dense":
+            notes.append(f"base linears stored as {self.base_format} by bitsandbytes; "
                          "embeddings, norms and the output head stay in the compute dtype")
             if any(p.kind == "expert" for p in spec.others):
                 notes.append("fused MoE expert tensors are not nn.Linear in transformers 5 and stay unquantized")
@@ -98,4 +98,4 @@ def qlora(rank: int = 8, targets: tuple[str, ...] | None = None, bits: int = 4) 
     """QLoRA: LoRA on every linear layer (the paper's recipe) over a 4-bit NF4 (or 8-bit) base."""
     if bits not in (4, 8):
         raise PeftcalcError(f"--quant-bits must be 4 or 8, got {bits}")
-    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), base_storage="nf4" if bits == 4 else "int8")
+    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), base_format="nf4" if bits == 4 else "int8")

@@ -9,9 +9,8 @@ elsewhere has byte-identical CSV files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -19,9 +18,13 @@ import pandas as pd
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import Estimate, MethodEstimate, estimate
 from peftcalc.hardware.catalogue import Gpu
+from peftcalc.hardware.planner import Option, Plan
 from peftcalc.methods import METHODS, MethodOptions
 from peftcalc.model.spec import ModelSpec
 from peftcalc.precision import get_precision
+from peftcalc.results.files import Record
+from peftcalc.results.predict import repredict, request_of
+from peftcalc.results.record import BYTE_KEYS, Bytes
 from peftcalc.setup import Setup
 
 # The parts of one GPU's peak, in stacking order; they sum to MemoryBreakdown.total exactly. What is
@@ -46,8 +49,8 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TASK_COUNTS = (1, 2, 5, 10, 20, 50, 100)
 
-# The measured components that results carry, predicted and measured (issue 3's JSON names).
-RESULT_COMPONENTS = ("weights", "gradients", "optimizer_states", "activations", "peak")
+# The measured components that results carry, predicted and measured (the measured backend's JSON names).
+RESULT_COMPONENTS = BYTE_KEYS
 
 
 # ---- one model: the analytic estimate ---------------------------------------------------------------
@@ -95,10 +98,10 @@ def comparison_frame(est: Estimate) -> pd.DataFrame:
             "model_states_bytes": m.model_state_bytes,
             "activations_bytes": m.activation_bytes,
             "peak_bytes": m.total,
-            "checkpoint_bytes": r.storage.checkpoint_bytes,
-            "num_tasks": r.storage.num_tasks,
-            "tasks_bytes": r.storage.tasks_bytes,
-            "full_copies_bytes": r.storage.full_copies_bytes,
+            "checkpoint_bytes": r.checkpoint.checkpoint_bytes,
+            "num_tasks": r.checkpoint.num_tasks,
+            "tasks_bytes": r.checkpoint.tasks_bytes,
+            "full_copies_bytes": r.checkpoint.full_copies_bytes,
         })
     return pd.DataFrame(rows)
 
@@ -168,7 +171,7 @@ def rank_frame(spec: ModelSpec, setup: Setup, options: MethodOptions, ranks: Ite
         est = estimate(spec, setup, tuple(methods), dataclasses.replace(options, rank=rank))
         for r in est.results:
             rows.append({"method": r.method, "rank": rank, "trainable_params": r.params.trainable,
-                         "checkpoint_bytes": r.storage.checkpoint_bytes, "peak_bytes": r.memory.total})
+                         "checkpoint_bytes": r.checkpoint.checkpoint_bytes, "peak_bytes": r.memory.total})
     return pd.DataFrame(rows, columns=["method", "rank", "trainable_params", "checkpoint_bytes", "peak_bytes"])
 
 
@@ -179,7 +182,7 @@ def storage_frame(est: Estimate, task_counts: Iterable[int] = DEFAULT_TASK_COUNT
     rows = []
     for n in task_counts:
         for r in est.results:
-            s = r.storage
+            s = r.checkpoint
             full = r.method == "full"
             rows.append({"method": r.method, "num_tasks": n, "checkpoint_bytes": s.checkpoint_bytes,
                          "adapters_bytes": s.checkpoint_bytes * n,
@@ -199,26 +202,58 @@ PLAN_COLUMNS = ("gpu", "num_gpus", "method", "strategy", "kind", "fits", "verdic
 FIT_STATUSES = ("fits", "fits with changes", "needs more GPUs", "does not fit")
 
 
-def plan_frame(plan: Mapping[str, Any]) -> pd.DataFrame:
-    """Every (gpu, num_gpus, method) option the planner evaluated (issue 5's JSON `options`). `verdict`
-    is "fits", "fits with" (the changes in `fits_with`, joined by +) or "does not fit"; `runs` says whether
-    the option runs at all, as asked or with those changes."""
-    options = plan.get("options")
-    if not isinstance(options, list):
-        raise PeftcalcError("a plan needs an 'options' list (the JSON of `peftcalc plan --json`)")
-    rows = []
-    for o in options:
-        missing = [k for k in ("gpu", "num_gpus", "method", "fits") if k not in o]
-        if missing:
-            raise PeftcalcError(f"plan option {o!r} lacks {', '.join(missing)}")
-        row = {k: o.get(k) for k in PLAN_COLUMNS}
-        row["verdict"] = o.get("verdict") or ("fits" if o["fits"] else "does not fit")
-        row["fits_with"] = "+".join(o.get("fits_with") or []) or None
-        row["runs"] = row["verdict"] != "does not fit"
-        row["strategy"] = o.get("strategy") or ("ddp" if o["num_gpus"] == 1 else None)
-        row["kind"] = o.get("kind") or "as asked"
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+@dataclass(frozen=True)
+class PlanRow:
+    """One option of the planner, as the report's tables use it."""
+
+    gpu: str
+    num_gpus: int
+    method: str
+    verdict: str  # "fits", "fits with" or "does not fit" (planner.Verdict)
+    per_gpu_bytes: int
+    strategy: str = "ddp"
+    kind: str = "as asked"
+    fits_with: tuple[str, ...] = ()
+    limiting_component: str | None = None
+    max_batch_size: int | None = None
+    max_seq_len: int | None = None
+    hours: float | None = None
+    rent_usd: float | None = None
+    purchase_usd: int | None = None
+
+    @classmethod
+    def of(cls, o: Option) -> "PlanRow":
+        return cls(o.gpu.id, o.num_gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
+                   tuple(o.remedies), o.limiting_component, o.max_batch_size, o.max_seq_len, o.hours, o.rent_usd,
+                   o.purchase_usd)
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """What the report shows of a plan: its options and the assumptions they rest on."""
+
+    rows: tuple[PlanRow, ...]
+    assumptions: Mapping[str, str]
+
+    @classmethod
+    def of(cls, plan: Plan) -> "PlanView":
+        from peftcalc.render.plan import plan_assumptions
+
+        return cls(tuple(PlanRow.of(o) for o in plan.options), plan_assumptions(plan))
+
+
+def plan_frame(rows: Iterable[PlanRow]) -> pd.DataFrame:
+    """Every (gpu, num_gpus, method) option the planner evaluated. `verdict` is "fits", "fits with" (the changes
+    in `fits_with`, joined by +) or "does not fit"; `runs` says whether the option runs at all, as asked or with
+    those changes."""
+    records = []
+    for r in rows:
+        row = {k: getattr(r, k, None) for k in PLAN_COLUMNS}
+        row["fits"] = r.verdict == "fits"
+        row["runs"] = r.verdict != "does not fit"
+        row["fits_with"] = "+".join(r.fits_with) or None
+        records.append(row)
+    df = pd.DataFrame(records, columns=list(PLAN_COLUMNS))
     df["fits"] = df["fits"].astype(bool)
     df["runs"] = df["runs"].astype(bool)
     for c in ("num_gpus", "per_gpu_bytes", "max_batch_size", "max_seq_len", "purchase_usd"):
@@ -295,83 +330,32 @@ def _int_or_none(v: Any) -> int | None:
 
 # ---- measured results -------------------------------------------------------------------------------
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Every JSON line of every `*.jsonl` file under `path` (a folder or one file), in file then line order.
-    A line cut short by a killed writer is skipped; any other bad line fails with its file and line."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(p.glob("*.jsonl"))
-    elif p.is_file():
-        files = [p]
-    else:
-        raise PeftcalcError(f"no results at {str(p)!r}: give a folder of *.jsonl files (e.g. bench/results/)")
-    if not files:
-        raise PeftcalcError(f"no *.jsonl results files in {str(p)!r}")
-    records = []
-    for f in files:
-        lines = f.read_text(encoding="utf-8").splitlines()
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                if i == len(lines) and not line.rstrip().endswith("}"):
-                    continue  # the last line of a file whose writer was killed mid-write
-                raise PeftcalcError(f"{f}:{i}: not valid JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise PeftcalcError(f"{f}:{i}: expected a JSON object, got {type(rec).__name__}")
-            rec["_source"] = f"{f.name}:{i}"
-            records.append(rec)
-    return records
-
-
-def _layer(rec: Mapping[str, Any]) -> str:
+def layer(record: Record) -> str:
     """Which layer of truth a result comes from: traced (fake tensors), or measured on CPU or GPU."""
-    if rec.get("backend") == "trace":
+    if record.result.backend == "trace":
         return "traced"
-    device = str(rec.get("device") or "").lower()
+    device = record.result.device.lower()
     return "measured GPU" if device.startswith(("cuda", "gpu", "rocm")) else "measured CPU"
 
 
-def _family(name: str) -> str | None:
-    """A catalogue model's architecture family, for results that name only the model."""
-    from peftcalc.model.catalogue import get_model
-
-    try:
-        return get_model(name).family
-    except PeftcalcError:
-        return None
-
-
-def _setup_of_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A bench suite's run (its option names) as the setup names of a result."""
-    names = {"precision": "precision", "batch": "batch_size", "seq": "seq_len",
-             "gradient_checkpointing": "gradient_checkpointing", "attention": "attention", "adamw_impl": "adamw_impl",
-             "nproc": "nproc", "zero": "zero_stage"}
-    return {ours: run[theirs] for theirs, ours in names.items() if theirs in run}
-
-
-def error_message(rec: Mapping[str, Any]) -> str | None:
+def error_message(record: Record) -> str | None:
     """Why a run did not complete, from its record (the measured backend's detail.error)."""
-    detail = rec.get("detail") or {}
-    msg = rec.get("error") or detail.get("error")
-    if not msg and detail.get("notes"):
-        msg = "; ".join(map(str, detail["notes"]))
+    detail = record.result.detail
+    msg = detail.error or ("; ".join(map(str, detail.notes)) if detail.notes else None)
     return None if not msg else str(msg).strip().splitlines()[-1][:300]
 
 
-def _setup_label(s: Mapping[str, Any]) -> str:
-    parts = [str(s.get("precision", "?")), f"b{s.get('batch_size', '?')}xs{s.get('seq_len', '?')}"]
-    if s.get("gradient_checkpointing"):
+def _setup_label(s: Setup | None, nproc: int) -> str:
+    if s is None:
+        return "?"
+    parts = [s.precision, f"b{s.batch_size}xs{s.seq_len}"]
+    if s.gradient_checkpointing:
         parts.append("ckpt")
-    if s.get("attention") not in (None, "sdpa"):
-        parts.append(str(s["attention"]))
-    if s.get("adamw_impl"):
-        parts.append(str(s["adamw_impl"]))
-    nproc = s.get("nproc") or s.get("num_gpus") or 1
-    if nproc and int(nproc) > 1:
-        parts.append(f"{nproc} procs ZeRO-{s.get('zero_stage', 0)}")
+    if s.attention != "sdpa":
+        parts.append(s.attention)
+    parts.append(s.adamw_impl)
+    if nproc > 1:
+        parts.append(f"{nproc} procs ZeRO-{s.zero_stage}")
     return " ".join(parts)
 
 
@@ -383,98 +367,74 @@ RESULT_COLUMNS = ["source", "suite", "layer", "backend", "device", "status", "mo
                   "recorded_peak_error_percent", "peak_phase", "step_seconds"]
 
 
-def results_frame(records: Iterable[Mapping[str, Any]], repredict: bool = True) -> pd.DataFrame:
+def _current(record: Record) -> Bytes | None:
+    """Today's prediction of a completed run; None where it cannot be rebuilt."""
+    if record.result.status != "ok":
+        return None
+    try:
+        return repredict(record).bytes
+    except Exception:  # noqa: BLE001 - a run this code cannot rebuild keeps its recorded prediction
+        return None
+
+
+def _result_row(record: Record, current: Bytes | None) -> dict[str, Any]:
+    r = record.result
+    try:
+        request = request_of(record)
+    except PeftcalcError:
+        request = None
+    setup = r.setup or (request.setup if request else None)
+    model = r.model.name if r.model else (request.model_label if request else None)
+    family = r.model.family if r.model else _family(model)
+    predicted = current or r.predicted
+    row: dict[str, Any] = {
+        "source": record.source, "suite": record.suite, "layer": layer(record), "backend": r.backend,
+        "device": r.device, "status": r.status, "model": model, "family": family,
+        "method": r.method or (request.method if request else None),
+        "precision": setup.precision if setup else None, "batch_size": setup.batch_size if setup else None,
+        "seq_len": setup.seq_len if setup else None,
+        "gradient_checkpointing": setup.gradient_checkpointing if setup else None,
+        "setup": _setup_label(setup, request.nproc if request else 1), "trainable_params": r.trainable_params,
+    }
+    for c in RESULT_COMPONENTS:
+        row[f"measured_{c}_bytes"] = getattr(r.measured, c) if r.measured else None
+        row[f"predicted_{c}_bytes"] = getattr(predicted, c) if predicted else None
+    row["prediction"] = "current" if current is not None else ("recorded" if r.predicted else None)
+    row["recorded_predicted_peak_bytes"] = r.predicted.peak if r.predicted else None
+    mp, pp, rp = row["measured_peak_bytes"], row["predicted_peak_bytes"], row["recorded_predicted_peak_bytes"]
+    row["peak_error_bytes"] = pp - mp if mp and pp is not None else None
+    row["peak_error_percent"] = round(100.0 * (pp - mp) / mp, 4) if mp and pp is not None else None
+    row["recorded_peak_error_percent"] = round(100.0 * (rp - mp) / mp, 4) if mp and rp is not None else None
+    row["peak_phase"] = r.peak_phase
+    row["step_seconds"] = r.step_seconds
+    return row
+
+
+def _family(name: str | None) -> str | None:
+    """A catalogue model's architecture family, for failed results that name only the model."""
+    from peftcalc.model.catalogue import get_model
+
+    try:
+        return get_model(name).family if name else None
+    except PeftcalcError:
+        return None
+
+
+def results_frame(records: Iterable[Record], repredict_runs: bool = True) -> pd.DataFrame:
     """One row per result line: what ran, predicted and measured bytes per component, the peak's error
     (predicted - measured, in bytes and % of measured; None where either is missing).
 
-    The prediction is the analytic model's as the code computes it now (`prediction` = "current"), for the
-    run's catalogue model, setup and method options; where that cannot be rebuilt (a model given by config
-    or bare count) it is the one recorded with the result ("recorded"). The recorded peak stays beside it
-    (`recorded_predicted_peak_bytes`), to show what changed since the results were taken."""
-    rows = []
-    for rec in records:
-        run = rec.get("run") or {}  # what the bench suite asked: all a failed run may carry
-        model = rec.get("model") or run.get("model") or {}
-        if isinstance(model, str):
-            model = {"name": model}
-        if model.get("name") and not model.get("family"):
-            model = {**model, "family": _family(model["name"])}
-        setup = rec.get("setup") or _setup_of_run(run)
-        measured = rec.get("measured_bytes") or {}
-        recorded = rec.get("predicted_bytes") or {}
-        current = predict_bytes(model.get("name"), rec.get("method") or run.get("method"), setup,
-                                _method_options(rec, run)) if repredict and rec.get("status") == "ok" else None
-        predicted = current if current is not None else recorded
-        row: dict[str, Any] = {
-            "source": rec.get("_source"),
-            "suite": rec.get("suite"),
-            "layer": _layer(rec),
-            "backend": rec.get("backend"),
-            "device": rec.get("device"),
-            "status": rec.get("status"),
-            "model": model.get("name"),
-            "family": model.get("family"),
-            "method": rec.get("method") or run.get("method"),
-            "precision": setup.get("precision"),
-            "batch_size": setup.get("batch_size"),
-            "seq_len": setup.get("seq_len"),
-            "gradient_checkpointing": setup.get("gradient_checkpointing"),
-            "setup": _setup_label(setup),
-            "trainable_params": rec.get("trainable_params"),
-        }
-        for c in RESULT_COMPONENTS:
-            row[f"measured_{c}_bytes"] = _int_or_none(measured.get(c))
-            row[f"predicted_{c}_bytes"] = _int_or_none(predicted.get(c))
-        row["prediction"] = "current" if current is not None else ("recorded" if recorded else None)
-        row["recorded_predicted_peak_bytes"] = _int_or_none(recorded.get("peak"))
-        mp, pp, rp = row["measured_peak_bytes"], row["predicted_peak_bytes"], row["recorded_predicted_peak_bytes"]
-        row["peak_error_bytes"] = pp - mp if mp and pp is not None else None
-        row["peak_error_percent"] = round(100.0 * (pp - mp) / mp, 4) if mp and pp is not None else None
-        row["recorded_peak_error_percent"] = round(100.0 * (rp - mp) / mp, 4) if mp and rp is not None else None
-        row["peak_phase"] = rec.get("peak_phase")
-        row["step_seconds"] = rec.get("step_seconds")
-        rows.append(row)
+    The prediction is today's analytic model's (`prediction` = "current", from peftcalc.results.predict, as
+    `peftcalc validate` computes it); where the run cannot be rebuilt it is the one recorded with the result
+    ("recorded"). The recorded peak stays beside it (`recorded_predicted_peak_bytes`), to show what changed
+    since the results were taken."""
+    rows = [_result_row(rec, _current(rec) if repredict_runs else None) for rec in records]
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for c in [c for c in RESULT_COLUMNS if c.endswith("_bytes") or c in ("trainable_params", "batch_size", "seq_len")]:
         df[c] = df[c].astype("Int64")
     df["peak_error_percent"] = df["peak_error_percent"].astype("Float64")
     df["recorded_peak_error_percent"] = df["recorded_peak_error_percent"].astype("Float64")
     return df
-
-
-_OPTION_NAMES = {f.name for f in dataclasses.fields(MethodOptions)}
-_SETUP_NAMES = {f.name for f in dataclasses.fields(Setup)}
-
-
-def _method_options(rec: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
-    """The method options a result ran with: the bench suite's run, else what the result's detail names."""
-    given = {**((rec.get("detail") or {}).get("method_options") or {}), **run}
-    return {k: v for k, v in given.items() if k in _OPTION_NAMES}
-
-
-def predict_bytes(model: str | None, method: str | None, setup: Mapping[str, Any],
-                  options: Mapping[str, Any]) -> dict[str, int] | None:
-    """The analytic prediction for a measured run, in the measured backend's terms (weights include master
-    weights; the peak excludes the assumed overhead, which is no tensor); None where the run cannot be
-    rebuilt (a model outside the catalogue, an option or setup this code does not know)."""
-    from peftcalc.estimate import estimate_method
-    from peftcalc.methods import make_method
-    from peftcalc.model.catalogue import get_model
-
-    if not model or not method:
-        return None
-    try:
-        spec = get_model(model)
-        opts = dict(options)
-        if opts.get("targets") is not None:
-            opts["targets"] = tuple(opts["targets"])
-        s = Setup(**{k: v for k, v in setup.items() if k in _SETUP_NAMES})
-        m = estimate_method(spec, make_method(method, MethodOptions(**opts)), s).memory
-    except (PeftcalcError, TypeError, ValueError, NotImplementedError):
-        return None
-    return {"weights": m.weight_bytes + m.master_weight_bytes, "gradients": m.gradient_bytes,
-            "optimizer_states": m.optimizer_state_bytes, "activations": m.activation_bytes,
-            "peak": m.total - m.overhead_bytes}
 
 
 def compared_frame(results: pd.DataFrame) -> pd.DataFrame:
@@ -490,10 +450,10 @@ def status_frame(results: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["layer", "status"], kind="stable").reset_index(drop=True)
 
 
-def failures_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def failures_frame(records: Sequence[Record]) -> pd.DataFrame:
     """The runs that did not complete (oom, unsupported, error), one row per (layer, status, message):
     how many runs, which methods and models."""
-    df = results_frame(records, repredict=False).assign(message=[error_message(r) for r in records])
+    df = results_frame(records, repredict_runs=False).assign(message=[error_message(r) for r in records])
     bad = df[df["status"] != "ok"].fillna({"message": "", "model": "?", "method": "?"})
     rows = []
     for (layer, status, message), g in bad.groupby(["layer", "status", "message"], sort=True):

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.render import fmt_bytes, fmt_count, fmt_percent
+from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent
 from peftcalc.units import Unit
 
 REPORT_FILES = ("report.md", "index.html")

@@ -57,8 +57,8 @@ class Model:
                 self.lora_rank[g.name[: -len(".lora_A.weight")]] = g.shape[0]
             elif g.name.endswith(".ia3_l"):
                 self.ia3[g.name[: -len(".ia3_l")]] = "in" if g.shape and g.shape[0] == 1 else "out"
-            elif g.storage != "dense":
-                self.quantized[g.name[: -len(".weight")]] = g.storage
+            elif g.format != "dense":
+                self.quantized[g.name[: -len(".weight")]] = g.format
         self.dora = adaptation.method == "dora"
         self.adapter_sites = {g.name.split(".")[-3] for g in adaptation.tensors
                               if g.added and g.name.endswith(".down.weight")}
@@ -115,26 +115,26 @@ class Model:
             result = self._ia3_output(result, lin)
         return result
 
-    def _quantized(self, x: Tensor, lin: Linear, storage: str) -> Tensor:
+    def _quantized(self, x: Tensor, lin: Linear, fmt: str) -> Tensor:
         """peftcalc/measure/qlinear.py's QuantLinear: x.to(compute dtype); a custom autograd Function that
         dequantizes the whole weight (packed 4-bit: an output-size buffer filled from two uint8 temporaries
         of half the weight each; int8: a cast copy and the cast scale), multiplies, frees it, saves nothing;
         its backward dequantizes again and returns grad @ W."""
         f = self.f
         x = f.to(x, self.cfg.compute_dtype)
-        self._dequantize(lin, storage)
+        self._dequantize(lin, fmt)
         out = self.sim.new(x.shape[:-1] + (lin.out_features,), x.dtype)
         out = f.custom("_Dequant4MatmulBackward", [x], out, [])
         if out.node is not None:
-            out.node.backward = _dequant_backward(self, lin, storage)
+            out.node.backward = _dequant_backward(self, lin, fmt)
         if lin.bias:
             out = f.add(out, self.weight(lin.name + ".bias", (lin.out_features,)))
         return out
 
-    def _dequantize(self, lin: Linear, storage: str) -> None:
+    def _dequantize(self, lin: Linear, fmt: str) -> None:
         n = lin.in_features * lin.out_features
         self.sim.op = "dequantize"
-        if storage == "int8":
+        if fmt == "int8":
             w = self.sim.new((lin.out_features, lin.in_features), self.cfg.compute_dtype)
             s = self.sim.new((lin.out_features,), self.cfg.compute_dtype)
             del s, w
@@ -270,11 +270,11 @@ class Model:
         return f.add(x, u)
 
 
-def _dequant_backward(m: Model, lin: Linear, storage: str) -> Any:
+def _dequant_backward(m: Model, lin: Linear, fmt: str) -> Any:
     def bw(sim: Sim, n: Any, g: list) -> list:
         nbytes = lin.in_features * lin.out_features
         sim.op = "dequantize"
-        if storage == "int8":
+        if fmt == "int8":
             w = sim.new((lin.out_features, lin.in_features), m.cfg.compute_dtype)
             s = sim.new((lin.out_features,), m.cfg.compute_dtype)
             del s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -10,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from peftcalc.cli import main
-from peftcalc.validation import compare_all, history, read_results, summarize, uncertainty
+from peftcalc.results.files import read_records
+from peftcalc.uncertainty import band
+from peftcalc.validation import compare_all, history, summarize
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 ACCURACY = RESULTS / "cpu-accuracy.jsonl"
@@ -24,13 +25,13 @@ def run(*args: str):
 def records():
     if not ACCURACY.exists():
         pytest.skip("bench/results/cpu-accuracy.jsonl not committed")
-    return read_results([ACCURACY])
+    return read_records([ACCURACY])
 
 
 def test_committed_results_pass_the_gate():
     """CI: every committed result in bench/results against the current analytic model: >= 95 % of runs within
     2 % of the traced peak, all within 5 %; weights, gradients and optimizer states to the byte."""
-    from peftcalc.cli.validate import committed_results
+    from peftcalc.results.files import committed_results
 
     if not committed_results():
         pytest.skip("no committed results")
@@ -47,10 +48,10 @@ def test_the_accuracy_suite_meets_issue_4(records):
     assert {c.method for c in comparisons} >= {"full", "lora", "qlora", "dora", "adapter", "prompt", "prefix",
                                                 "ptuning", "ia3"}
     setups = [c.setup for c in comparisons]
-    assert len({s["seq_len"] for s in setups}) >= 3 and {s["batch_size"] for s in setups} >= {1, 4}
-    assert {s["gradient_checkpointing"] for s in setups} == {False, True}
-    assert {s["attention"] for s in setups} == {"sdpa", "eager"}
-    assert {s["adamw_impl"] for s in setups} == {"forloop", "foreach", "fused"}
+    assert len({s.seq_len for s in setups}) >= 3 and {s.batch_size for s in setups} >= {1, 4}
+    assert {s.gradient_checkpointing for s in setups} == {False, True}
+    assert {s.attention for s in setups} == {"sdpa", "eager"}
+    assert {s.adamw_impl for s in setups} == {"forloop", "foreach", "fused"}
     for key in ("weights", "gradients", "optimizer_states"):
         assert s.exact[key] == s.runs, key
 
@@ -69,11 +70,11 @@ def test_table_json_and_worst(records):
 
 def test_a_wrong_measurement_fails_the_gate(tmp_path, records):
     bad = []
-    for _, rec in records[:5]:
-        rec = copy.deepcopy(rec)
-        if rec.get("status") == "ok":
-            rec["measured_bytes"]["peak"] = int(rec["measured_bytes"]["peak"] * 1.1)  # 10 % off
-        bad.append(json.dumps(rec))
+    for rec in records[:5]:
+        d = rec.to_dict()
+        if d["status"] == "ok":
+            d["measured_bytes"]["peak"] = int(d["measured_bytes"]["peak"] * 1.1)  # 10 % off
+        bad.append(json.dumps(d))
     f = tmp_path / "bad.jsonl"
     f.write_text("\n".join(bad) + "\n{\"partial line", encoding="utf-8")  # a killed writer's last line is skipped
     r = run("validate", str(f))
@@ -86,7 +87,7 @@ def test_history_gives_the_estimate_its_band(records):
     h = history(compare_all(records))
     assert h["kinds"]["all"]["runs"] >= 60
     assert h["kinds"]["lora"]["max_percent"] >= 0
-    u = uncertainty("lora", False)
+    u = band("lora", False)
     assert u is not None and u.runs >= 1 and "traced run" in u.text()
     r = run("estimate", "--model", "llama-2-7b", "--method", "lora", "--json")
     res = json.loads(r.output)["results"][0]

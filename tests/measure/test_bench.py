@@ -11,15 +11,21 @@ from pathlib import Path
 import pytest
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.measure.bench import (Run, append_record, load_suite, read_records, repair_tail, results_path,
-                                    run_suite)
+from peftcalc.measure.suite import load_suite, results_path, run_label, run_suite
+from peftcalc.results.files import read_lines
+from peftcalc.results.record import Environment, MeasureResult
+from peftcalc.results.request import RunRequest
 from peftcalc.methods import METHODS
 from peftcalc.model.catalogue import model_names
 
 from .tiny_models import TINY_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {"torch": "t", "transformers": "x", "peft": "p", "device_name": "cpu", "git_commit": "abc"}
+ENV = Environment("t", "x", "p", "cpu", "abc")
+
+
+def read_records(path: Path) -> list[dict]:
+    return [obj for _, obj in read_lines(path)]
 
 
 def _suite(tmp_path: Path, text: str) -> Path:
@@ -46,9 +52,9 @@ gradient_checkpointing = true
 def test_matrix_expands_with_axes_defaults_and_excludes(tmp_path):
     s = load_suite(_suite(tmp_path, SUITE))
     assert s.name == "s" and len(s.runs) == 2 * 3 * 2 - 2
-    p = s.runs[0].p
-    assert p["seq"] == 64 and p["backend"] == "trace" and p["precision"] == "bf16"
-    assert not any(r.p["method"] == "prefix" and r.p["gradient_checkpointing"] for r in s.runs)
+    r0 = s.runs[0]
+    assert r0.setup.seq_len == 64 and r0.backend == "trace" and r0.setup.precision == "bf16"
+    assert not any(r.method == "prefix" and r.setup.gradient_checkpointing for r in s.runs)
     assert len({r.key for r in s.runs}) == len(s.runs)
     assert results_path(s, None) == tmp_path / "results" / "s.jsonl"
 
@@ -74,54 +80,37 @@ def test_committed_suites_name_real_models_and_methods(name):
     s = load_suite(ROOT / "bench" / "suites" / f"{name}.toml")
     assert s.runs
     for r in s.runs:
-        assert r.p["model"] in model_names()
-        assert r.p["method"] in METHODS
+        assert r.model in model_names()
+        assert r.method in METHODS
 
 
 def test_cpu_suite_covers_what_the_issue_asks():
     s = load_suite(ROOT / "bench" / "suites" / "cpu-small.toml")
-    models = {r.p["model"] for r in s.runs}
+    models = {r.model for r in s.runs}
     assert {"llama-2-7b", "mistral-7b", "qwen2.5-7b", "phi-3-mini", "gemma-2b", "gpt2-xl", "t5-large",
             "mixtral-8x7b"} <= models
-    assert {"full", "lora", "qlora", "dora", "prompt", "prefix"} <= {r.p["method"] for r in s.runs}
-    assert len({r.p["seq"] for r in s.runs}) >= 3 and {r.p["gradient_checkpointing"] for r in s.runs} == {False, True}
-    assert {r.p["backend"] for r in s.runs} == {"trace"}
+    assert {"full", "lora", "qlora", "dora", "prompt", "prefix"} <= {r.method for r in s.runs}
+    assert len({r.setup.seq_len for r in s.runs}) >= 3 and {r.setup.gradient_checkpointing for r in s.runs} == {False, True}
+    assert {r.backend for r in s.runs} == {"trace"}
 
 
 def test_gpu_suite_runs_real_steps_with_foreach_and_fused():
     s = load_suite(ROOT / "bench" / "suites" / "gpu.toml")
-    assert {r.p["backend"] for r in s.runs} == {"run"}
-    assert {"foreach", "fused"} <= {r.p["adamw_impl"] for r in s.runs}
-    assert {"full", "lora"} <= {r.p["method"] for r in s.runs} and len({r.p["seq"] for r in s.runs}) >= 3
+    assert {r.backend for r in s.runs} == {"run"}
+    assert {"foreach", "fused"} <= {r.setup.adamw_impl for r in s.runs}
+    assert {"full", "lora"} <= {r.method for r in s.runs} and len({r.setup.seq_len for r in s.runs}) >= 3
     assert s.time_budget_s is not None and s.time_budget_s <= 420
-
-
-def test_append_is_one_line_and_a_partial_last_line_is_repaired(tmp_path):
-    f = tmp_path / "r.jsonl"
-    append_record(f, {"a": 1})
-    with open(f, "ab") as h:  # a writer killed mid-line
-        h.write(b'{"a": 2, "b": [1, 2')
-    assert [r["a"] for r in read_records(f)] == [1]  # readers skip the partial line
-    append_record(f, {"a": 3})  # the next append cuts it off first
-    assert f.read_text().count("\n") == 2
-    assert [r["a"] for r in read_records(f)] == [1, 3]
-
-
-def test_repair_of_a_file_holding_only_a_partial_line(tmp_path):
-    f = tmp_path / "r.jsonl"
-    f.write_bytes(b'{"a"')
-    repair_tail(f)
-    assert f.read_bytes() == b""
 
 
 def _fake_runner(fail: set[str]):
     calls: list[str] = []
 
-    def runner(run: Run) -> dict:
-        calls.append(run.label)
-        if run.p["method"] in fail:
+    def runner(run: RunRequest) -> MeasureResult:
+        calls.append(run_label(run))
+        if run.method in fail:
             raise RuntimeError("boom")
-        return {"backend": "trace", "status": "ok", "environment": ENV, "measured_bytes": {"peak": 1}}
+        return MeasureResult("trace", "cpu", "ok", None, run.setup, run.method, None, None, None, None, None, None,
+                             None, (), ENV)
     return runner, calls
 
 
@@ -141,9 +130,9 @@ def test_resume_skips_recorded_runs_and_failures_do_not_stop_the_suite(tmp_path)
     retry = run_suite(s, tmp_path / "out", retry_failed=True, runner=runner2, environment_of=lambda b: ENV)
     assert retry.ran == 2 and all("prefix" in c for c in calls2)
 
-    other = dict(ENV, torch="another version")  # a different environment measures again; the commit does not
+    other = Environment("another version", "x", "p", "cpu", "abc")  # another environment measures again; the commit does not
     runner3, calls3 = _fake_runner(set())
-    run_suite(s, tmp_path / "out", runner=runner3, environment_of=lambda b: dict(ENV, git_commit="new"))
+    run_suite(s, tmp_path / "out", runner=runner3, environment_of=lambda b: Environment("t", "x", "p", "cpu", "new"))
     assert calls3 == []
     run_suite(s, tmp_path / "out", runner=runner3, environment_of=lambda b: other)
     assert len(calls3) == len(s.runs)

@@ -8,7 +8,7 @@ import pytest
 from peftcalc.errors import PeftcalcError
 from peftcalc.measure.api import measure
 from peftcalc.measure.distributed import check_distributed_setup
-from peftcalc.measure.result import Bytes
+from peftcalc.results.record import Bytes
 from peftcalc.methods import make_method
 from peftcalc.setup import Setup
 
@@ -31,7 +31,7 @@ def test_fsdp2_two_ranks_hold_half_of_everything(method):
     assert [r.rank for r in two.per_rank] == [0, 1]
     d = two.to_dict()
     assert len(d["per_rank"]) == 2 and set(d["per_rank"][0]) == {"rank", "measured_bytes"}
-    assert two.setup["num_gpus"] == 2 and two.setup["zero_stage"] == 3
+    assert two.setup.num_gpus == 2 and two.setup.zero_stage == 3
 
     spec = tiny("llama")
     added = 0 if method == "full" else one.trainable_params  # LoRA's A and B are parameters too

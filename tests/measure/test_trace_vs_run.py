@@ -11,7 +11,7 @@ import torch
 from peftcalc.errors import PeftcalcError
 from peftcalc.measure.api import measure
 from peftcalc.measure.meter import LiveMeter
-from peftcalc.measure.result import BYTE_KEYS
+from peftcalc.results.record import BYTE_KEYS
 from peftcalc.measure.step import build_adapted, measured_step, prepare_training
 from peftcalc.measure.trace import trace_step
 from peftcalc.methods import MethodOptions, make_method

@@ -18,7 +18,7 @@ from peft.tuners.lora.layer import ParamWrapper
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.measure.build import build_model
+from peftcalc.measure.hf_model import build_model
 from peftcalc.measure.peft_config import peft_config
 from peftcalc.methods import MethodOptions, make_method
 from peftcalc.methods.adapter import BottleneckAdapter
@@ -111,7 +111,7 @@ def test_lora_all_linear_and_qlora(name: str) -> None:
     ours = q.adapt(spec)
     assert (ours.params.trainable, ours.params.total) == pm.get_nb_trainable_parameters()
     assert expand(spec, ours.adapted) == peft_adapted(pm)
-    assert any(t.storage == "nf4" for t in ours.tensors)
+    assert any(t.format == "nf4" for t in ours.tensors)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peftcalc.errors import ConfigError
-from peftcalc.measure.build import build_model
+from peftcalc.measure.hf_model import build_model
 from peftcalc.model.catalogue import get_model
 from peftcalc.model.hf_config import spec_from_config
 from peftcalc.model.spec import ModelSpec

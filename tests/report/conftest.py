@@ -17,6 +17,8 @@ from peftcalc.hardware.catalogue import get_gpu  # noqa: E402
 from peftcalc.methods import MethodOptions  # noqa: E402
 from peftcalc.model.catalogue import get_model  # noqa: E402
 from peftcalc.model.infer import infer_spec  # noqa: E402
+from peftcalc.report.frames import PlanRow, PlanView  # noqa: E402
+from peftcalc.results.files import Record  # noqa: E402
 from peftcalc.setup import Setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,21 +43,19 @@ def gpus():
     return [get_gpu(g) for g in GPUS]
 
 
-def plan_option(gpu, num_gpus, method, verdict, per_gpu, *, fits_with=None, hours=None, rent=None, kind="as asked",
+def plan_option(gpu, num_gpus, method, verdict, per_gpu, *, fits_with=(), hours=None, rent=None, kind="as asked",
                 strategy="ddp"):
     runs = verdict != "does not fit"
-    return {"gpu": gpu, "num_gpus": num_gpus, "method": method, "fits": verdict == "fits",
-            "per_gpu_bytes": per_gpu, "limiting_component": "weights", "max_batch_size": 4 if runs else None,
-            "max_seq_len": 4096 if runs else None, "hours": hours if runs else None,
-            "rent_usd": rent if runs else None, "purchase_usd": 30000 * num_gpus, "strategy": strategy,
-            "kind": kind, "verdict": verdict, "fits_with": fits_with}
+    return PlanRow(gpu, num_gpus, method, verdict, per_gpu, strategy, kind, tuple(fits_with), "weights",
+                   4 if runs else None, 4096 if runs else None, hours if runs else None, rent if runs else None,
+                   30000 * num_gpus)
 
 
 @pytest.fixture()
 def small_plan():
-    """A hand-made plan in `peftcalc plan --json`'s shape: every status of the fit matrix appears."""
+    """A hand-made plan: every status of the fit matrix appears."""
     o = plan_option
-    return {"options": [
+    return PlanView((
         # full: needs more GPUs on the 4090 and the A100 (fewest: 4 with zero-3, 2 with zero-3), fits with offload on H100
         o("rtx-4090", 1, "full", "does not fit", 140 * 10**9),
         o("rtx-4090", 4, "full", "fits", 22 * 10**9, hours=10.0, rent=30.0, kind="fewest GPUs", strategy="zero-3"),
@@ -72,7 +72,7 @@ def small_plan():
         o("rtx-4090", 1, "qlora", "fits", 12 * 10**9, hours=20.0, rent=None),
         o("a100-80gb", 1, "qlora", "fits", 12 * 10**9, hours=8.0, rent=15.0),
         o("h100-80gb", 1, "qlora", "fits", 12 * 10**9, hours=3.0, rent=9.0),
-    ], "assumptions": {"training": "100,000,000 tokens x 1 epoch", "MFU": "assumed 40 %"}}
+    ), {"training": "100,000,000 tokens x 1 epoch", "MFU": "assumed 40 %"})
 
 
 def result_record(model, family, method, layer, measured_peak, predicted_peak, *, status="ok", seq=512,
@@ -98,8 +98,9 @@ def result_record(model, family, method, layer, measured_peak, predicted_peak, *
 
 
 @pytest.fixture()
-def records():
-    """Twelve results: three layers of truth, four methods, three families, one OOM and one error."""
+def record_dicts():
+    """Twelve results as JSON lines hold them: three layers of truth, four methods, three families, one OOM and
+    one error."""
     r = result_record
     return [
         r("gpt2-tiny", "gpt2", "full", "traced", 2_000_000_000, 2_010_000_000),          # +0.5 %
@@ -118,9 +119,14 @@ def records():
 
 
 @pytest.fixture()
-def results_dir(tmp_path, records):
+def records(record_dicts):
+    return [Record.from_dict(d, f"r.jsonl:{i}") for i, d in enumerate(record_dicts, 1)]
+
+
+@pytest.fixture()
+def results_dir(tmp_path, record_dicts):
     d = tmp_path / "results"
     d.mkdir()
-    (d / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records[:6]))
-    (d / "b.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records[6:]))
+    (d / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in record_dicts[:6]))
+    (d / "b.jsonl").write_text("".join(json.dumps(x) + "\n" for x in record_dicts[6:]))
     return d

@@ -119,7 +119,7 @@ def test_storage_figure(seed_estimate):
 
 
 def test_fit_matrix_colours_each_cell(small_plan, gpus):
-    fit = fr.fit_frame(fr.plan_frame(small_plan), gpus, ("full", "lora", "qlora"))
+    fit = fr.fit_frame(fr.plan_frame(small_plan.rows), gpus, ("full", "lora", "qlora"))
     fig = fg.fit_matrix_figure(fit, SETUP)
     assert_labelled(fig, "GPU fit matrix")
     ax = fig.axes[0]
@@ -136,7 +136,7 @@ def test_fit_matrix_colours_each_cell(small_plan, gpus):
 
 
 def test_time_cost_figure(small_plan):
-    cost = fr.cost_frame(fr.plan_frame(small_plan), ("full", "lora", "qlora"))
+    cost = fr.cost_frame(fr.plan_frame(small_plan.rows), ("full", "lora", "qlora"))
     fig = fg.time_cost_figure(cost, SETUP)
     assert_labelled(fig, "Time and cost per GPU option")
     ax_t, ax_c = fig.axes

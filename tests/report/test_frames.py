@@ -10,6 +10,7 @@ import pytest
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods import MethodOptions
 from peftcalc.report import frames as fr
+from peftcalc.results.files import Record
 from peftcalc.setup import Setup
 
 GB = 10**9
@@ -92,28 +93,31 @@ def test_storage_adapters_share_one_base(seed_estimate):
 # ---- the planner -----------------------------------------------------------------------------------------
 
 def test_plan_frame_keeps_the_contract(small_plan):
-    df = fr.plan_frame(small_plan)
+    df = fr.plan_frame(small_plan.rows)
     assert list(df.columns) == list(fr.PLAN_COLUMNS)
-    assert len(df) == len(small_plan["options"])
+    assert len(df) == len(small_plan.rows)
     h100_full = df[(df["gpu"] == "h100-80gb") & (df["method"] == "full")].iloc[0]
     assert not h100_full["fits"] and h100_full["runs"]
     assert h100_full["fits_with"] == "gradient checkpointing+optimizer offload"
 
 
-def test_plan_frame_accepts_the_minimal_contract():
-    """Issue 5's required names alone: verdict, strategy and kind are derived."""
-    df = fr.plan_frame({"options": [{"gpu": "t4", "num_gpus": 1, "method": "lora", "fits": False}]})
-    assert df.loc[0, "verdict"] == "does not fit" and not df.loc[0, "runs"] and df.loc[0, "kind"] == "as asked"
+def test_plan_view_of_a_real_plan_keeps_every_option(small_spec, gpus):
+    """The report's rows are the planner's options, one for one, with the planner's own numbers."""
+    from peftcalc.hardware.planner import PlanRequest, plan
 
-
-@pytest.mark.parametrize("plan", [{}, {"options": [{"gpu": "t4", "method": "lora"}]}])
-def test_plan_frame_rejects_other_json(plan):
-    with pytest.raises(PeftcalcError):
-        fr.plan_frame(plan)
+    p = plan(PlanRequest(spec=small_spec, setup=Setup(precision="bf16-mixed"), gpus=tuple(gpus),
+                         methods=("full", "lora"), max_gpus=2))
+    view = fr.PlanView.of(p)
+    df = fr.plan_frame(view.rows)
+    assert len(df) == len(p.options) and "MFU" in view.assumptions
+    for o, (_, row) in zip(p.options, df.iterrows()):
+        assert (row["gpu"], row["method"], row["num_gpus"], row["per_gpu_bytes"]) == \
+            (o.gpu.id, o.method, o.num_gpus, o.memory.total)
+        assert row["fits"] == o.fits and row["runs"] == o.runs
 
 
 def test_fit_frame_statuses(small_plan, gpus):
-    fit = fr.fit_frame(fr.plan_frame(small_plan), gpus, ("full", "lora", "qlora"))
+    fit = fr.fit_frame(fr.plan_frame(small_plan.rows), gpus, ("full", "lora", "qlora"))
     assert len(fit) == 9
     cell = fit.set_index(["method", "gpu"])
     assert cell.loc[("full", "rtx-4090"), "status"] == "needs more GPUs"
@@ -130,7 +134,7 @@ def test_fit_frame_statuses(small_plan, gpus):
 
 
 def test_cost_frame_takes_the_fewest_gpus_that_run(small_plan):
-    cost = fr.cost_frame(fr.plan_frame(small_plan), ("full", "lora", "qlora"))
+    cost = fr.cost_frame(fr.plan_frame(small_plan.rows), ("full", "lora", "qlora"))
     full = cost[cost["method"] == "full"].set_index("gpu")
     assert full.loc["rtx-4090", "num_gpus"] == 4 and full.loc["rtx-4090", "hours"] == 10.0
     assert full.loc["h100-80gb", "verdict"] == "fits with"
@@ -144,33 +148,6 @@ def test_cost_frame_takes_the_fewest_gpus_that_run(small_plan):
 
 # ---- measured results ------------------------------------------------------------------------------------
 
-def test_load_results_reads_every_file_in_order(results_dir, records):
-    got = fr.load_results(results_dir)
-    assert len(got) == len(records)
-    assert got[0]["_source"] == "a.jsonl:1" and got[-1]["_source"] == "b.jsonl:6"
-
-
-def test_load_results_skips_a_line_cut_by_a_killed_writer(results_dir):
-    with open(results_dir / "b.jsonl", "a") as f:
-        f.write('{"backend": "trace", "status": "o')
-    assert len(fr.load_results(results_dir)) == 12
-
-
-def test_load_results_names_a_bad_line(results_dir):
-    text = (results_dir / "a.jsonl").read_text().splitlines()
-    text.insert(1, "not json")
-    (results_dir / "a.jsonl").write_text("\n".join(text) + "\n")
-    with pytest.raises(PeftcalcError, match=r"a\.jsonl:2"):
-        fr.load_results(results_dir)
-
-
-def test_load_results_needs_results(tmp_path):
-    with pytest.raises(PeftcalcError, match="no \\*.jsonl"):
-        fr.load_results(tmp_path)
-    with pytest.raises(PeftcalcError, match="no results"):
-        fr.load_results(tmp_path / "missing")
-
-
 def test_results_frame(records):
     df = fr.results_frame(records)
     assert list(df.columns) == fr.RESULT_COLUMNS
@@ -183,11 +160,6 @@ def test_results_frame(records):
     assert df.loc[8, "setup"] == "fp32 b1xs2048 ckpt foreach"
     # nothing from the machine that ran them: the compared tables must regenerate identically anywhere
     assert not any("environment" in c or "torch" in c or "commit" in c for c in df.columns)
-
-
-def test_results_frame_tolerates_missing_fields():
-    df = fr.results_frame([{"backend": "trace", "status": "ok", "model": "gpt2", "method": "lora"}])
-    assert df.loc[0, "model"] == "gpt2" and pd.isna(df.loc[0, "peak_error_percent"])
 
 
 def test_compared_and_status(records):
@@ -238,11 +210,12 @@ def test_a_failed_bench_line_is_read_from_its_run(records):
               "detail": {"error": "Traceback ...\nNotImplementedError: no step simulation for family 't5'"},
               "run": {"model": "t5-large", "method": "lora", "precision": "bf16", "batch": 2, "seq": 1024,
                       "gradient_checkpointing": True, "adamw_impl": "foreach", "nproc": 1, "zero": 0}}
-    df = fr.results_frame([failed])
+    df = fr.results_frame([Record.from_dict(failed)])
     row = df.iloc[0]
     assert (row["model"], row["family"], row["method"], row["suite"]) == ("t5-large", "t5", "lora", "cpu-small")
     assert (row["batch_size"], row["seq_len"], row["setup"]) == (2, 1024, "bf16 b2xs1024 ckpt foreach")
-    fails = fr.failures_frame([*records, failed, dict(failed, run={**failed["run"], "method": "full"})])
+    fails = fr.failures_frame([*records, Record.from_dict(failed),
+                               Record.from_dict(dict(failed, run={**failed["run"], "method": "full"}))])
     t5 = fails[fails["message"].str.contains("t5")].iloc[0]
     assert (t5["runs"], t5["methods"], t5["models"]) == (2, "full, lora", "t5-large")
     assert t5["message"] == "NotImplementedError: no step simulation for family 't5'"  # the last line only
@@ -267,12 +240,13 @@ def test_predictions_are_recomputed_with_todays_model():
            "predicted_bytes": {"weights": 1, "gradients": 1, "optimizer_states": 1, "activations": 1,
                                "peak": 300_000_000}}
     m = estimate_method(get_model("gpt2"), make_method("lora", MethodOptions(rank=4)), setup).memory
+    rec = Record.from_dict(rec)
     row = fr.results_frame([rec]).iloc[0]
     assert row["prediction"] == "current"
-    assert row["predicted_peak_bytes"] == m.total - m.overhead_bytes
-    assert row["predicted_weights_bytes"] == m.weight_bytes + m.master_weight_bytes
+    assert row["predicted_peak_bytes"] == m.peak_bytes
+    assert row["predicted_weights_bytes"] == m.weight_bytes + m.buffer_bytes + m.master_weight_bytes
     assert row["recorded_predicted_peak_bytes"] == 300_000_000 and row["recorded_peak_error_percent"] == -25.0
-    old = fr.results_frame([rec], repredict=False).iloc[0]
+    old = fr.results_frame([rec], repredict_runs=False).iloc[0]
     assert old["prediction"] == "recorded" and old["predicted_peak_bytes"] == 300_000_000
     history = fr.prediction_history_frame(fr.results_frame([rec])).set_index("prediction")
     assert history.loc["recorded with the results", "max_abs_error_percent"] == 25.0
@@ -282,5 +256,3 @@ def test_predictions_are_recomputed_with_todays_model():
 def test_a_model_outside_the_catalogue_keeps_its_recorded_prediction(records):
     df = fr.results_frame(records)
     assert set(df.loc[df["status"] == "ok", "prediction"]) == {"recorded"}
-    assert fr.predict_bytes("no-such-model", "lora", {}, {}) is None
-    assert fr.predict_bytes("gpt2", "lora", {"seq_len": 128}, {"rank": 2}) is not None

@@ -16,7 +16,7 @@ from peftcalc.cli import main
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods import MethodOptions
 from peftcalc.report import page
-from peftcalc.report.build import model_report, validation_report
+from peftcalc.report.assemble import model_report, validation_report
 from peftcalc.report.figures import memory_breakdown_figure
 from peftcalc.report.frames import breakdown_frame
 from peftcalc.setup import Setup

@@ -1,7 +1,7 @@
 """BERT-style encoders: bert and roberta, with the masked-LM head their checkpoints ship.
 
 Post-LayerNorm blocks with biases everywhere, learned absolute positions and token types. Built as
-`*ForMaskedLM` (see measure/build.py), which has no pooler; its decoder is tied to the word embeddings and its
+`*ForMaskedLM` (see measure/hf_model.py), which has no pooler; its decoder is tied to the word embeddings and its
 bias is the head's separate `bias` parameter (tied to `decoder.bias`, counted once).
 Defaults are those of transformers 5's BertConfig / RobertaConfig.
 """

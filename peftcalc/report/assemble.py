@@ -15,10 +15,11 @@ from peftcalc.estimate import estimate
 from peftcalc.hardware.catalogue import Gpu
 from peftcalc.methods import MethodOptions
 from peftcalc.model.spec import ModelSpec
-from peftcalc.render import assumptions as estimate_assumptions
-from peftcalc.render import fmt_bytes, fmt_count, fmt_percent
+from peftcalc.render.estimate import assumptions as estimate_assumptions
+from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent
 from peftcalc.report import figures as fig
 from peftcalc.report import frames as fr
+from peftcalc.results.files import Record
 from peftcalc.report.page import (Plot, Report, Section, Table, bytes_fmt, count_fmt, error_fmt, format_frame,
                                   hours_fmt, percent_fmt, size_fmt, usd_fmt)
 from peftcalc.setup import Setup
@@ -40,11 +41,11 @@ def _pivot(df: pd.DataFrame, index: str, value: str, methods: Sequence[str], fmt
 
 
 def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options: MethodOptions, *,
-                 num_tasks: int = 10, plan: Mapping[str, Any] | None = None, gpus: Sequence[Gpu] = (),
+                 num_tasks: int = 10, plan: fr.PlanView | None = None, gpus: Sequence[Gpu] = (),
                  capacity_gpus: Sequence[Gpu] = (), training: str | None = None, unit: Unit = Unit.GB,
                  command: str = "peftcalc report") -> Report:
     """The report for one model: method comparison, memory (by component, vs sequence and batch), LoRA
-    rank, storage for N tasks, and, with the planner's `plan` (its JSON: options + assumptions), the GPU
+    rank, storage for N tasks, and, with the planner's `plan` (its options and assumptions), the GPU
     fit matrix and time/cost per GPU option for `gpus` (`training`: the tokens the plan assumes, in words)."""
     methods = tuple(methods)
     est = estimate(spec, setup, methods, options, num_tasks)
@@ -135,7 +136,7 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
 
     # 6-7. the planner: fit matrix, time and cost
     if plan is not None:
-        options_df = fr.plan_frame(plan)
+        options_df = fr.plan_frame(plan.rows)
         fit = fr.fit_frame(options_df, gpus, methods)
         cost = fr.cost_frame(options_df, methods)
         fit_display = _fit_pivot(fit, unit)
@@ -159,7 +160,7 @@ def model_report(spec: ModelSpec, setup: Setup, methods: Sequence[str], options:
             Table("plan-options", "Every option the planner evaluated", options_df, options_df[plan_cols], show=False,
                   caption="every (GPU, number of GPUs, method) evaluated, fitting or not"),
         ]))
-        for k, v in (plan.get("assumptions") or {}).items():
+        for k, v in plan.assumptions.items():
             if report_assumptions.get(k) != v:  # the planner repeats the estimate's own assumptions
                 report_assumptions[f"plan: {k}"] = v if isinstance(v, str) else str(v)
 
@@ -221,13 +222,13 @@ def _headline(est: Any, unit: Unit) -> list[str]:
         size = size_fmt(unit)
         out.append(f"LoRA (r={est.options.rank}) trains {fmt_count(r.params.trainable)} parameters "
                    f"({fmt_percent(r.params.percent)}), peaks at {fmt_bytes(r.memory.total, unit)} per GPU and saves "
-                   f"{size(r.storage.checkpoint_bytes)} per task; {r.storage.num_tasks} tasks take "
-                   f"{size(r.storage.tasks_bytes)} of adapters against {size(r.storage.full_copies_bytes)} of full "
+                   f"{size(r.checkpoint.checkpoint_bytes)} per task; {r.checkpoint.num_tasks} tasks take "
+                   f"{size(r.checkpoint.tasks_bytes)} of adapters against {size(r.checkpoint.full_copies_bytes)} of full "
                    "copies.")
     return out
 
 
-def validation_report(records: Sequence[Mapping[str, Any]], source: str, *, band_percent: float = 2.0,
+def validation_report(records: Sequence[Record], source: str, *, band_percent: float = 2.0,
                       worst: int = 15, unit: Unit = Unit.GB, command: str = "peftcalc report") -> Report:
     """Predicted vs traced/measured: the scatter with the identity line and a band, the error by method and
     architecture, per component, and the worst runs."""

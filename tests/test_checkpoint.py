@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from peftcalc.measure.build import build_model  # noqa: E402
+from peftcalc.measure.hf_model import build_model  # noqa: E402
 from peftcalc.methods import MethodOptions, make_method  # noqa: E402
 from peftcalc.model.hf_config import spec_from_config  # noqa: E402
 from peftcalc.precision import get_precision  # noqa: E402
-from peftcalc.storage import checkpoint_bytes  # noqa: E402
+from peftcalc.checkpoint import checkpoint_bytes  # noqa: E402
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, vocab_size=128)

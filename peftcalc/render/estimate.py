@@ -1,62 +1,23 @@
-"""Results -> terminal table, JSON and CSV. The only place (with units.py) that formats numbers."""
+"""An estimate as a terminal table, JSON and CSV, with the assumptions it rests on."""
 
 from __future__ import annotations
 
 import json
-import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate, MethodEstimate
 from peftcalc.precision import get_precision
+from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent, table, to_csv
+from peftcalc.uncertainty import Uncertainty
 from peftcalc.units import Unit
 
-
-def fmt_bytes(n: int, unit: Unit) -> str:
-    v = n / unit.bytes
-    if v and abs(v) < 0.1:  # small adapters: three significant digits rather than 0.00, never an exponent
-        places = 2 - math.floor(math.log10(abs(v)))
-        return f"{v:.{places}f} {unit.value}"
-    return f"{v:,.2f} {unit.value}"
+Bands = Mapping[str, "Uncertainty | None"]  # method -> its peak's band (peftcalc.uncertainty.bands)
 
 
-def fmt_count(n: int) -> str:
-    return f"{n:,}"
-
-
-def fmt_percent(p: float) -> str:
-    return f"{p:.4g} %" if p < 1 else f"{p:.2f} %"
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], align_left: int = 1) -> str:
-    """A plain text table: the first `align_left` columns left-aligned, the rest right-aligned."""
-    rows = [list(header)] + [list(r) for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < align_left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    out = [line(rows[0]), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in rows[1:]]
-    return "\n".join(out)
-
-
-def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-# ---- estimate ------------------------------------------------------------------------------------
-
-def _estimate_rows(est: Estimate, unit: Unit) -> list[tuple[str, list[str]]]:
+def _estimate_rows(est: Estimate, unit: Unit, bands: Bands) -> list[tuple[str, list[str]]]:
     rs = est.results
     b = lambda f: [fmt_bytes(f(r), unit) for r in rs]  # noqa: E731
-    n = est.results[0].storage.num_tasks
+    n = est.results[0].checkpoint.num_tasks
     rows = [
         ("trainable params", [fmt_count(r.params.trainable) for r in rs]),
         ("trainable %", [fmt_percent(r.params.percent) for r in rs]),
@@ -72,21 +33,20 @@ def _estimate_rows(est: Estimate, unit: Unit) -> list[tuple[str, list[str]]]:
         ("  in phase", [r.memory.peak_phase for r in rs]),
         ("overhead (CUDA, stated)", b(lambda r: r.memory.overhead_bytes)),
         ("total per GPU (peak)", b(lambda r: r.memory.total)),
-        ("peak uncertainty", [_band(r) for r in rs]),
+        ("peak uncertainty", [_band(bands.get(r.method)) for r in rs]),
     ]
     if est.setup.offload:
         rows.append(("CPU memory (offload)", b(lambda r: r.memory.cpu_bytes)))
     rows += [
-        ("checkpoint per task", b(lambda r: r.storage.checkpoint_bytes)),
-        (f"{n} tasks", b(lambda r: r.storage.tasks_bytes)),
-        (f"vs {n} full copies", b(lambda r: r.storage.full_copies_bytes)),
+        ("checkpoint per task", b(lambda r: r.checkpoint.checkpoint_bytes)),
+        (f"{n} tasks", b(lambda r: r.checkpoint.tasks_bytes)),
+        (f"vs {n} full copies", b(lambda r: r.checkpoint.full_copies_bytes)),
     ]
     return rows
 
 
-def _band(r: MethodEstimate) -> str:
-    u = r.uncertainty
-    return "-" if u is None else f"±{u.percent:.1f} % ({u.runs} runs)"
+def _band(u: Uncertainty | None) -> str:
+    return "-" if u is None else u.short()
 
 
 def assumptions(est: Estimate) -> dict[str, Any]:
@@ -122,8 +82,8 @@ def assumptions(est: Estimate) -> dict[str, Any]:
     return out
 
 
-def estimate_text(est: Estimate, unit: Unit) -> str:
-    rows = _estimate_rows(est, unit)
+def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None) -> str:
+    rows = _estimate_rows(est, unit, bands or {})
     out = [table(["", *[r.method for r in est.results]], [(k, *v) for k, v in rows])]
     out.append("")
     out.append("Assumptions")
@@ -140,8 +100,8 @@ def estimate_text(est: Estimate, unit: Unit) -> str:
     return "\n".join(out)
 
 
-def estimate_dict(est: Estimate) -> dict[str, Any]:
-    """The JSON contract (issue 2): integers for bytes and parameter counts."""
+def estimate_dict(est: Estimate, bands: Bands | None = None) -> dict[str, Any]:
+    """The JSON contract: integers for bytes and parameter counts."""
     a, s = est.spec.arch, est.setup
     return {
         "model": {"name": est.spec.name, "family": a.family, "total_params": est.spec.total_params,
@@ -151,12 +111,12 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
                   "seq_len": s.seq_len, "gradient_checkpointing": s.gradient_checkpointing,
                   "attention": s.attention, "num_gpus": s.num_gpus, "zero_stage": s.zero_stage,
                   "offload": s.offload, "adamw_impl": s.adamw_impl},
-        "results": [_method_dict(r) for r in est.results],
+        "results": [_method_dict(r, (bands or {}).get(r.method)) for r in est.results],
         "assumptions": assumptions(est),
     }
 
 
-def _method_dict(r: MethodEstimate) -> dict[str, Any]:
+def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
     m = r.memory
     return {
         "method": r.method,
@@ -171,17 +131,17 @@ def _method_dict(r: MethodEstimate) -> dict[str, Any]:
                          "backward_peak": m.backward_peak_bytes, "optimizer_peak": m.optimizer_peak_bytes},
         "peak_phase": m.peak_phase,
         "overhead_lines": [{"name": l.name, "bytes": l.bytes, "source": l.source} for l in m.overhead],
-        "uncertainty": r.uncertainty.to_dict() if r.uncertainty else None,
+        "uncertainty": band.to_dict() if band else None,
         "cpu_bytes": m.cpu_bytes,
-        "checkpoint_bytes": r.storage.checkpoint_bytes,
-        "tasks_bytes": r.storage.tasks_bytes,
-        "full_copies_bytes": r.storage.full_copies_bytes,
+        "checkpoint_bytes": r.checkpoint.checkpoint_bytes,
+        "tasks_bytes": r.checkpoint.tasks_bytes,
+        "full_copies_bytes": r.checkpoint.full_copies_bytes,
         "notes": list(r.notes),
     }
 
 
-def estimate_json(est: Estimate) -> str:
-    return json.dumps(estimate_dict(est), indent=2)
+def estimate_json(est: Estimate, bands: Bands | None = None) -> str:
+    return json.dumps(estimate_dict(est, bands), indent=2)
 
 
 def estimate_csv(est: Estimate) -> str:
@@ -191,5 +151,5 @@ def estimate_csv(est: Estimate) -> str:
     rows = [[r.method, r.params.trainable, f"{r.params.percent:.6g}", r.params.total, r.memory.weight_bytes,
              r.memory.gradient_bytes, r.memory.optimizer_state_bytes, r.memory.master_weight_bytes,
              r.memory.activation_bytes, r.memory.temporary_bytes, r.memory.overhead_bytes, r.memory.total,
-             r.memory.cpu_bytes, r.storage.checkpoint_bytes] for r in est.results]
+             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes] for r in est.results]
     return to_csv(header, rows)

@@ -21,7 +21,7 @@ PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
-class Storage:
+class CheckpointSize:
     checkpoint_bytes: int  # one task's saved file
     full_copy_bytes: int  # one complete copy of the model in its saved dtype
     num_tasks: int
@@ -64,5 +64,5 @@ def checkpoint_bytes(adaptation: Adaptation, precision: Precision) -> int:
     return 8 + _header_bytes(entries) + data
 
 
-def storage(adaptation: Adaptation, full_model: Adaptation, precision: Precision, num_tasks: int) -> Storage:
-    return Storage(checkpoint_bytes(adaptation, precision), checkpoint_bytes(full_model, precision), num_tasks)
+def checkpoint_size(adaptation: Adaptation, full_model: Adaptation, precision: Precision, num_tasks: int) -> CheckpointSize:
+    return CheckpointSize(checkpoint_bytes(adaptation, precision), checkpoint_bytes(full_model, precision), num_tasks)

@@ -1,4 +1,5 @@
-"""The result of a traced or measured step, as frozen dataclasses; `to_dict()` is the JSON contract of issue 3.
+"""The result of a traced or measured step, as frozen dataclasses; `to_dict()` is the JSON contract of the
+measured backend and `from_dict()` reads it back (committed results are these dicts, one per line).
 
 `MeasureResult.to_dict()` has exactly the contract's keys and nesting:
 
@@ -28,8 +29,10 @@ Values of `status`: "ok", "oom" (out of memory, a result), "unsupported" (a know
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping
+
+from peftcalc.setup import Setup
 
 Status = Literal["ok", "oom", "unsupported", "error"]
 BYTE_KEYS = ("weights", "gradients", "optimizer_states", "activations", "peak")
@@ -45,6 +48,13 @@ class Bytes:
 
     def to_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in BYTE_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Bytes | None":
+        """None for a record that measured nothing (or an older one that lacks a key)."""
+        if not d or any(d.get(k) is None for k in BYTE_KEYS):
+            return None
+        return cls(**{k: int(d[k]) for k in BYTE_KEYS})
 
     @classmethod
     def max_of(cls, items: list["Bytes"]) -> "Bytes":
@@ -63,6 +73,13 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "ModelInfo | None":
+        if not d:
+            return None
+        return cls(str(d.get("name")), str(d.get("family")), str(d.get("kind")), int(d.get("total_params") or 0),
+                   str(d.get("source") or ""))
+
 
 @dataclass(frozen=True)
 class Environment:
@@ -74,6 +91,12 @@ class Environment:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Environment":
+        d = d or {}
+        return cls(str(d.get("torch")), str(d.get("transformers")), str(d.get("peft")), str(d.get("device_name")),
+                   d.get("git_commit"))
 
     def key(self) -> tuple[str, str, str, str]:
         """What makes two results comparable: library versions and device, not the commit."""
@@ -90,6 +113,13 @@ class RankResult:
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "measured_bytes": self.measured.to_dict()}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], master_weight_bytes: int = 0) -> "RankResult":
+        measured = Bytes.from_dict(d.get("measured_bytes"))
+        if measured is None:
+            raise ValueError(f"rank {d.get('rank')} has no measured bytes")
+        return cls(int(d["rank"]), measured, master_weight_bytes)
+
 
 @dataclass(frozen=True)
 class CudaNumbers:
@@ -103,6 +133,10 @@ class CudaNumbers:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "CudaNumbers | None":
+        return cls(**{f.name: int(d[f.name]) for f in fields(cls)}) if d else None
 
 
 @dataclass(frozen=True)
@@ -120,15 +154,26 @@ class Detail:
     notes: tuple[str, ...] = ()
     error: str | None = None
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Detail":
+        d = d or {}
+        return cls(master_weight_bytes=d.get("master_weight_bytes"), saved_tensor_bytes=d.get("saved_tensor_bytes"),
+                   baseline_bytes=d.get("baseline_bytes"), phase_peaks=dict(d.get("phase_peaks") or {}),
+                   predicted_overhead_bytes=d.get("predicted_overhead_bytes"),
+                   predicted_checkpoint_bytes=d.get("predicted_checkpoint_bytes"),
+                   cuda=CudaNumbers.from_dict(d.get("cuda")), wall_seconds=d.get("wall_seconds"),
+                   total_params_built=d.get("total_params_built"), method_options=dict(d.get("method_options") or {}),
+                   notes=tuple(d.get("notes") or ()), error=d.get("error"))
+
 
 @dataclass(frozen=True)
 class MeasureResult:
     backend: str  # "trace" or "run"
     device: str  # "cpu (fake tensors)", "cpu", "cuda"
     status: Status
-    model: ModelInfo
-    setup: dict[str, Any]
-    method: str
+    model: ModelInfo | None  # None: a run that failed before its model was built
+    setup: Setup | None
+    method: str | None
     trainable_params: int | None
     measured: Bytes | None
     peak_phase: str | None
@@ -160,8 +205,8 @@ class MeasureResult:
             "backend": self.backend,
             "device": self.device,
             "status": self.status,
-            "model": self.model.to_dict(),
-            "setup": dict(self.setup),
+            "model": self.model.to_dict() if self.model else None,
+            "setup": asdict(self.setup) if self.setup else None,
             "method": self.method,
             "trainable_params": self.trainable_params,
             "measured_bytes": self.measured.to_dict() if self.measured else None,
@@ -190,3 +235,26 @@ class MeasureResult:
                 "error": d.error,
             },
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MeasureResult":
+        """A result as `to_dict()` wrote it; fields a failed run never had are None."""
+        detail = Detail.from_dict(d.get("detail"))
+        masters = (d.get("detail") or {}).get("per_rank_master_weight_bytes") or []
+        per_rank = tuple(RankResult.from_dict(r, masters[i] if i < len(masters) else 0)
+                         for i, r in enumerate(d.get("per_rank") or ()))
+        return cls(backend=str(d.get("backend")), device=str(d.get("device")), status=d.get("status", "error"),
+                   model=ModelInfo.from_dict(d.get("model")), setup=setup_from_dict(d.get("setup")),
+                   method=d.get("method"), trainable_params=d.get("trainable_params"),
+                   measured=Bytes.from_dict(d.get("measured_bytes")), peak_phase=d.get("peak_phase"),
+                   predicted=Bytes.from_dict(d.get("predicted_bytes")), checkpoint_bytes=d.get("checkpoint_bytes"),
+                   step_seconds=d.get("step_seconds"), tokens_per_second=d.get("tokens_per_second"),
+                   per_rank=per_rank, environment=Environment.from_dict(d.get("environment")), detail=detail)
+
+
+SETUP_FIELDS = frozenset(f.name for f in fields(Setup))
+
+
+def setup_from_dict(d: Mapping[str, Any] | None) -> Setup | None:
+    """A recorded setup; keys this version does not know are ignored, missing ones take today's defaults."""
+    return Setup(**{k: v for k, v in d.items() if k in SETUP_FIELDS}) if d else None

@@ -1,0 +1,112 @@
+"""What a measured run was asked to do: the model, the method and its options, the setup, the backend.
+
+A bench suite's run is written as flat keys (`model`, `method`, `precision`, `batch`, `seq`, `rank` ...,
+see `RUN_KEYS`); a result line keeps them under "run". `RunRequest` is the typed form both sides use:
+the suite builds it to execute a run, the validation and the reports rebuild it to predict the run again.
+
+    >>> r = RunRequest.from_keys({"model": "gpt2", "method": "lora", "seq": 128})
+    >>> r.setup.seq_len, r.options.rank, r.label
+    (128, 8, 'gpt2 lora bf16 b1xs128 foreach')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from peftcalc.errors import PeftcalcError
+from peftcalc.methods import MethodOptions
+from peftcalc.methods.targets import parse_targets
+from peftcalc.setup import Setup
+
+# A suite's defaults for every key but the model and the method.
+DEFAULTS: dict[str, Any] = {
+    "backend": "trace", "precision": "bf16", "batch": 1, "seq": 512, "gradient_checkpointing": False,
+    "attention": "sdpa", "adamw_impl": "foreach", "nproc": 1, "zero": 0, "rank": 8, "targets": None,
+    "virtual_tokens": 20, "bottleneck": 64, "adapter_variant": "houlsby", "prefix_projection": False,
+    "quant_bits": 4, "save_checkpoint": True, "timed_steps": 2,
+}
+RUN_KEYS = ("model", "config", "method", *DEFAULTS)
+NOT_IN_KEY = ("save_checkpoint", "timed_steps")  # how a run is executed, not what it measures
+BACKENDS = ("trace", "run")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run: exactly one of `model` (a catalogue name) or `config` (a config.json path)."""
+
+    method: str
+    options: MethodOptions
+    setup: Setup
+    model: str | None = None
+    config: str | None = None
+    backend: str = "trace"
+    nproc: int = 1
+    save_checkpoint: bool = True
+    timed_steps: int = 2
+
+    @classmethod
+    def from_keys(cls, keys: Mapping[str, Any]) -> "RunRequest":
+        """From a suite's run keys (missing ones take the suite defaults)."""
+        unknown = sorted(set(keys) - set(RUN_KEYS))
+        if unknown:
+            raise PeftcalcError(f"unknown run key(s) {', '.join(unknown)}; known: {', '.join(RUN_KEYS)}")
+        p = {**DEFAULTS, **keys}
+        if not p.get("method"):
+            raise PeftcalcError("a run needs a method")
+        targets = p["targets"]
+        options = MethodOptions(rank=int(p["rank"]),
+                                targets=tuple(targets) if isinstance(targets, list) else parse_targets(targets),
+                                virtual_tokens=int(p["virtual_tokens"]), bottleneck=int(p["bottleneck"]),
+                                adapter_variant=str(p["adapter_variant"]),
+                                prefix_projection=bool(p["prefix_projection"]), quant_bits=int(p["quant_bits"]))
+        nproc = int(p["nproc"] or 1)
+        setup = Setup(precision=p["precision"], batch_size=int(p["batch"]), seq_len=int(p["seq"]),
+                      gradient_checkpointing=bool(p["gradient_checkpointing"]), attention=p["attention"],
+                      adamw_impl=p["adamw_impl"], zero_stage=int(p["zero"]), num_gpus=nproc)
+        return cls(str(p["method"]), options, setup, p.get("model"), p.get("config"), str(p["backend"]), nproc,
+                   bool(p["save_checkpoint"]), int(p["timed_steps"]))
+
+    def keys(self) -> dict[str, Any]:
+        """The suite's run keys (what a result line keeps under "run"), sorted."""
+        o, s = self.options, self.setup
+        out: dict[str, Any] = {
+            "backend": self.backend, "method": self.method, "precision": s.precision, "batch": s.batch_size,
+            "seq": s.seq_len, "gradient_checkpointing": s.gradient_checkpointing, "attention": s.attention,
+            "adamw_impl": s.adamw_impl, "nproc": self.nproc, "zero": s.zero_stage, "rank": o.rank,
+            "targets": ",".join(o.targets) if o.targets else None, "virtual_tokens": o.virtual_tokens,
+            "bottleneck": o.bottleneck, "adapter_variant": o.adapter_variant,
+            "prefix_projection": o.prefix_projection, "quant_bits": o.quant_bits,
+            "save_checkpoint": self.save_checkpoint, "timed_steps": self.timed_steps,
+        }
+        out["model" if self.model is not None else "config"] = self.model if self.model is not None else self.config
+        return dict(sorted(out.items()))
+
+    @property
+    def key(self) -> str:
+        """What identifies the run across resumes: every key but how it is executed."""
+        return json.dumps({k: v for k, v in self.keys().items() if k not in NOT_IN_KEY}, sort_keys=True,
+                          separators=(",", ":"))
+
+    @property
+    def model_label(self) -> str:
+        return self.model if self.model is not None else (Path(str(self.config)).parent.name or str(self.config))
+
+    @property
+    def label(self) -> str:
+        """`gpt2 lora bf16 b1xs128 ckpt foreach`: what a table row or a progress line calls the run."""
+        s = self.setup
+        bits = [self.model_label, self.method, s.precision, f"b{s.batch_size}xs{s.seq_len}"]
+        if s.gradient_checkpointing:
+            bits.append("ckpt")
+        if s.attention != "sdpa":
+            bits.append(s.attention)
+        bits.append(s.adamw_impl)
+        if self.nproc > 1:
+            bits.append(f"nproc{self.nproc} zero{s.zero_stage}")
+        return " ".join(bits)
+
+    def with_setup(self, **changes: Any) -> "RunRequest":
+        return replace(self, setup=replace(self.setup, **changes))
