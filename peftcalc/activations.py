@@ -29,7 +29,7 @@ from functools import lru_cache
 from peftcalc.methods.base import Adaptation
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
-from peftcalc.stepsim.model import DTYPES, StepConfig
+from peftcalc.stepsim.model import StepConfig
 from peftcalc.stepsim.poly import Poly
 from peftcalc.stepsim.replay import SimResult, simulate
 
@@ -56,8 +56,8 @@ def step_config(setup: Setup, family: str | None = None) -> StepConfig:
     """What of the setup changes the replayed step (batch and sequence stay symbols)."""
     p = get_precision(setup.precision)
     batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
-    return StepConfig(DTYPES[p.param_dtype], DTYPES[p.compute_dtype], setup.attention, setup.gradient_checkpointing,
-                      DTYPES[p.adapter_dtype], batch1)
+    return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
+                      batch1)
 
 
 def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:

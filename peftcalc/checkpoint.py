@@ -55,8 +55,7 @@ def checkpoint_bytes(adaptation: Adaptation, precision: Precision) -> int:
         nbytes = tensor_bytes(g, precision)
         shape = g.shape or (g.numel,)
         # peft prefixes module paths; our bottleneck adapters and full models save plain module names
-        peft_names = not adaptation.save_full_model and adaptation.method != "adapter"
-        prefix = PEFT_PREFIX if peft_names and not g.name.startswith("prompt") else ""
+        prefix = PEFT_PREFIX if adaptation.saved_by_peft and not g.name.startswith("prompt") else ""
         suffix = "" if g.name.endswith(("weight", "bias", "embeddings", "ia3_l", "vector")) else ".weight"
         for i in range(g.count):
             entries.append((prefix + g.name.replace("{i}", str(i)) + suffix, dtype, shape, nbytes))

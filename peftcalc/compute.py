@@ -131,7 +131,7 @@ def training_flops_per_seq(adaptation: Adaptation, seq_len: int, gradient_checkp
     spec = adaptation.spec
     positions = seq_len + adaptation.extra_tokens
     keys = positions + adaptation.prefix_tokens
-    full = adaptation.method == "full"
+    full = adaptation.trains_base
     trainable = adaptation.params.trainable
     if full:
         per_position = full_training_flops_per_position(spec, keys)

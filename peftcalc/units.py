@@ -16,11 +16,15 @@ DTYPE_BYTES: dict[str, int] = {
     "bf16": 2,
     "fp16": 2,
     "int8": 1,
+    "uint8": 1,
+    "int32": 4,
+    "int64": 8,
+    "bool": 1,
 }
 
 
 def dtype_bytes(dtype: str) -> int:
-    """Bytes per element of `dtype` (fp32, bf16, fp16, int8)."""
+    """Bytes per element of `dtype` (fp32, bf16, fp16, int8, uint8, int32, int64, bool)."""
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:

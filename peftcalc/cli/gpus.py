@@ -38,11 +38,11 @@ def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool
     unit = Unit(units)
     gpus = sorted(catalogue_with(gpu_files).values(), key=lambda g: g.id)
     if as_json:
-        click.echo(json.dumps([{**asdict(g), "default_mfu": default_mfu(g, "full").value} for g in gpus], indent=2))
+        click.echo(json.dumps([{**asdict(g), "default_mfu": default_mfu(g).value} for g in gpus], indent=2))
         return
     if as_csv:
         header = [*asdict(gpus[0]).keys(), "default_mfu"]
-        click.echo(to_csv(header, [[*asdict(g).values(), default_mfu(g, "full").value] for g in gpus]), nl=False)
+        click.echo(to_csv(header, [[*asdict(g).values(), default_mfu(g).value] for g in gpus]), nl=False)
         return
 
     def tflops(v: int | None) -> str:
@@ -57,7 +57,7 @@ def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool
         buy = "-" if g.purchase_usd is None else dated(f"${g.purchase_usd:,}", g.purchase_date)
         rows.append([g.id, g.name, fmt_bytes(g.memory_bytes, unit), fmt_bytes(g.usable_memory_bytes, unit),
                      tflops(g.bf16_flops_per_s), tflops(g.fp16_flops_per_s), tflops(g.fp32_flops_per_s),
-                     f"{g.memory_bandwidth_bytes_per_s / GB:,.0f} GB/s", f"{default_mfu(g, 'full').value:.0%}", rent, buy])
+                     f"{g.memory_bandwidth_bytes_per_s / GB:,.0f} GB/s", f"{default_mfu(g).value:.0%}", rent, buy])
     out = [table(["id", "name", "memory", "usable", "bf16 TF", "fp16 TF", "fp32 TF", "bandwidth", "MFU*", "rent",
                   "buy"], rows, align_left=2)]
     out += ["", "TF = dense TFLOPS (no sparsity), tensor cores where the GPU has them; '-' = not available.",

@@ -52,29 +52,29 @@ UNKNOWN_FAMILY_MFU = 0.30
 # count that as FLOPs): Raschka 2023 ("Practical Tips for Finetuning LLMs Using LoRA", lightning.ai / Ahead of
 # AI) reports 4-bit QLoRA saving ~33 % memory at ~39 % more training time than 16-bit LoRA on an A100:
 # factor 1/1.39. A single report, so an assumption; dequantization cost shrinks with larger batches.
-METHOD_FACTOR: dict[str, tuple[float, str]] = {
-    "qlora": (round(1 / 1.39, 3), "QLoRA: x0.72 for dequantizing the 4-bit base (QLoRA runs ~39 % longer than "
-                                  "LoRA, Raschka 2023, 'Practical Tips for Finetuning LLMs Using LoRA')"),
-}
+QUANTIZED_BASE_FACTOR = (round(1 / 1.39, 3), "quantized base (QLoRA): x0.72 for dequantizing the 4-bit base "
+                                              "(QLoRA runs ~39 % longer than LoRA, Raschka 2023, 'Practical Tips "
+                                              "for Finetuning LLMs Using LoRA')")
 
 
-def default_mfu(gpu: Gpu, method: str) -> Mfu:
-    """The assumed MFU of `method` on `gpu`: the GPU's (or its family's) figure times the method's factor."""
+def default_mfu(gpu: Gpu, quantized_base: bool = False) -> Mfu:
+    """The assumed MFU on `gpu`: the GPU's (or its family's) figure, times the dequantization factor for a
+    quantized base."""
     if gpu.id in GPU_MFU:
         value, basis = GPU_MFU[gpu.id]
     elif gpu.family in FAMILY_MFU:
         value, basis = FAMILY_MFU[gpu.family]
     else:
         value, basis = UNKNOWN_FAMILY_MFU, f"no default for GPU family {gpu.family or '(none)'!r}; assumed 30 %"
-    if method in METHOD_FACTOR:
-        factor, why = METHOD_FACTOR[method]
+    if quantized_base:
+        factor, why = QUANTIZED_BASE_FACTOR
         value, basis = value * factor, f"{basis}; {why}"
     return Mfu(value, basis)
 
 
-def mfu_for(gpu: Gpu, method: str, override: float | None) -> Mfu:
+def mfu_for(gpu: Gpu, quantized_base: bool, override: float | None) -> Mfu:
     """--mfu replaces every default (GPU and method alike)."""
     if override is not None:
         check_mfu(override)
         return Mfu(override, "given with --mfu")
-    return default_mfu(gpu, method)
+    return default_mfu(gpu, quantized_base)

@@ -427,7 +427,7 @@ def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, run: Set
     """Time, rent and purchase of running `run` on `run.num_gpus` GPUs of type `gpu`."""
     flops = flops_of(ev, method, run)
     total = run_flops(flops, request.tokens, request.epochs)
-    mfu = mfu_for(gpu, method, request.mfu)
+    mfu = mfu_for(gpu, ev.adaptation(method).quantized_base, request.mfu)
     dtype = get_precision(run.precision).compute_dtype
     peak = gpu.flops_per_s(dtype)
     purchase = purchase_usd(run.num_gpus, gpu.purchase_usd) if gpu.purchase_usd is not None else None

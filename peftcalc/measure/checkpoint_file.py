@@ -54,35 +54,36 @@ def _dedup(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def saved_state_dict(model: nn.Module, method_name: str) -> dict[str, torch.Tensor]:
-    """The tensors one task's checkpoint holds, under the names the writer uses."""
+def saved_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors one task's checkpoint holds, under the names the writer uses: peft's adapter state; else,
+    with frozen weights (our bottleneck adapters), the trainable ones; else (full fine-tuning) the model."""
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict
 
         return dict(get_peft_model_state_dict(model))
-    if method_name == "adapter":
+    if not all(p.requires_grad for p in model.parameters()):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
     return _dedup(model.state_dict())
 
 
-def state_dict_file_bytes(model: nn.Module, method_name: str) -> int:
+def state_dict_file_bytes(model: nn.Module) -> int:
     """The safetensors bytes one task's checkpoint would take (works on fake tensors). For full fine-tuning
     this is one unsharded file: transformers shards at 50 GB, adding a header per shard (a few KB)."""
-    state = saved_state_dict(model, method_name)
+    state = saved_state_dict(model)
     entries = [(k, v.dtype, tuple(v.shape), v.numel() * v.element_size()) for k, v in state.items()]
     return safetensors_file_bytes(entries)
 
 
-def save_checkpoint(model: nn.Module, method_name: str, directory: str | Path | None = None) -> int:
+def save_checkpoint(model: nn.Module, directory: str | Path | None = None) -> int:
     """Write the checkpoint of one task with safetensors; returns the bytes of the *.safetensors files."""
     with tempfile.TemporaryDirectory(prefix="peftcalc-ckpt-") as tmp:
         out = Path(directory) if directory is not None else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        if hasattr(model, "peft_config") or method_name != "adapter":
+        if hasattr(model, "peft_config") or all(p.requires_grad for p in model.parameters()):
             model.save_pretrained(str(out), safe_serialization=True)
         else:
             from safetensors.torch import save_file
 
-            state = {k: v.detach().contiguous() for k, v in saved_state_dict(model, method_name).items()}
+            state = {k: v.detach().contiguous() for k, v in saved_state_dict(model).items()}
             save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
         return sum(f.stat().st_size for f in out.rglob("*.safetensors"))

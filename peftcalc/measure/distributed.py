@@ -123,7 +123,7 @@ def wrapper_name(zero_stage: int) -> str:
 # ---- the worker (one rank) ---------------------------------------------------------------------------------
 
 def _blocks(model: Any, spec: ModelSpec) -> list[Any]:
-    from peftcalc.measure.step import base_model
+    from peftcalc.measure.adapted import base_model
 
     base = base_model(model)
     return [base.get_submodule(prefix.replace("{i}", str(i)))
@@ -153,7 +153,8 @@ def _worker(request_path: str, out_dir: str) -> int:
 
     from peftcalc.measure.meter import LiveMeter
     from peftcalc.measure.run import _sync, _timed_steps, is_oom
-    from peftcalc.measure.step import build_adapted, measured_step, prepare_training
+    from peftcalc.measure.adapted import build_adapted
+    from peftcalc.measure.step import measured_step, prepare_training
     from peftcalc.measure.trace import model_facts
 
     req = pickle.loads(Path(request_path).read_bytes())

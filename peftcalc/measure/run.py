@@ -22,7 +22,8 @@ import torch
 
 from peftcalc.measure.meter import LiveMeter
 from peftcalc.results.record import CudaNumbers
-from peftcalc.measure.step import StepNumbers, build_adapted, measured_step, prepare_training
+from peftcalc.measure.adapted import build_adapted
+from peftcalc.measure.step import StepNumbers, measured_step, prepare_training
 from peftcalc.measure.trace import model_facts
 from peftcalc.methods.base import Adaptation, Method
 from peftcalc.model.spec import ModelSpec
@@ -103,7 +104,7 @@ def run_step(spec: ModelSpec, method: Method, setup: Setup, device: str | None =
         if save:
             from peftcalc.measure.checkpoint_file import save_checkpoint
 
-            checkpoint = save_checkpoint(prep.model, method.name)
+            checkpoint = save_checkpoint(prep.model)
         info["notes"] = prep.notes
         info["wall_seconds"] = time.perf_counter() - t0
         return RunOutcome(numbers, adaptation, info, None, step_seconds, cuda_numbers, checkpoint)

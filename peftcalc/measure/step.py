@@ -1,8 +1,6 @@
 """One training step of the real model, prepared for a spec, a method and a setup, and measured by phase.
 
-`build_adapted` makes the transformers model of the spec (on any device, `meta` included), in the precision
-recipe's storage dtype, and applies the method: peft (via `peft_config`) for LoRA/DoRA/QLoRA/IA3 and the
-prompt methods, our bottleneck adapters, or nothing (full fine-tuning). `prepare_training` adds what a
+`adapted.build_adapted` makes the model with the method applied (see there). `prepare_training` adds what a
 trainer adds: gradient checkpointing, the optimizer with an explicit AdamW implementation (and, for the
 mixed-precision recipes, the fp32 master weights), the autocast context, and one batch of inputs.
 `measured_step` runs a warm-up step (AdamW creates its states there), then the measured step — forward,
@@ -33,174 +31,18 @@ import contextlib
 import gc
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.measure.hf_model import build_model
+from peftcalc.measure.adapted import DTYPES, base_model, model_has_prefix
 from peftcalc.measure.meter import LiveMeter, SavedTensorsAccount, storage_keys, unique_storage_bytes
-from peftcalc.methods.adapter import BottleneckAdapter
-from peftcalc.methods.base import Adaptation, Method
-from peftcalc.methods.full import Full
+from peftcalc.measure.optimizer import FP16_LOSS_SCALE, MasterWeightOptimizer, make_adamw
 from peftcalc.model.spec import ModelSpec
 from peftcalc.precision import Precision, get_precision
 from peftcalc.setup import Setup
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FP16_LOSS_SCALE = 2.0**16
-ADAMW_KWARGS: dict[str, dict[str, bool]] = {
-    "forloop": {"foreach": False},
-    "foreach": {"foreach": True},
-    "fused": {"fused": True},
-}
-
-
-# ---- the model --------------------------------------------------------------------------------------------
-
-def _expand(template: str, count: int) -> list[str]:
-    return [template.replace("{i}", str(i)) for i in range(count)] if "{i}" in template else [template]
-
-
-def quantized_modules(adaptation: Adaptation) -> tuple[str, set[str]]:
-    """The weight format and the module names of the base weights a QLoRA adaptation quantizes."""
-    formats = {g.format for g in adaptation.tensors if g.format != "dense"}
-    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.format != "dense"
-             for n in _expand(g.name, g.count)}
-    return (formats.pop() if formats else "dense"), names
-
-
-def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | torch.device = "meta"
-                  ) -> tuple[nn.Module, Adaptation, list[str]]:
-    """The transformers model of `spec` on `device`, in the recipe's storage dtype, with `method` applied."""
-    precision = get_precision(setup.precision)
-    adaptation = method.adapt(spec)
-    notes: list[str] = []
-    if spec.arch.num_experts and precision.param_dtype != "bf16":
-        raise PeftcalcError(f"{spec.name} is a mixture of experts: transformers 5 runs its experts with grouped_mm, "
-                            "which takes bf16 weights only; use --precision bf16 or bf16-mixed")
-    overrides: dict[str, Any] = {"use_cache": False, "dtype": DTYPES[precision.param_dtype],
-                                 "_attn_implementation": setup.attention}
-    try:
-        model = build_model(spec, str(device), **overrides)
-    except (ValueError, ImportError) as e:
-        if setup.attention != "eager" and "attn_implementation" in str(e):
-            raise PeftcalcError(f"{spec.family} has no {setup.attention} attention in this transformers version; "
-                                "use --attention eager") from None
-        raise
-    if spec.is_inferred:
-        notes.append("the measured model is the inferred shape; the unattributed remainder of --params is not built")
-    if spec.arch.num_experts:
-        notes.append("MoE experts run transformers' grouped_mm implementation: every (token, expert) pair of the "
-                     "top-k routing goes through one grouped GEMM, so memory does not depend on how tokens are routed")
-    fmt, qnames = quantized_modules(adaptation)
-    if fmt != "dense":
-        from peftcalc.measure.qlinear import quantize_linears
-
-        quantize_linears(model, qnames, fmt, DTYPES[precision.compute_dtype])
-        notes.append(f"QLoRA base emulated without bitsandbytes: each {fmt} weight is a packed "
-                     f"{'uint8' if fmt == 'nf4' else 'int8'} tensor with bitsandbytes' constants, dequantized "
-                     "per layer in forward and backward (see peftcalc/measure/qlinear.py)")
-        if spec.arch.num_experts:
-            notes.append("fused MoE expert tensors stay unquantized (not nn.Linear)")
-    model = apply_method(model, spec, method)
-    return model, adaptation, notes
-
-
-def apply_method(model: nn.Module, spec: ModelSpec, method: Method) -> nn.Module:
-    if isinstance(method, Full):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if isinstance(method, BottleneckAdapter):
-        from peftcalc.measure.adapters import inject_adapters
-
-        inject_adapters(model, spec, method)
-        return model
-    from peft import get_peft_model
-
-    from peftcalc.measure.peft_config import peft_config
-
-    cfg = peft_config(method, spec)
-    if cfg is None:
-        raise PeftcalcError(f"method {method.name!r} has no measured implementation")
-    return get_peft_model(model, cfg)
-
-
-def model_has_prefix(model: nn.Module) -> bool:
-    cfg = getattr(model, "peft_config", None)
-    return isinstance(cfg, dict) and any(getattr(c, "peft_type", None) is not None and c.peft_type.value == "PREFIX_TUNING"
-                                         for c in cfg.values())
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
-
-
-# ---- the optimizer ----------------------------------------------------------------------------------------
-
-def make_adamw(params: Iterable[torch.Tensor], impl: str) -> torch.optim.Optimizer:
-    try:
-        kwargs = ADAMW_KWARGS[impl]
-    except KeyError:
-        raise PeftcalcError(f"--adamw-impl must be forloop, foreach or fused, got {impl!r}") from None
-    return torch.optim.AdamW(list(params), lr=1e-5, **kwargs)
-
-
-class MasterWeightOptimizer:
-    """Mixed precision with fp32 master weights around a torch optimizer (see the module docstring).
-
-    Holds `pairs` of (low-precision trainable parameter, its fp32 master copy); the wrapped optimizer steps
-    the master copies and the fp32 parameters that need none.
-    """
-
-    def __init__(self, params: list[nn.Parameter], make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-                 loss_scale: float = 1.0) -> None:
-        self.params = params
-        self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
-        stepped: list[torch.Tensor] = []
-        with torch.no_grad():
-            for p in params:
-                if p.dtype == torch.float32:
-                    stepped.append(p)
-                else:
-                    m = p.detach().to(torch.float32, copy=True)
-                    self.pairs.append((p, m))
-                    stepped.append(m)
-        self.loss_scale = loss_scale
-        self.optimizer = make(stepped)
-
-    @property
-    def master_weights(self) -> list[torch.Tensor]:
-        return [m for _, m in self.pairs]
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for p, m in self.pairs:
-            if p.grad is not None:
-                m.grad = p.grad.to(torch.float32)
-                p.grad = None
-                if self.loss_scale != 1.0:
-                    m.grad.mul_(1.0 / self.loss_scale)
-        if self.loss_scale != 1.0:
-            for p in self.params:
-                if p.dtype == torch.float32 and p.grad is not None:
-                    p.grad.mul_(1.0 / self.loss_scale)
-        self.optimizer.step()
-        for p, m in self.pairs:
-            m.grad = None
-            p.copy_(m)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 # ---- the prepared step ------------------------------------------------------------------------------------
@@ -357,49 +199,22 @@ def measured_step(prep: Prepared, meter: LiveMeter, sync: Callable[[], None] | N
     gradients, which creates the same AdamW states at a fraction of the cost (the tracer uses it; the tests
     check that both leave the measured step identical). `sync` waits for the device (CUDA);
     `before_measured` runs between the warm-up and the measured step (reset CUDA peak statistics)."""
-    model, opt = prep.model, prep.optimizer
-    weights = _param_and_buffer_tensors(model)
+    weights = _param_and_buffer_tensors(prep.model)
     meter.track_all(weights)
-    meter.track_all(stray_tensors(model))
+    meter.track_all(stray_tensors(prep.model))
     meter.track_all(prep.master_weights)
     meter.track_all(prep.inputs.values())
     param_keys = storage_keys(weights) | storage_keys(prep.master_weights)
     sync = sync or (lambda: None)
     with meter:
-        if warmup == "step":
-            loss = prep.forward_loss()
-            loss.backward()
-            del loss
-        elif warmup == "optimizer":
-            with torch.no_grad():
-                for p in prep.trainable:
-                    p.grad = torch.zeros_like(p)
-        else:
-            raise ValueError(f"unknown warm-up {warmup!r}")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        gc.collect()
+        _warm_up(prep, warmup)
         sync()
         if before_measured is not None:
             before_measured()
-
         meter.reset_peak()
         baseline = meter.current
         t0 = time.perf_counter()
-        meter.phase("forward")
-        with SavedTensorsAccount(exclude=param_keys) as saved:
-            loss = prep.forward_loss()
-        after_forward = meter.current
-        note_attention_kernel(prep, meter)
-        meter.phase("backward")
-        loss.backward()
-        del loss
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        gradient_bytes = unique_storage_bytes(grads)
-        del grads
-        meter.phase("optimizer")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        after_forward, saved_bytes, gradient_bytes = _phases(prep, meter, param_keys)
         sync()
         step_seconds = time.perf_counter() - t0
         meter.phase(None)
@@ -408,12 +223,50 @@ def measured_step(prep: Prepared, meter: LiveMeter, sync: Callable[[], None] | N
         weight_bytes=unique_storage_bytes(weights),
         master_weight_bytes=unique_storage_bytes(prep.master_weights),
         gradient_bytes=gradient_bytes,
-        optimizer_state_bytes=unique_storage_bytes(optimizer_state_tensors(opt), exclude=master_keys | param_keys),
+        optimizer_state_bytes=unique_storage_bytes(optimizer_state_tensors(prep.optimizer),
+                                                   exclude=master_keys | param_keys),
         activation_bytes=after_forward - baseline,
-        saved_tensor_bytes=saved.bytes,
+        saved_tensor_bytes=saved_bytes,
         baseline_bytes=baseline,
         peak_bytes=meter.phases.peak,
         peak_phase=meter.phases.peak_phase,
         phase_peaks=dict(meter.phases.peaks),
         step_seconds=step_seconds,
     )
+
+
+def _warm_up(prep: Prepared, warmup: str) -> None:
+    """One step before the measured one, so that AdamW's states exist (see measured_step)."""
+    if warmup == "step":
+        loss = prep.forward_loss()
+        loss.backward()
+        del loss
+    elif warmup == "optimizer":
+        with torch.no_grad():
+            for p in prep.trainable:
+                p.grad = torch.zeros_like(p)
+    else:
+        raise ValueError(f"unknown warm-up {warmup!r}")
+    prep.optimizer.step()
+    prep.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+
+
+def _phases(prep: Prepared, meter: LiveMeter, param_keys: set[int]) -> tuple[int, int, int]:
+    """The measured forward, backward and optimizer step: live bytes after forward, bytes autograd saved, and
+    gradient bytes after backward."""
+    meter.phase("forward")
+    with SavedTensorsAccount(exclude=param_keys) as saved:
+        loss = prep.forward_loss()
+    after_forward = meter.current
+    note_attention_kernel(prep, meter)
+    meter.phase("backward")
+    loss.backward()
+    del loss
+    grads = [p.grad for p in prep.model.parameters() if p.grad is not None]
+    gradient_bytes = unique_storage_bytes(grads)
+    del grads
+    meter.phase("optimizer")
+    prep.optimizer.step()
+    prep.optimizer.zero_grad(set_to_none=True)
+    return after_forward, saved.bytes, gradient_bytes

@@ -19,7 +19,8 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from peftcalc.measure.meter import LiveMeter
 from peftcalc.measure.checkpoint_file import state_dict_file_bytes
-from peftcalc.measure.step import StepNumbers, build_adapted, measured_step, prepare_training
+from peftcalc.measure.adapted import build_adapted
+from peftcalc.measure.step import StepNumbers, measured_step, prepare_training
 from peftcalc.methods.base import Adaptation, Method
 from peftcalc.model.spec import ModelSpec
 from peftcalc.setup import Setup
@@ -71,7 +72,7 @@ def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool =
         prep = prepare_training(model, spec, setup, "cpu", notes)
         numbers = measured_step(prep, LiveMeter(), warmup="optimizer")
         if checkpoint:
-            ckpt = state_dict_file_bytes(prep.model, method.name)
+            ckpt = state_dict_file_bytes(prep.model)
     info["notes"] = prep.notes
     info["wall_seconds"] = time.perf_counter() - t0
     return numbers, adaptation, info, ckpt

@@ -15,7 +15,7 @@ from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 
 __all__ = ["Adaptation", "Method", "ParamCount", "TensorGroup", "MethodOptions", "METHODS", "make_method",
-           "DEFAULT_TABLE"]
+           "DEFAULT_TABLE", "RANKED"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class MethodInfo:
     options: tuple[str, ...]
     checked_against: str  # the independent source its parameter counts are tested against
     build: Callable[[MethodOptions], Method]
+
+    @property
+    def ranked(self) -> bool:
+        """Its trainable parameters grow with the LoRA rank (--rank)."""
+        return any(o.startswith("--rank") for o in self.options)
 
 
 _INFOS = (
@@ -68,6 +73,8 @@ for _info in _INFOS:
     if _info.name in METHODS:
         raise RuntimeError(f"method {_info.name!r} registered twice")
     METHODS[_info.name] = _info
+
+RANKED = tuple(name for name, info in METHODS.items() if info.ranked)
 
 # The seed document's comparison, in its order, plus p-tuning.
 DEFAULT_TABLE = ("full", "lora", "qlora", "dora", "adapter", "prompt", "prefix", "ptuning", "ia3")

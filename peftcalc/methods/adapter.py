@@ -47,4 +47,4 @@ class BottleneckAdapter:
                     TensorGroup(name + ".up.bias", h, count, True, True),
                 ]
         return Adaptation("adapter", spec, base_tensors(spec, False) + tuple(added), saved=tuple(added),
-                          notes=(f"{self.variant} bottleneck adapters of width {b} (not in peft; paper formula)",))
+                          saved_by_peft=False, notes=(f"{self.variant} bottleneck adapters of width {b} (not in peft; paper formula)",))

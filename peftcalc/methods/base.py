@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 from peftcalc.model.spec import ModelSpec
 
 WeightFormat = Literal["dense", "nf4", "int8"]  # how a weight is stored: dense, or bitsandbytes-quantized
+PromptEncoder = Literal["embedding", "mlp"]  # where virtual tokens come from: a table, or an MLP over it
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class Adaptation:
     prefix_tokens: int = 0  # key/value positions added in every attention layer (prefix tuning)
     adapted: tuple[str, ...] = ()  # module name templates the method modified
     notes: tuple[str, ...] = ()  # assumptions worth printing
+    # What the method changes in the computation, for the replay, the FLOPs and the checkpoint writer:
+    trains_base: bool = False  # every base weight trains (full fine-tuning)
+    weight_decomposed: bool = False  # DoRA: a magnitude vector and the column norm of W + BA in every forward
+    prompt_encoder: PromptEncoder | None = None  # virtual tokens from an embedding (prompt) or an MLP (p-tuning)
+    saved_by_peft: bool = True  # checkpoint keys under peft's `base_model.model.` prefix (not: full, adapters)
 
     def __hash__(self) -> int:
         # Adaptations key the memory and checkpoint caches: hash the tensor list once.
@@ -66,6 +72,11 @@ class Adaptation:
             h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens))
             object.__setattr__(self, "_hash", h)
         return h
+
+    @property
+    def quantized_base(self) -> bool:
+        """Base weights stored quantized (QLoRA): their matmuls dequantize first."""
+        return any(t.format != "dense" for t in self.tensors)
 
     @cached_property
     def params(self) -> ParamCount:

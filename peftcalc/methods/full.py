@@ -16,4 +16,5 @@ class Full:
 
     def adapt(self, spec: ModelSpec) -> Adaptation:
         tensors = base_tensors(spec, trainable=True)
-        return Adaptation("full", spec, tensors, saved=tensors, save_full_model=True)
+        return Adaptation("full", spec, tensors, saved=tensors, save_full_model=True, trains_base=True,
+                          saved_by_peft=False)

@@ -61,8 +61,8 @@ class Lora:
                          "embeddings, norms and the output head stay in the compute dtype")
             if any(p.kind == "expert" for p in spec.others):
                 notes.append("fused MoE expert tensors are not nn.Linear in transformers 5 and stay unquantized")
-        return Adaptation(self.name, spec, tensors, saved=added,
-                          adapted=tuple(l.name for l in adapted), notes=tuple(notes))
+        return Adaptation(self.name, spec, tensors, saved=added, adapted=tuple(l.name for l in adapted),
+                          notes=tuple(notes), weight_decomposed=self.magnitude)
 
     def _adapter_tensors(self, lin: Linear) -> tuple[TensorGroup, ...]:
         r = self.rank

@@ -32,7 +32,7 @@ class PromptTuning:
         prompt = (TensorGroup("prompt_encoder.embedding.weight", n * d, 1, True, True, shape=(n, d)),)
         saved = (TensorGroup("prompt_embeddings", n * d, 1, True, True, shape=(n, d)),)
         return Adaptation("prompt", spec, base_tensors(spec, False) + prompt, saved=saved,
-                          extra_tokens=self.virtual_tokens)
+                          extra_tokens=self.virtual_tokens, prompt_encoder="embedding")
 
 
 @dataclass(frozen=True)
@@ -62,4 +62,4 @@ class PTuning:
         # peft saves the prompt the MLP produces, not the MLP.
         saved = (TensorGroup("prompt_embeddings", n * d, 1, True, True, shape=(n, d)),)
         return Adaptation("ptuning", spec, base_tensors(spec, False) + added, saved=saved,
-                          extra_tokens=self.virtual_tokens)
+                          extra_tokens=self.virtual_tokens, prompt_encoder="mlp")

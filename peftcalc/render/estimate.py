@@ -6,6 +6,7 @@ import json
 from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate, MethodEstimate
+from peftcalc.methods import RANKED
 from peftcalc.precision import get_precision
 from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent, table, to_csv
 from peftcalc.uncertainty import Uncertainty
@@ -89,7 +90,7 @@ def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None) -> str:
     out.append("Assumptions")
     out += [f"  {k}: {v}" for k, v in assumptions(est).items()]
     h, r = est.spec.arch.hidden_size, est.options.rank
-    if any(x.method in ("lora", "qlora", "dora") for x in est.results) and r <= h:
+    if any(x.method in RANKED for x in est.results) and r <= h:
         full, low = h * h, r * (h + h)
         out.append(f"  per matrix: a {h}x{h} matrix has {full:,} parameters; LoRA r={r} trains r(m+n) = {low:,}, "
                    f"{full / low:,.0f}x fewer")

@@ -6,6 +6,7 @@ from typing import Any
 
 from peftcalc.estimate import Estimate
 from peftcalc.hardware.mfu import mfu_for
+from peftcalc.methods import make_method
 from peftcalc.hardware.planner import (GPUS_PER_NODE, MAX_BATCH_SIZE, MAX_SEQ_LEN, STRATEGIES, Option, Plan,
                                        Verdict)
 from peftcalc.render.estimate import assumptions
@@ -38,12 +39,13 @@ def plan_assumptions(p: Plan) -> dict[str, str]:
     else:
         groups: dict[tuple[float, str], list[str]] = {}  # one line per assumption, not per GPU
         for gpu in r.gpus:
-            m = mfu_for(gpu, "full", None)
+            m = mfu_for(gpu, False, None)
             groups.setdefault((m.value, m.basis), []).append(gpu.id)
         lines = [f"{value:.0%} for {', '.join(ids)} ({basis})" for (value, basis), ids in groups.items()]
-        if "qlora" in r.methods:
-            q = mfu_for(r.gpus[0], "qlora", None)
-            lines.append(f"qlora x{q.value / mfu_for(r.gpus[0], 'full', None).value:.2f}")
+        quantized = [m for m in r.methods if make_method(m, r.options).adapt(r.spec).quantized_base]
+        if quantized:
+            q = mfu_for(r.gpus[0], True, None)
+            lines.append(f"{', '.join(quantized)} x{q.value / mfu_for(r.gpus[0], False, None).value:.2f}")
         out["MFU"] = ("ASSUMED defaults, override with --mfu; applied to the FLOPs above, recomputation included: "
                       + "; ".join(lines))
     out["time"] = ("FLOPs / (GPUs x dense peak FLOP/s of the compute dtype x MFU); perfect data-parallel scaling "

@@ -19,7 +19,7 @@ from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import Estimate, MethodEstimate, estimate
 from peftcalc.hardware.catalogue import Gpu
 from peftcalc.hardware.planner import Option, Plan
-from peftcalc.methods import METHODS, MethodOptions
+from peftcalc.methods import METHODS, RANKED, MethodOptions
 from peftcalc.model.spec import ModelSpec
 from peftcalc.precision import get_precision
 from peftcalc.results.files import Record
@@ -42,7 +42,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 )
 
 # Methods whose trainable parameters depend on the LoRA rank.
-RANKED_METHODS = ("lora", "dora", "qlora")
+RANKED_METHODS = RANKED
 
 DEFAULT_SEQ_LENS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)

@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from peftcalc.stepsim.poly import Dim, Poly, add_into, numel, scale
+from peftcalc.units import DTYPE_BYTES
 
-DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i64": 8, "i32": 4, "bool": 1, "u8": 1, "i8": 1}
-FLOATS = ("f32", "bf16", "f16")
+FLOATS = ("fp32", "bf16", "fp16")
 
 
 def promote(a: str, b: str) -> str:
-    """torch's type promotion between two tensors' dtypes (bf16 with f16 gives f32)."""
+    """torch's type promotion between two tensors' dtypes (bf16 with fp16 gives fp32)."""
     if a == b:
         return a
     if a in FLOATS and b in FLOATS:
-        return "f32"
+        return "fp32"
     return a if a in FLOATS else b
 
 

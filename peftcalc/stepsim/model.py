@@ -17,18 +17,17 @@ from peftcalc.model.spec import Linear
 from peftcalc.stepsim.engine import Sim, Tensor
 from peftcalc.stepsim.ops import Ops
 
-DTYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 @dataclass(frozen=True)
 class StepConfig:
     """Everything about the setup that changes what is allocated, except batch and sequence sizes."""
 
-    param_dtype: str  # "f32", "bf16", "f16"
+    param_dtype: str  # "fp32", "bf16", "fp16"
     compute_dtype: str
     attention: str  # "sdpa" or "eager"
     checkpointing: bool
-    adapter_dtype: str = "f32"
+    adapter_dtype: str = "fp32"
     batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
 
 
@@ -43,11 +42,10 @@ class Model:
         self.arch = adaptation.spec.arch
         self.cfg = cfg
         self.dtype = cfg.param_dtype
-        self.full = adaptation.method == "full"
+        self.full = adaptation.trains_base
         self.layer = 0  # index substituted for "{i}"
         self._linears = {l.name: l for l in self.spec.linears}
         trainable = {g.name for g in adaptation.tensors if g.trainable}
-        self.method = adaptation.method
         # per adapted linear: its LoRA rank (LoRA, DoRA, QLoRA) or its IA3 side ("in" / "out")
         self.lora_rank: dict[str, int] = {}
         self.ia3: dict[str, str] = {}
@@ -59,11 +57,10 @@ class Model:
                 self.ia3[g.name[: -len(".ia3_l")]] = "in" if g.shape and g.shape[0] == 1 else "out"
             elif g.format != "dense":
                 self.quantized[g.name[: -len(".weight")]] = g.format
-        self.dora = adaptation.method == "dora"
+        self.dora = adaptation.weight_decomposed
         self.adapter_sites = {g.name.split(".")[-3] for g in adaptation.tensors
                               if g.added and g.name.endswith(".down.weight")}
         self.adapter_width = next((g.shape[0] for g in adaptation.tensors if g.added and g.name.endswith(".down.weight")), 0)
-        self.trainable_names = trainable
         self.keep: list[Tensor] = []  # tensors the base model's forward holds in locals until it returns
         self.outer: list[Tensor] = []  # tensors the *ForCausalLM forward holds until it returns
         self.layer_args: tuple = ()  # tensors every layer receives (a checkpoint keeps them with its input)
@@ -89,7 +86,7 @@ class Model:
         """A base-model parameter: trainable in full fine-tuning only."""
         return self.sim.param(name, shape, dtype or self.dtype, self.full if trainable is None else trainable)
 
-    def added(self, name: str, shape: tuple[int, ...], dtype: str = "f32") -> Tensor:
+    def added(self, name: str, shape: tuple[int, ...], dtype: str = "fp32") -> Tensor:
         """A parameter the method adds: trainable, in the adapter dtype (peft keeps adapters in fp32)."""
         return self.sim.param(name, shape, dtype, True)
 
@@ -140,9 +137,9 @@ class Model:
             del s, w
             return
         w = self.sim.new((2 * -(-n // 2),), self.cfg.compute_dtype)
-        t = self.sim.new((-(-n // 2),), "u8")  # packed >> 4
+        t = self.sim.new((-(-n // 2),), "uint8")  # packed >> 4
         del t
-        t = self.sim.new((-(-n // 2),), "u8")  # packed & 15
+        t = self.sim.new((-(-n // 2),), "uint8")  # packed & 15
         del t, w
 
     def _lora(self, x: Tensor, result: Tensor, lin: Linear, r: int) -> Tensor:
@@ -188,7 +185,7 @@ class Model:
         slw = sim.new((in_f, out_f), ad)  # scaling * lora_weight
         wsum = sim.new((out_f, in_f), ad)  # weight + ...
         del slw
-        norm = sim.new((out_f,), "f32" if ad != "f32" else ad)
+        norm = sim.new((out_f,), "fp32" if ad != "fp32" else ad)
         del wsum  # lw (with its graph: eye, lora_A(eye)) and the cast weight live until forward returns
         norm = f.to(norm, ad) if norm.dtype != ad else norm
         scale = f.div(mag, norm)  # magnitude / weight_norm -> (1, out)
@@ -259,7 +256,7 @@ class Model:
         f = self.f
         h, b = self.arch.hidden_size, self.adapter_width
         name = f"{prefix}.{site}"
-        xf = f.to(x, "f32")
+        xf = f.to(x, "fp32")
         d = f.linear(xf, self.added(name + ".down.weight", (b, h)), self.added(name + ".down.bias", (b,)), b,
                      op="addmm")
         del xf
@@ -280,9 +277,9 @@ def _dequant_backward(m: Model, lin: Linear, fmt: str) -> Any:
             del s
         else:
             w = sim.new((2 * -(-nbytes // 2),), m.cfg.compute_dtype)
-            t = sim.new((-(-nbytes // 2),), "u8")
+            t = sim.new((-(-nbytes // 2),), "uint8")
             del t
-            t = sim.new((-(-nbytes // 2),), "u8")
+            t = sim.new((-(-nbytes // 2),), "uint8")
             del t
         sim.op = "mm"
         out = [sim.new(n.inputs[0][0], n.inputs[0][1])]

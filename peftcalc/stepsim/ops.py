@@ -254,7 +254,7 @@ class Ops:
         buffers live inside the kernel (not counted, as the traced backend does not see them)."""
         q, k, v = self.cast(q), self.cast(k), self.cast(v)
         out = self._new(out_shape, q.dtype, "_scaled_dot_product_flash_attention_for_cpu")
-        lse = self._new(lse_shape, "f32", "_scaled_dot_product_flash_attention_for_cpu")
+        lse = self._new(lse_shape, "fp32", "_scaled_dot_product_flash_attention_for_cpu")
         node = self.sim.node("ScaledDotProductFlashAttentionForCpuBackward0", [q, k, v], [q, k, v, out, lse, mask],
                              _bw_each_input)
         return _out(self.sim, out, node)

@@ -48,7 +48,7 @@ def simulate(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
     sim.start_backward()
     if loss.node is not None:  # (nothing trains: no backward, as torch would refuse)
         sim.op = "ones_like"
-        seed = sim.new((), "f32")
+        seed = sim.new((), "fp32")
         sim.backward([(loss.node, loss.out_index, seed)])
         del seed
     sim.end_backward()

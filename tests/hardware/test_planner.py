@@ -337,14 +337,14 @@ def test_mfu_override_and_defaults():
         assert h.cost.mfu.value == 0.2
     assert asked(default, "a100-80gb", "qlora").cost.mfu.value < asked(default, "a100-80gb", "lora").cost.mfu.value
     for gpu in all_gpus():
-        m = default_mfu(gpu, "full")
+        m = default_mfu(gpu)
         assert 0 < m.value <= 1 and m.basis
-    assert mfu_for(get_gpu("h100-80gb"), "lora", 0.55).value == 0.55
+    assert mfu_for(get_gpu("h100-80gb"), False, 0.55).value == 0.55
 
 
 def test_unknown_family_gets_a_stated_default():
     gpu = replace(get_gpu("a100-80gb"), id="mystery", family="quantum")
-    m = default_mfu(gpu, "full")
+    m = default_mfu(gpu)
     assert m.value == 0.30 and "quantum" in m.basis
 
 

@@ -12,7 +12,8 @@ from peftcalc.errors import PeftcalcError
 from peftcalc.measure.api import measure
 from peftcalc.measure.meter import LiveMeter
 from peftcalc.results.record import BYTE_KEYS
-from peftcalc.measure.step import build_adapted, measured_step, prepare_training
+from peftcalc.measure.adapted import build_adapted
+from peftcalc.measure.step import measured_step, prepare_training
 from peftcalc.measure.trace import trace_step
 from peftcalc.methods import MethodOptions, make_method
 from peftcalc.setup import Setup

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from peftcalc.model.families import register
+from peftcalc.model.families.registry import register
 from peftcalc.model.families._common import divide, get, positive_int
 from peftcalc.model.spec import Architecture, Linear, ModelSpec, Params
 

@@ -67,17 +67,17 @@ def forward(m: Model) -> Tensor:
     E = P + "embeddings."
     wte = m.weight(E + "word_embeddings.weight", (V, h))
     sim.op = "token_type_ids"  # torch.gather of the buffered token type ids (B, T)
-    tt = sim.new(("B", "T"), "i64")
+    tt = sim.new(("B", "T"), "int64")
     if m.ad.prefix_tokens:
         prefix_cache(m, "encoder", a.num_layers, a.num_heads, a.head_dim)
-    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "i64"), h))
+    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "int64"), h))
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     types = int(cfg(m, "type_vocab_size", default=2))
     tte = f.embedding(m.weight(E + "token_type_embeddings.weight", (types, h)), tt, h)
     x = f.add(x, tte)
     del tte
-    pos = sim.leaf(("B", "T"), "i64")  # a slice of the position_ids buffer (RoBERTa: made from the input ids)
+    pos = sim.leaf(("B", "T"), "int64")  # a slice of the position_ids buffer (RoBERTa: made from the input ids)
     pe = f.embedding(m.weight(E + "position_embeddings.weight", (a.max_positions or 512, h)), pos, h)
     x = f.add(x, pe)
     del pe
@@ -99,7 +99,7 @@ def forward(m: Model) -> Tensor:
     # BertForMaskedLM: CrossEntropyLoss()(prediction_scores.view(-1, V), labels.view(-1)), in the logits' dtype
     flat = f.view(logits, ("B", "T", V))
     if f.autocast:  # cross_entropy is an fp32 autocast op: the logits are cast up first
-        flat = f.to(flat, "f32")
+        flat = f.to(flat, "fp32")
     logp = f.log_softmax(flat)
     del logits
-    return f.nll_loss(logp, sim.leaf(("B", "T"), "i64"))
+    return f.nll_loss(logp, sim.leaf(("B", "T"), "int64"))

@@ -62,7 +62,7 @@ def attention(m: Model, x: Tensor, residual: Tensor, alibi: Tensor, mask: Tensor
     scores = f.matmul(q, k, ("B", H, "T", keys), op="baddbmm")  # alibi.baddbmm(q, k^T)
     del q, k
     scores = f.add(scores, mask)
-    probs = f.softmax(scores, "f32")
+    probs = f.softmax(scores, "fp32")
     del scores
     probs = f.to(probs, x.dtype)
     probs = f.dropout(probs, float(cfg(m, "attention_dropout", default=0.0)))
@@ -96,7 +96,7 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_heads, a.head_dim)
     wte = m.weight("transformer.word_embeddings.weight", (V, h))
-    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "i64"), h))
+    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "int64"), h))
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     keys = "K" if m.ad.prefix_tokens else "T"

@@ -117,14 +117,14 @@ def prompt_inputs(m: Model, embeds: Tensor) -> Tensor:
     n, d = m.ad.extra_tokens, m.arch.token_dim
     w = m.added("prompt_encoder.embedding.weight", (n * m.arch.stacks, d))
     sim.op = "prompt"
-    prompts = f.embedding(w, sim.leaf((1, n), "i64"), d)  # get_prompt: one row, expanded to the batch
-    if m.method == "ptuning":
+    prompts = f.embedding(w, sim.leaf((1, n), "int64"), d)  # get_prompt: one row, expanded to the batch
+    if m.ad.prompt_encoder == "mlp":
         prompts = _ptuning_mlp(m, prompts, d)
     prompts = f.expand(prompts, ("B", n, d))
     prompts = f.to(prompts, embeds.dtype)
     out = f.cat([prompts, embeds], ("B", "T", d))
     sim.op = "prompt_labels"
-    labels = [sim.new(("B", n), "i64"), sim.new(("B", "T"), "i64")]  # torch.full(-100), torch.cat with labels
+    labels = [sim.new(("B", n), "int64"), sim.new(("B", "T"), "int64")]  # torch.full(-100), torch.cat with labels
     m.outer += [prompts, out] + labels  # locals of PeftModelForCausalLM.forward
     return out
 
@@ -148,10 +148,10 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     by one (`nn.functional.pad`) and shifted (`[..., 1:].contiguous()`: a copy for batch > 1), then
     cross_entropy = log_softmax (saved) + nll_loss. The caller keeps `logits` alive until the loss exists."""
     f, sim = m.f, m.sim
-    lf = f.to(logits, "f32")
+    lf = f.to(logits, "fp32")
     sim.op = "constant_pad_nd"
     # (B, T + 1), sliced; batch > 1 copies (B, T): 8 bytes x B apart. ForMaskedLMLoss: the labels as given.
-    shifted = sim.new(("B", "T"), "i64") if shift else sim.leaf(("B", "T"), "i64")
+    shifted = sim.new(("B", "T"), "int64") if shift else sim.leaf(("B", "T"), "int64")
     flat = f.view(lf, ("B", "T", vocab))
     del lf
     logp = f.log_softmax(flat)
@@ -176,7 +176,7 @@ def prefix_cache(m: Model, stack: str, count: int, kv_heads: int, head_dim: int)
     kv_heads = max(1, full // (count * 2 * head_dim))  # peft's heads for the cache (its token_dim rule)
     w = m.added("prompt_encoder.embedding.weight", (P, width))
     sim.op = "prefix"
-    pe = f.embedding(w, sim.leaf(("B", P), "i64"), width)
+    pe = f.embedding(w, sim.leaf(("B", P), "int64"), width)
     if width != full:  # prefix_projection: Linear, Tanh, Linear (peft PrefixEncoder.transform)
         e = next(g.shape[0] for g in m.ad.tensors if g.name == "prompt_encoder.transform.0.weight")
         t = f.linear(pe, m.added("prompt_encoder.transform.0.weight", (e, width)),

@@ -96,7 +96,7 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_kv_heads, a.head_dim)
     wte = m.weight("transformer.word_embeddings.weight", (V, h))
-    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "i64"), h))
+    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "int64"), h))
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     mask = causal_mask(m) if m.ad.prefix_tokens or m.cfg.attention == "eager" else None

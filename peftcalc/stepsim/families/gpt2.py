@@ -33,7 +33,7 @@ def attention(m: Model, x: Tensor, p: str, mask: Tensor | None) -> Tensor:
         else:
             if prefix:  # a boolean mask: sdpa turns it into a float one
                 m.sim.op = "where"
-                fmask = m.sim.new(mask.shape, q.dtype if q.dtype == "f32" else "f32")
+                fmask = m.sim.new(mask.shape, q.dtype if q.dtype == "fp32" else "fp32")
             o = sdpa_math(m, q, k, v, H, d, attn_p, causal=not prefix, k_len=keys,
                           mask=fmask if prefix else None, kv_strided=not prefix)
             o = f.copy(o, ("B", "T", H, d), "transpose_contiguous")
@@ -76,11 +76,11 @@ def forward(m: Model) -> Tensor:
     wte = m.weight("transformer.wte.weight", (V, h))
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_heads, a.head_dim)
-    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "i64"), h))
+    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "int64"), h))
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     sim.op = "position_ids"
-    pos = sim.new(("T",), "i64")
+    pos = sim.new(("T",), "int64")
     pe = f.embedding(m.weight("transformer.wpe.weight", (a.max_positions or 1024, h)), pos, h)
     m.keep.append(pos)
     m.keep += [x, pe]  # inputs_embeds and position_embeds: locals of GPT2Model.forward

@@ -27,10 +27,10 @@ def rotary(m: Model) -> tuple[Tensor, Tensor, Tensor]:
     sim = m.sim
     rd = rotary_dim(m)
     sim.op = "rotary"
-    pos = sim.new((1, "T"), "i64")
-    t = [sim.new((1, "T", 1), "f32"), sim.new((1, "T", rd // 2), "f32"), sim.new((1, "T", rd), "f32")]
-    cos = sim.new((1, "T", rd), "f32")
-    sin = sim.new((1, "T", rd), "f32")
+    pos = sim.new((1, "T"), "int64")
+    t = [sim.new((1, "T", 1), "fp32"), sim.new((1, "T", rd // 2), "fp32"), sim.new((1, "T", rd), "fp32")]
+    cos = sim.new((1, "T", rd), "fp32")
+    sin = sim.new((1, "T", rd), "fp32")
     del t
     cos, sin = m.f.to(cos, m.cfg.compute_dtype), m.f.to(sin, m.cfg.compute_dtype)
     m.keep.append(pos)
@@ -104,7 +104,7 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_heads, a.head_dim)
     wte = m.weight("gpt_neox.embed_in.weight", (V, h))
-    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "i64"), h))
+    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "int64"), h))
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     mask = causal_mask(m) if m.ad.prefix_tokens or m.cfg.attention == "eager" else None

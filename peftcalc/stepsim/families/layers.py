@@ -85,8 +85,8 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
                q_len: str, k_len: str, mask: Tensor | None, strided: bool, kv_strided: bool | None) -> Tensor:
     f, sim = m.f, m.sim
     dtype = q.dtype
-    if dtype != "f32":
-        q, k, v = f.to(q, "f32"), f.to(k, "f32"), f.to(v, "f32")
+    if dtype != "fp32":
+        q, k, v = f.to(q, "fp32"), f.to(k, "fp32"), f.to(v, "fp32")
     qs = f.scale(q)
     fmask = None
     if causal and mask is None:
@@ -126,7 +126,7 @@ def eager_softmax_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d
     scores = f.scale(scores)
     if mask is not None:
         scores = f.add(scores, mask)
-    probs = f.softmax(scores, "f32" if upcast else None)
+    probs = f.softmax(scores, "fp32" if upcast else None)
     del scores
     probs = f.to(probs, q.dtype)
     probs = f.dropout(probs, dropout)

@@ -22,7 +22,7 @@ def rms_norm(m: Model, x: Tensor, weight: str) -> Tensor:
     weight * that (saves it when the weight trains). Gemma: (1 + weight) and the multiply in fp32 first."""
     f, h = m.f, m.arch.hidden_size
     dtype = x.dtype
-    x32 = f.to(x, "f32")
+    x32 = f.to(x, "fp32")
     var = f.mean_last(f.pow2(x32))
     r = f.unary_saves_output(f.add(var), "RsqrtBackward0", "rsqrt")
     del var
@@ -31,7 +31,7 @@ def rms_norm(m: Model, x: Tensor, weight: str) -> Tensor:
     w = m.weight(weight, (h,))
     if m.arch.family in ("gemma", "gemma2"):
         # GemmaRMSNorm: output = self._norm(x.float()) * (1.0 + self.weight.float()); output.type_as(x)
-        w1 = f.add(f.to(w, "f32"))
+        w1 = f.add(f.to(w, "fp32"))
         out = f.mul(y, w1)
         del y, w1
         return f.to(out, dtype)
@@ -44,17 +44,17 @@ def rotary(m: Model, x: Tensor) -> tuple[Tensor, Tensor]:
     freqs)), cos()/sin() * attention_scaling, .to(x.dtype): cos and sin (1, T, head_dim), shared by layers."""
     f, sim, d = m.f, m.sim, m.arch.head_dim
     sim.op = "rotary"
-    pos = sim.new((1, "T"), "i64")  # position_ids = arange(T).unsqueeze(0)
-    pf = sim.new((1, "T", 1), "f32")
-    freqs = sim.new((1, "T", d // 2), "f32")
+    pos = sim.new((1, "T"), "int64")  # position_ids = arange(T).unsqueeze(0)
+    pf = sim.new((1, "T", 1), "fp32")
+    freqs = sim.new((1, "T", d // 2), "fp32")
     del pf
-    emb = sim.new((1, "T", d), "f32")
+    emb = sim.new((1, "T", d), "fp32")
     del freqs
-    c = sim.new((1, "T", d), "f32")
-    cos = sim.new((1, "T", d), "f32")
+    c = sim.new((1, "T", d), "fp32")
+    cos = sim.new((1, "T", d), "fp32")
     del c
-    s = sim.new((1, "T", d), "f32")
-    sin = sim.new((1, "T", d), "f32")
+    s = sim.new((1, "T", d), "fp32")
+    sin = sim.new((1, "T", d), "fp32")
     del s, emb
     cos, sin = f.to(cos, x.dtype), f.to(sin, x.dtype)
     m.keep.append(pos)
@@ -158,7 +158,7 @@ def eager(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, ke
         scores = f.scale(scores)
     if mask is not None:
         scores = f.add(scores, mask)
-    probs = f.softmax(scores, "f32")
+    probs = f.softmax(scores, "fp32")
     del scores
     probs = f.to(probs, q.dtype)
     probs = f.dropout(probs, dropout)
@@ -182,30 +182,30 @@ def moe(m: Model, x: Tensor, prefix: str) -> Tensor:
     N, Nk = ("B", "T"), ("B", "T", k)
     flat = f.view(x, N + (h,))
     logits = f.linear(flat, m.wrapped_param(p + "gate.weight", m.weight(p + "gate.weight", (E, h))), None, E)
-    probs = f.softmax(logits, "f32")
+    probs = f.softmax(logits, "fp32")
     del logits
     sim.op = "topk"
-    values = sim.new(N + (k,), "f32")
-    indices = sim.new(N + (k,), "i64")
+    values = sim.new(N + (k,), "fp32")
+    indices = sim.new(N + (k,), "int64")
     values = f.custom("TopkBackward0", [probs], values, [indices])
     del probs
-    total = f.custom("SumBackward1", [values], sim.new(N + (1,), "f32"), [])
-    values = f.custom("DivBackward0", [values, total], sim.new(N + (k,), "f32"), [total, values])  # clone
+    total = f.custom("SumBackward1", [values], sim.new(N + (1,), "fp32"), [])
+    values = f.custom("DivBackward0", [values, total], sim.new(N + (k,), "fp32"), [total, values])  # clone
     del total
     sim.op = "sort"
-    sorted_ids = sim.new(Nk, "i64")
-    perm = sim.new(Nk, "i64")
+    sorted_ids = sim.new(Nk, "int64")
+    perm = sim.new(Nk, "int64")
     sim.op = "floor_divide"
-    token_of = sim.new(Nk, "i64")
+    token_of = sim.new(Nk, "int64")
     sel = f.custom("IndexBackward0", [flat], sim.new(Nk + (h,), flat.dtype), [token_of])
     del token_of
-    weights_g = f.custom("IndexBackward0", [values], sim.new(Nk, "f32"), [perm])
+    weights_g = f.custom("IndexBackward0", [values], sim.new(Nk, "fp32"), [perm])
     del values
     sim.op = "histc"
-    hist_in = sim.new(Nk, "f32")
-    counts = sim.new((E,), "f32")
+    hist_in = sim.new(Nk, "fp32")
+    counts = sim.new((E,), "fp32")
     del hist_in
-    offsets = sim.new((E,), "i32")
+    offsets = sim.new((E,), "int32")
     del counts
     w1 = m.wrapped_param(p + "experts.gate_up_proj", m.weight(p + "experts.gate_up_proj", (E, 2 * ff, h)))
     gu = f.linear(sel, w1, None, 2 * ff, op="_grouped_mm")
@@ -222,13 +222,13 @@ def moe(m: Model, x: Tensor, prefix: str) -> Tensor:
     weighted = f.mul(out, f.view(weights_g, Nk + (1,)))
     del out, weights_g
     sim.op = "empty_like"
-    inv = sim.new(Nk, "i64")
+    inv = sim.new(Nk, "int64")
     sim.op = "arange"
-    ar = sim.new(Nk, "i64")
+    ar = sim.new(Nk, "int64")
     del ar, sorted_ids, perm, offsets
-    unperm = f.custom("IndexBackward0", [weighted], sim.new(Nk + (h,), "f32"), [inv])
+    unperm = f.custom("IndexBackward0", [weighted], sim.new(Nk + (h,), "fp32"), [inv])
     del weighted, inv
-    summed = f.custom("SumBackward1", [f.view(unperm, ("B", "T", k, h))], sim.new(N + (h,), "f32"), [])
+    summed = f.custom("SumBackward1", [f.view(unperm, ("B", "T", k, h))], sim.new(N + (h,), "fp32"), [])
     del unperm
     return f.view(f.to(summed, flat.dtype), ("B", "T", h))
 
@@ -292,7 +292,7 @@ def forward(m: Model) -> Tensor:
     """LlamaForCausalLM.forward with labels: the loss."""
     f, sim, a = m.f, m.sim, m.arch
     h, V = a.hidden_size, a.vocab_size
-    ids = sim.leaf(("B", "S"), "i64")
+    ids = sim.leaf(("B", "S"), "int64")
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_kv_heads, a.head_dim)
     emb_w = m.weight("model.embed_tokens.weight", (V, h))

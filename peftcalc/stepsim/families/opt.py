@@ -74,15 +74,15 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", a.num_layers, a.num_heads, a.head_dim)
     wte = m.weight(D + "embed_tokens.weight", (V, e))
-    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "i64"), e))
+    x = embedding_output(m, f.embedding(wte, sim.leaf(("B", "S"), "int64"), e))
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
     sim.op = "position_ids"  # ones (B, T) float, cumsum, * mask - 1, .long()
-    ones = sim.new(("B", "T"), "f32")
-    cs = sim.new(("B", "T"), "f32")
-    tmp = sim.new(("B", "T"), "f32")
+    ones = sim.new(("B", "T"), "fp32")
+    cs = sim.new(("B", "T"), "fp32")
+    tmp = sim.new(("B", "T"), "fp32")
     del cs
-    pos = sim.new(("B", "T"), "i64")
+    pos = sim.new(("B", "T"), "int64")
     del tmp
     positions = (a.max_positions or 2048) + 2
     pe = f.embedding(m.weight(D + "embed_positions.weight", (positions, h)), pos, h)

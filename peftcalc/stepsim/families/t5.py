@@ -21,14 +21,14 @@ def t5_norm(m: Model, x: Tensor, name: str) -> Tensor:
     """T5LayerNorm: x.to(fp32).pow(2).mean(-1) (the cast a copy for low precision), rsqrt, x * rsqrt (in
     the promoted dtype: fp32), .to(weight dtype) for bf16/fp16 weights, weight * x."""
     f, h = m.f, m.arch.hidden_size
-    x32 = f.to(x, "f32")
+    x32 = f.to(x, "fp32")
     var = f.mean_last(f.pow2(x32))
     del x32
     r = f.unary_saves_output(f.add(var), "RsqrtBackward0", "rsqrt")
     del var
     y = f.mul(x, r)
     del r
-    if m.dtype != "f32":
+    if m.dtype != "fp32":
         y = f.to(y, m.dtype)
     return f.mul(m.weight(name + ".weight", (h,)), y)
 
@@ -45,10 +45,10 @@ def relative_bias(m: Model, decoder: bool, n: str, keys: str | None = None) -> T
         sim.grad_enabled = False
     k = keys or n
     sim.op = "relative_position"
-    rel = sim.new((n, k), "i64")
-    tmp = [sim.new((n, k), "i64"), sim.new((n, k), "f32")]  # abs/min, log of the distance
+    rel = sim.new((n, k), "int64")
+    tmp = [sim.new((n, k), "int64"), sim.new((n, k), "fp32")]  # abs/min, log of the distance
     del tmp
-    buckets = sim.new((n, k), "i64")
+    buckets = sim.new((n, k), "int64")
     del rel
     w = m.weight(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                  (int(cfg(m, "relative_attention_num_buckets", default=32)), H))
@@ -117,7 +117,7 @@ def feed_forward(m: Model, x: Tensor, p: str) -> Tensor:
     if m.quantized.get(p + "DenseReluDense.wo") == "nf4":
         # T5DenseActDense casts its input to wo.weight.dtype when they differ and the weight is not int8: with a
         # packed 4-bit weight that is uint8, and no gradient flows back through it (as in the traced step)
-        h = f.to(h, "u8")
+        h = f.to(h, "uint8")
     return m.linear(h, p + "DenseReluDense.wo")
 
 
@@ -179,7 +179,7 @@ def forward(m: Model) -> Tensor:
     if m.ad.prefix_tokens:
         prefix_cache(m, "decoder", dec_layers, a.num_heads, a.head_dim)
     shared = m.weight("shared.weight", (V, h))
-    x = embedding_output(m, f.embedding(shared, sim.leaf(("B", "S"), "i64"), h))
+    x = embedding_output(m, f.embedding(shared, sim.leaf(("B", "S"), "int64"), h))
     prompts = None
     if m.ad.extra_tokens:
         x, prompts = _prompts(m, x)
@@ -187,7 +187,7 @@ def forward(m: Model) -> Tensor:
     del x
     m.end_model()
     sim.op = "shift_right"
-    dec_ids = sim.new(("B", "S"), "i64")  # _shift_right(labels): new_zeros, then copies into it
+    dec_ids = sim.new(("B", "S"), "int64")  # _shift_right(labels): new_zeros, then copies into it
     y = embedding_output(m, f.embedding(shared, dec_ids, h))
     del dec_ids
     del prompts
@@ -204,12 +204,12 @@ def forward(m: Model) -> Tensor:
     del y
     flat = f.view(logits, ("B", "S", V))
     if f.autocast:  # cross_entropy is an fp32 autocast op: the logits are cast up first
-        flat = f.to(flat, "f32")
+        flat = f.to(flat, "fp32")
     logp = f.log_softmax(flat)  # nn.CrossEntropyLoss on the logits as they are
     m.outer.append(logits)
     del flat, logits
     sim.op = "labels"
-    return f.nll_loss(logp, sim.leaf(("B", "S"), "i64"))
+    return f.nll_loss(logp, sim.leaf(("B", "S"), "int64"))
 
 
 def _prompts(m: Model, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,8 +222,8 @@ def _prompts(m: Model, x: Tensor) -> tuple[Tensor, Tensor]:
     n, d = m.ad.extra_tokens, m.arch.token_dim
     w = m.added("prompt_encoder.embedding.weight", (2 * n, d))
     sim.op = "prompt"
-    p = f.embedding(w, sim.leaf((1, 2 * n), "i64"), d)
-    if m.method == "ptuning":
+    p = f.embedding(w, sim.leaf((1, 2 * n), "int64"), d)
+    if m.ad.prompt_encoder == "mlp":
         p = _ptuning_mlp(m, p, d)
     p = f.to(f.expand(p, ("B", 2 * n, d)), x.dtype)
     out = f.cat([f.slice(p, ("B", n, d)), x], ("B", "T", d))

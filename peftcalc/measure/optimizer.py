@@ -1,0 +1,82 @@
+"""The optimizer of the measured step: torch's AdamW with an explicit implementation, and fp32 master weights
+around it for the mixed-precision recipes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from peftcalc.errors import PeftcalcError
+
+FP16_LOSS_SCALE = 2.0**16
+ADAMW_KWARGS: dict[str, dict[str, bool]] = {
+    "forloop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+def make_adamw(params: Iterable[torch.Tensor], impl: str) -> torch.optim.Optimizer:
+    try:
+        kwargs = ADAMW_KWARGS[impl]
+    except KeyError:
+        raise PeftcalcError(f"--adamw-impl must be forloop, foreach or fused, got {impl!r}") from None
+    return torch.optim.AdamW(list(params), lr=1e-5, **kwargs)
+
+
+class MasterWeightOptimizer:
+    """Mixed precision with fp32 master weights around a torch optimizer (see the module docstring).
+
+    Holds `pairs` of (low-precision trainable parameter, its fp32 master copy); the wrapped optimizer steps
+    the master copies and the fp32 parameters that need none.
+    """
+
+    def __init__(self, params: list[nn.Parameter], make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                 loss_scale: float = 1.0) -> None:
+        self.params = params
+        self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        stepped: list[torch.Tensor] = []
+        with torch.no_grad():
+            for p in params:
+                if p.dtype == torch.float32:
+                    stepped.append(p)
+                else:
+                    m = p.detach().to(torch.float32, copy=True)
+                    self.pairs.append((p, m))
+                    stepped.append(m)
+        self.loss_scale = loss_scale
+        self.optimizer = make(stepped)
+
+    @property
+    def master_weights(self) -> list[torch.Tensor]:
+        return [m for _, m in self.pairs]
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in self.pairs:
+            if p.grad is not None:
+                m.grad = p.grad.to(torch.float32)
+                p.grad = None
+                if self.loss_scale != 1.0:
+                    m.grad.mul_(1.0 / self.loss_scale)
+        if self.loss_scale != 1.0:
+            for p in self.params:
+                if p.dtype == torch.float32 and p.grad is not None:
+                    p.grad.mul_(1.0 / self.loss_scale)
+        self.optimizer.step()
+        for p, m in self.pairs:
+            m.grad = None
+            p.copy_(m)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+        self.optimizer.zero_grad(set_to_none=True)
+
+
