@@ -114,6 +114,7 @@ def _fake_runner(fail: set[str]):
     return runner, calls
 
 
+@pytest.mark.slow
 def test_resume_skips_recorded_runs_and_failures_do_not_stop_the_suite(tmp_path):
     s = load_suite(_suite(tmp_path, SUITE))
     runner, calls = _fake_runner({"prefix"})
@@ -163,6 +164,7 @@ backend = ["trace", "run"]
 """)
 
 
+@pytest.mark.slow
 def test_a_real_tiny_suite_end_to_end(tmp_path):
     s = load_suite(_tiny_suite(tmp_path))
     summary = run_suite(s, tmp_path / "out")
@@ -174,6 +176,7 @@ def test_a_real_tiny_suite_end_to_end(tmp_path):
         assert by[(method, "run")]["step_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_script_runs_from_a_checkout_without_the_package(tmp_path):
     """The GPU script, on the CPU with a tiny suite: PYTHONPATH only, results in the given folder."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -23,6 +23,7 @@ def _single_process(method: str):
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_fsdp2_two_ranks_hold_half_of_everything(method):
     one = _single_process(method)

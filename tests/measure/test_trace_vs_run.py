@@ -40,7 +40,8 @@ def trace_and_run(family: str, method: str, warmup: str = "step", **setup_kw):
     return _numbers(traced), _numbers(ran), traced_ckpt, prep
 
 
-@pytest.mark.parametrize("impl", ["forloop", "foreach", "fused"])
+@pytest.mark.parametrize("impl", [pytest.param("forloop", marks=pytest.mark.slow), "foreach",
+                                  pytest.param("fused", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("method", ["full", "lora", "prompt"])
 def test_trace_equals_run_to_the_byte(method, checkpointing, impl):
@@ -50,18 +51,21 @@ def test_trace_equals_run_to_the_byte(method, checkpointing, impl):
     assert traced["activation_bytes"] > 0 and traced["optimizer_state_bytes"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dora", "qlora", "ptuning", "ia3", "adapter", "prefix"])
 def test_trace_equals_run_other_methods(method):
     traced, ran, _, _ = trace_and_run("llama", method, precision="bf16")
     assert traced == ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "bf16-mixed", "fp16-mixed", "amp-bf16"])
 def test_trace_equals_run_precisions(precision):
     traced, ran, _, _ = trace_and_run("llama", "full", precision=precision)
     assert traced == ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,method", [("t5", "lora"), ("t5", "full"), ("mixtral", "lora"), ("mixtral", "full"),
                                            ("mixtral", "qlora"), ("gpt2", "qlora"), ("gemma", "prompt"),
                                            ("qwen2", "full")])
@@ -100,7 +104,8 @@ def test_lora_gradients_and_states_match_the_analytic_model_exactly(tiny_setup=S
     assert r.measured.optimizer_states - r.predicted.optimizer_states in (0, 4 * n_tensors)
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt", "ptuning", "prefix", "adapter", "full"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("prompt", marks=pytest.mark.slow), "ptuning", "prefix",
+                                    "adapter", pytest.param("full", marks=pytest.mark.slow)])
 def test_checkpoint_bytes_computed_on_fake_tensors_equal_the_written_file(method):
     spec, setup = tiny("llama"), Setup(**SETUP)
     traced = measure(spec, make_method(method), setup, "trace")

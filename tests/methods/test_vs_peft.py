@@ -29,6 +29,9 @@ from peftcalc.methods.targets import all_linear_parameters, matches
 from peftcalc.model.catalogue import get_model, model_names
 from peftcalc.model.spec import ModelSpec
 
+pytestmark = pytest.mark.catalogue
+
+
 MODELS = model_names()  # at collection time: whatever the catalogue holds
 
 

@@ -33,8 +33,9 @@ def _chromium() -> str | None:
 
 
 CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found: install Debian's `chromium` "
-                                "package (.ci/run does) or set PEFTCALC_CHROMIUM to a Chromium binary")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found: install Debian's `chromium` "
+                                 "package (.ci/run does) or set PEFTCALC_CHROMIUM to a Chromium binary")]
 
 DESKTOP = (1280, 16000)
 PHONE = (412, 20000)

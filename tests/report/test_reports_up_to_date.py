@@ -22,6 +22,7 @@ REPORTS = REPO / "reports"
 FIX = "regenerate with `peftcalc report --all` (from the repository root) and commit reports/"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_committed_report_matches_the_code(name, tmp_path, monkeypatch):
     committed = REPORTS / name

@@ -1,0 +1,33 @@
+"""Test tiers. `pytest -m "not slow"` is the everyday tier (under 3 minutes on 2 cores); plain `pytest` runs
+everything, as CI does.
+
+Slow, marked where they are written: real multi-process runs (torchrun), headless Chromium, regenerating
+the committed reports, whole bench suites, and real CPU steps beyond one per kind. Slow by rule, here: a test
+parametrized over catalogue models, for every model but the smallest of each family (those stay fast, so
+every family is still checked in the everyday tier)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+
+
+@lru_cache(maxsize=1)
+def fast_models() -> frozenset[str]:
+    """The smallest catalogue model of each family."""
+    from peftcalc.model.catalogue import get_model, model_names
+
+    smallest: dict[str, tuple[int, str]] = {}
+    for name in model_names():
+        spec = get_model(name)
+        smallest[spec.family] = min(smallest.get(spec.family, (spec.total_params, name)), (spec.total_params, name))
+    return frozenset(name for _, name in smallest.values())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = params.get("name")
+        if isinstance(name, str) and item.get_closest_marker("catalogue") is not None and name not in fast_models():
+            item.add_marker(pytest.mark.slow)
