@@ -1,4 +1,10 @@
-"""The training setup an estimate assumes: everything except the model and the method."""
+"""The training setup an estimate assumes: everything except the model and the method.
+
+Every field has the default a plain `transformers` + `peft` training script gets, so a Setup() is the seed
+document's case and each option is a stated change from it. Fields are grouped by what they describe: the
+numbers of the step, the recipe around it (kernels, loss, checkpointing, quantization preparation, library
+versions whose behaviour changed what is kept), and how the step is spread over GPUs.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +13,80 @@ from typing import Literal
 
 from peftcalc.errors import PeftcalcError
 
-Attention = Literal["sdpa", "eager"]
+Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 AdamWImpl = Literal["forloop", "foreach", "fused"]
+# The loss over the vocabulary: "standard" (logits, their fp32 copy, log-softmax, as transformers computes it),
+# "chunked" (the cross-entropy computed over chunks of tokens: torchtune's chunked CE, TRL's chunked_nll),
+# "fused" (a fused linear + cross-entropy kernel that never materialises the logits: Liger, Cut Cross-Entropy).
+Loss = Literal["standard", "chunked", "fused"]
+StateDtype = Literal["fp32", "bf16"]
+
+ATTENTIONS: tuple[str, ...] = Attention.__args__  # type: ignore[attr-defined]
+ADAMW_IMPLS: tuple[str, ...] = AdamWImpl.__args__  # type: ignore[attr-defined]
+LOSSES: tuple[str, ...] = Loss.__args__  # type: ignore[attr-defined]
+STATE_DTYPES: tuple[str, ...] = StateDtype.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class Setup:
+    # the step
     precision: str = "fp32"
     optimizer: str = "adamw"
-    batch_size: int = 1
+    batch_size: int = 1  # micro-batch per GPU
     seq_len: int = 512
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (gradients kept between them)
+    # the recipe around the step
     gradient_checkpointing: bool = False
+    reentrant_checkpointing: bool = False  # torch.utils.checkpoint(use_reentrant=True) instead of transformers' default
     attention: Attention = "sdpa"
-    num_gpus: int = 1
-    zero_stage: int = 0
-    offload: bool = False
+    loss: Loss = "standard"
+    packing: bool = False  # several sequences per row (no padding; position ids restart per sequence)
     adamw_impl: AdamWImpl = "foreach"  # torch's default on CUDA
+    optimizer_state_dtype: StateDtype | None = None  # None: the parameter's dtype, as torch's AdamW keeps them
+    kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
+    bitsandbytes_version: str | None = None  # None: today's release; older ones kept more for backward
+    # several GPUs
+    num_gpus: int = 1  # data-parallel ranks (times tensor and pipeline parallel = GPUs in all)
+    zero_stage: int = 0
+    offload: bool = False  # optimizer states (and their step) in CPU memory (ZeRO-Offload)
+    offload_params: bool = False  # parameters in CPU memory too (ZeRO-3 / FSDP parameter offload)
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    sequence_parallel: bool = False  # with tensor parallelism: norms and dropout sharded over the sequence
 
     def __post_init__(self) -> None:
-        for field_name, flag in (("batch_size", "--batch"), ("seq_len", "--seq"), ("num_gpus", "--gpus")):
+        for field_name, flag in (("batch_size", "--batch"), ("seq_len", "--seq"), ("num_gpus", "--gpus"),
+                                 ("gradient_accumulation", "--gradient-accumulation"), ("tensor_parallel", "--tp"),
+                                 ("pipeline_parallel", "--pp")):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise PeftcalcError(f"{flag} must be a positive integer, got {value!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise PeftcalcError(f"--zero must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.attention not in ("sdpa", "eager"):
-            raise PeftcalcError(f"--attention must be sdpa or eager, got {self.attention!r}")
-        if self.adamw_impl not in ("forloop", "foreach", "fused"):
-            raise PeftcalcError(f"--adamw-impl must be forloop, foreach or fused, got {self.adamw_impl!r}")
+        self._check_choices()
         if self.offload and self.zero_stage == 0:
             raise PeftcalcError("--offload moves optimizer states to CPU memory as ZeRO-Offload does: give --zero 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise PeftcalcError("--offload-params keeps sharded parameters in CPU memory (ZeRO-3 / FSDP): give --zero 3")
+        if self.reentrant_checkpointing and not self.gradient_checkpointing:
+            raise PeftcalcError("--reentrant-checkpointing chooses how --gradient-checkpointing recomputes: give both")
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise PeftcalcError("--sequence-parallel shards activations across tensor-parallel ranks: give --tp 2 or more")
+
+    def _check_choices(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise PeftcalcError(f"--zero must be 0, 1, 2 or 3, got {self.zero_stage}")
+        for value, known, flag in ((self.attention, ATTENTIONS, "--attention"), (self.adamw_impl, ADAMW_IMPLS,
+                                   "--adamw-impl"), (self.loss, LOSSES, "--loss")):
+            if value not in known:
+                raise PeftcalcError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
+        if self.optimizer_state_dtype not in (None, *STATE_DTYPES):
+            raise PeftcalcError(f"--optimizer-state-dtype must be fp32 or bf16, got {self.optimizer_state_dtype!r}")
 
     @property
     def tokens(self) -> int:
+        """Tokens of one micro-batch on one GPU."""
         return self.batch_size * self.seq_len
+
+    @property
+    def gpus(self) -> int:
+        """GPUs in all: data x tensor x pipeline parallel."""
+        return self.num_gpus * self.tensor_parallel * self.pipeline_parallel

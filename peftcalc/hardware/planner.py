@@ -93,13 +93,10 @@ class Evaluator:
         n = setup.num_gpus if num_gpus is None else num_gpus
         z = setup.zero_stage if zero_stage is None else zero_stage
         o = setup.offload if offload is None else offload
-        key = (method, setup.precision, setup.optimizer, b, s, setup.gradient_checkpointing, setup.attention, n, z, o,
-               setup.adamw_impl)
+        key = (method, setup, b, s, n, z, o)
         total = self._totals.get(key)
         if total is None:
-            changed = Setup(precision=setup.precision, optimizer=setup.optimizer, batch_size=b, seq_len=s,
-                            gradient_checkpointing=setup.gradient_checkpointing, attention=setup.attention,
-                            num_gpus=n, zero_stage=z, offload=o, adamw_impl=setup.adamw_impl)
+            changed = replace(setup, batch_size=b, seq_len=s, num_gpus=n, zero_stage=z, offload=o)
             total = self._totals[key] = self.memory(method, changed).total
         return total
 

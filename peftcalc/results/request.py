@@ -12,7 +12,7 @@ the suite builds it to execute a run, the validation and the reports rebuild it 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +28,13 @@ DEFAULTS: dict[str, Any] = {
     "virtual_tokens": 20, "bottleneck": 64, "adapter_variant": "houlsby", "prefix_projection": False,
     "quant_bits": 4, "save_checkpoint": True, "timed_steps": 2,
 }
-RUN_KEYS = ("model", "config", "method", *DEFAULTS)
+# Setup fields a run may also set under their own names (written to "run" only when not the default, so the
+# keys of runs recorded before a field existed stay the same).
+SETUP_KEYS = tuple(f.name for f in fields(Setup)
+                   if f.name not in ("precision", "batch_size", "seq_len", "gradient_checkpointing", "attention",
+                                     "adamw_impl", "zero_stage", "num_gpus"))
+SETUP_DEFAULTS = {f.name: f.default for f in fields(Setup)}
+RUN_KEYS = ("model", "config", "method", *DEFAULTS, *SETUP_KEYS)
 NOT_IN_KEY = ("save_checkpoint", "timed_steps")  # how a run is executed, not what it measures
 BACKENDS = ("trace", "run")
 
@@ -65,7 +71,8 @@ class RunRequest:
         nproc = int(p["nproc"] or 1)
         setup = Setup(precision=p["precision"], batch_size=int(p["batch"]), seq_len=int(p["seq"]),
                       gradient_checkpointing=bool(p["gradient_checkpointing"]), attention=p["attention"],
-                      adamw_impl=p["adamw_impl"], zero_stage=int(p["zero"]), num_gpus=nproc)
+                      adamw_impl=p["adamw_impl"], zero_stage=int(p["zero"]), num_gpus=nproc,
+                      **{k: p[k] for k in SETUP_KEYS if k in p})
         return cls(str(p["method"]), options, setup, p.get("model"), p.get("config"), str(p["backend"]), nproc,
                    bool(p["save_checkpoint"]), int(p["timed_steps"]))
 
@@ -81,6 +88,7 @@ class RunRequest:
             "prefix_projection": o.prefix_projection, "quant_bits": o.quant_bits,
             "save_checkpoint": self.save_checkpoint, "timed_steps": self.timed_steps,
         }
+        out.update({k: getattr(s, k) for k in SETUP_KEYS if getattr(s, k) != SETUP_DEFAULTS[k]})
         out["model" if self.model is not None else "config"] = self.model if self.model is not None else self.config
         return dict(sorted(out.items()))
 
