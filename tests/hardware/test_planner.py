@@ -15,6 +15,7 @@ from peftcalc.estimate import adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu, all_gpus, get_gpu
 from peftcalc.hardware.mfu import FAMILY_MFU, default_mfu, mfu_for
 from peftcalc.hardware.planner import (
+    ASSUMED_HOST_SHARE,
     STRATEGIES,
     Evaluator,
     PlanRequest,
@@ -322,8 +323,10 @@ def test_cost_arithmetic():
     hours = total / (gpu.bf16_flops_per_s * FAMILY_MFU["hopper"][0]) / 3600
     assert o.hours == pytest.approx(hours)
     assert o.rent_usd == pytest.approx(hours * gpu.rent_usd_per_hour)
-    assert o.purchase_usd == gpu.purchase_usd
-    assert o.cost.break_even_runs == pytest.approx(gpu.purchase_usd / o.rent_usd)
+    # one GPU of an 8-GPU server with no sourced server price: the GPU plus the stated host share, an estimate
+    assert o.purchase_usd == round(gpu.purchase_usd * (1 + ASSUMED_HOST_SHARE)) and o.cost.purchase_estimated
+    assert o.cost.step.step_seconds * (50_000_000 * 3 / 1024) / 3600 == pytest.approx(o.hours)
+    assert o.cost.break_even_runs == pytest.approx(o.purchase_usd / o.rent_usd)
 
 
 def test_mfu_override_and_defaults():
