@@ -18,7 +18,7 @@ largest of the three; `total` adds the overhead lines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from peftcalc.activations import Activations, activation_bytes
@@ -29,7 +29,8 @@ from peftcalc.methods.full import Full
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
-from peftcalc.parallel import Placement, place
+from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
+                               stage_spec)
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
@@ -56,6 +57,7 @@ class MemoryBreakdown:
     buffer_bytes: int = 0  # non-parameter tensors of the model
     input_bytes: int = 0  # the batch: token ids and labels
     communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
+    in_flight_activation_bytes: int = 0  # pipeline parallel: saved activations of the other micro-batches in flight
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
     backward_peak_bytes: int = 0  # the most live during backward (absolute)
     optimizer_peak_bytes: int = 0  # the most live during the optimizer step (absolute)
@@ -147,14 +149,24 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     `overhead` overrides single lines."""
     precision = get_precision(setup.precision)
     get_optimizer(setup.optimizer)
-    adaptation = adapt(spec, method)
+    whole = adapt(spec, method)
+    in_flight = 0
+    if setup.tensor_parallel > 1 or setup.pipeline_parallel > 1:  # one GPU holds one stage's tensor shard
+        check_model_parallel(spec, setup.tensor_parallel, setup.pipeline_parallel)
+        adaptation = adapt(stage_spec(spec, setup.tensor_parallel, stage_layers(spec, setup.pipeline_parallel)),
+                           method)
+        acts, in_flight = model_parallel_activations(spec, method, setup)
+    else:
+        adaptation = whole
+        acts = activation_bytes(adaptation, setup)
     states = model_states(adaptation, precision, setup.optimizer)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    acts = activation_bytes(adaptation, setup)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
+    if in_flight:
+        memory = replace(memory, in_flight_activation_bytes=in_flight)
     full = adapt(spec, Full())
-    return MethodEstimate(method.name, adaptation.params, memory, acts,
-                          checkpoint_size(adaptation, full, precision, num_tasks), adaptation.notes)
+    return MethodEstimate(method.name, whole.params, memory, acts,
+                          checkpoint_size(whole, full, precision, num_tasks), whole.notes)
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,

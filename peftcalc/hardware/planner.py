@@ -30,6 +30,7 @@ from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import DEFAULT_OVERHEAD_BYTES, MemoryBreakdown, adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu
 from peftcalc.hardware.mfu import Mfu, mfu_for
+from peftcalc.hardware.model_parallel import candidates
 from peftcalc.hardware.nodes import Node, node_for
 from peftcalc.hardware.steptime import StepTime, step_time
 from peftcalc.methods import DEFAULT_TABLE, Adaptation, Method, MethodOptions, make_method
@@ -199,8 +200,12 @@ STRATEGIES: tuple[Strategy, ...] = (
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
 
-def strategy_name(zero_stage: int, offload: bool) -> str:
-    return ("ddp" if zero_stage == 0 else f"zero-{zero_stage}") + ("+offload" if offload else "")
+def strategy_name(zero_stage: int, offload: bool, setup: Setup | None = None) -> str:
+    name = ("ddp" if zero_stage == 0 else f"zero-{zero_stage}") + ("+offload" if offload else "")
+    if setup is not None and (setup.tensor_parallel > 1 or setup.pipeline_parallel > 1):
+        sp = "-sp" if setup.sequence_parallel else ""
+        return f"tp{setup.tensor_parallel}{sp}-pp{setup.pipeline_parallel}+{name}"
+    return name
 
 
 def with_strategy(setup: Setup, num_gpus: int, zero_stage: int, offload: bool) -> Setup:
@@ -354,7 +359,7 @@ class Option:
 
     @property
     def strategy(self) -> str:
-        return strategy_name(self.zero_stage, self.offload)
+        return strategy_name(self.zero_stage, self.offload, self.setup)
 
     @property
     def fits(self) -> bool:
@@ -455,9 +460,9 @@ class Plan:
         return {
             # rent to the cent: with perfect scaling 1 and 8 GPUs cost the same, and fewer GPUs is simpler
             "cheapest": tuple(sorted((o for o in ok if o.rent_usd is not None),
-                                     key=lambda o: (round(rent(o), 2), o.num_gpus, o.hours))[:k]),
-            "fastest": tuple(sorted(ok, key=lambda o: (o.hours, rent(o), o.num_gpus))[:k]),
-            "fewest GPUs": tuple(sorted(ok, key=lambda o: (o.num_gpus, rent(o), o.hours))[:k]),
+                                     key=lambda o: (round(rent(o), 2), o.setup.gpus, o.hours))[:k]),
+            "fastest": tuple(sorted(ok, key=lambda o: (o.hours, rent(o), o.setup.gpus))[:k]),
+            "fewest GPUs": tuple(sorted(ok, key=lambda o: (o.setup.gpus, rent(o), o.hours))[:k]),
         }
 
 
@@ -467,9 +472,9 @@ def validate(request: PlanRequest) -> None:
         check_mfu(request.mfu)
     if isinstance(request.max_gpus, bool) or not isinstance(request.max_gpus, int) or request.max_gpus < 1:
         raise PeftcalcError(f"--max-gpus must be a positive integer, got {request.max_gpus!r}")
-    if request.setup.num_gpus > request.max_gpus:
-        raise PeftcalcError(f"--gpus {request.setup.num_gpus} is more than --max-gpus {request.max_gpus}: "
-                            f"raise --max-gpus to at least {request.setup.num_gpus}")
+    if request.setup.gpus > request.max_gpus:
+        raise PeftcalcError(f"--gpus {request.setup.gpus} is more than --max-gpus {request.max_gpus}: "
+                            f"raise --max-gpus to at least {request.setup.gpus}")
     if not request.gpus:
         raise PeftcalcError("no GPUs to plan for: give --gpu ID (see `peftcalc gpus`)")
     if not request.methods:
@@ -602,10 +607,28 @@ def _plan_pair(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method
         seen.add(key)
         best = n
         options.append(evaluate_option(ev, request, gpu, method, with_strategy(setup, *key), "fewest GPUs", node))
+    fsdp = next((so.num_gpus for so in scale if so.gpu == gpu.id and so.method == method
+                 and so.strategy.name == "zero-3"), None)
+    if fsdp is None or fsdp > node.gpus_per_node:  # FSDP alone does not fit in one node: split the model
+        options.extend(model_parallel_options(ev, request, gpu, node, method))
     if best is None and not any(o.runs for o in options[start:]):
         key = _canonical(gpu_limit(node, request.max_gpus), 3, True)
         if key not in seen:
             options.append(evaluate_option(ev, request, gpu, method, with_strategy(setup, *key), "max GPUs", node))
+
+
+def model_parallel_options(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: str) -> list[Option]:
+    """The fastest tensor/pipeline-parallel option and the one on the fewest GPUs (hardware/model_parallel.py)."""
+    cap = gpu.usable_memory_bytes
+    setups = candidates(request.spec, request.setup, node, request.max_gpus,
+                        lambda s: ev.peak(method, s) <= cap)
+    evaluated = [evaluate_option(ev, request, gpu, method, s, "tensor/pipeline", node) for s in setups]
+    timed = [o for o in evaluated if o.runs and o.hours is not None]
+    if not timed:
+        return evaluated[:1]
+    fastest = min(timed, key=lambda o: (o.hours, o.setup.gpus))
+    fewest = min(timed, key=lambda o: (o.setup.gpus, o.hours))
+    return [fastest] if fewest is fastest else [fastest, fewest]
 
 
 def plan_methods(methods: Sequence[str] | None) -> tuple[str, ...]:

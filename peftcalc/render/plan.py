@@ -117,10 +117,10 @@ def _option_dict(o: Option) -> dict[str, Any]:
     run = o.run_setup
     return {
         "gpu": o.gpu.id,
-        "num_gpus": o.num_gpus,
+        "num_gpus": o.setup.gpus,  # every GPU the option uses: data x tensor x pipeline parallel
+        "data_parallel": o.num_gpus,
         "node": o.node.id if o.node else None,
         "nodes": o.nodes,
-        "gpus_total": o.setup.gpus,
         "tensor_parallel": o.setup.tensor_parallel,
         "pipeline_parallel": o.setup.pipeline_parallel,
         **_step_dict(o),
@@ -158,7 +158,7 @@ def _option_dict(o: Option) -> dict[str, Any]:
 
 
 def _ref(o: Option) -> dict[str, Any]:
-    return {"gpu": o.gpu.id, "num_gpus": o.num_gpus, "nodes": o.nodes, "method": o.method, "strategy": o.strategy,
+    return {"gpu": o.gpu.id, "num_gpus": o.setup.gpus, "nodes": o.nodes, "method": o.method, "strategy": o.strategy,
             "kind": o.kind, "fits_with": list(o.remedies) if o.remedies else None, "hours": o.hours,
             "step_seconds": o.step_seconds, "rent_usd": o.rent_usd}
 
@@ -269,7 +269,7 @@ def plan_text(p: Plan, unit: Unit) -> str:
         for i, o in enumerate(opts, 1):
             c = o.cost
             be = f"{c.break_even_runs:,.1f}" if c.break_even_runs is not None else "-"
-            srows.append([f"{crit} #{i}", o.gpu.id, str(o.num_gpus), o.strategy, o.method,
+            srows.append([f"{crit} #{i}", o.gpu.id, gpus_text(o), o.strategy, o.method,
                           "as asked" if o.fits else verdict_text(o), fmt_hours(c.hours), fmt_usd(c.rent_usd),
                           fmt_usd(c.purchase_usd), be])
     if srows:

@@ -58,7 +58,8 @@ def test_json_contract_every_option():
             assert sum(parts.values()) == pytest.approx(o["step_seconds"])
             steps = 100_000_000 / o["communication"]["tokens_per_step"]
             assert o["hours"] == pytest.approx(steps * o["step_seconds"] / 3600)
-            assert o["nodes"] == -(-o["gpus_total"] // 8)
+            assert o["nodes"] == -(-o["num_gpus"] // 8)
+            assert o["num_gpus"] == o["data_parallel"] * o["tensor_parallel"] * o["pipeline_parallel"]
     # without --method, every method on every GPU, fitting or not
     assert {(o["gpu"], o["method"]) for o in d["options"]} == {
         (g, m) for g in ("rtx-4090", "a100-80gb", "h100-80gb") for m in DEFAULT_TABLE}

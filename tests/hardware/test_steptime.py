@@ -103,18 +103,21 @@ def test_the_issue_405b_example():
     setup = Setup(precision="bf16-mixed", seq_len=4096, gradient_checkpointing=True)
     p = plan(PlanRequest(spec=spec, setup=setup, gpus=(H100,), methods=("full",), max_gpus=512))
     runs = [o for o in p.options if o.runs]
-    assert len(runs) >= 2
+    assert len(runs) >= 4
     for o in runs:
-        assert o.setup.gpus % 8 == 0 and o.nodes >= 2
-        step = o.cost.step
-        assert step.communication_seconds > 0 and ("data", "infiniband-ndr", 50 * 10**9) in step.links
+        assert o.setup.gpus % 8 == 0 and o.nodes >= 2 and o.cost.step.communication_seconds > 0
+        if o.setup.tensor_parallel == 1:  # ZeRO-3 over 2+ nodes: the data-parallel ring crosses the NICs
+            assert o.cost.step.links == (("data", "infiniband-ndr", 50 * 10**9),)
+        else:  # tensor ranks inside the node, over NVLink
+            assert ("tensor", "nvlink4-nvswitch", 450 * 10**9) in o.cost.step.links
+    assert p.shortlist()["fastest"][0].kind == "tensor/pipeline"  # what every 405B recipe uses
     zero3 = next(o for o in runs if o.strategy == "zero-3")
     offload = next(o for o in runs if o.strategy == "zero-3+offload")
     assert offload.cost.step.offload_seconds > 0
     perfect = {o.strategy: o.cost.run_flops / (PEAK * o.cost.mfu.value) / 3600 * H100.rent_usd_per_hour
                for o in (zero3, offload)}
     assert perfect["zero-3"] == pytest.approx(perfect["zero-3+offload"])  # a tie under perfect scaling
-    assert zero3.rent_usd < offload.rent_usd and p.shortlist()["cheapest"][0].strategy == "zero-3"
+    assert zero3.rent_usd < offload.rent_usd
 
 
 def test_default_node_is_the_catalogues():
