@@ -12,7 +12,6 @@ from peftcalc.cli.options import (method_options, methods_option, model_options,
                                   resolve_spec, resolve_unit)
 from peftcalc.cli.nodes import node_file_option
 from peftcalc.errors import PeftcalcError
-from peftcalc.units import Unit
 
 node_option = click.option("--node", "node_ids", multiple=True, metavar="ID",
                            help="The server type a GPU sits in (repeatable, one per GPU; default: the catalogue's "
