@@ -17,10 +17,10 @@ Per strategy (what the measured torchrun runs check, to the byte, for DDP and FS
 - ZeRO-1/2 (DeepSpeed): a reduce-scatter of the trainable gradients at the accumulation boundary, then an
   all-gather of the updated weights (their stored dtype) after the optimizer step (ZeRO paper section 7: the
   same 2x volume as DDP's all-reduce).
-- ZeRO-3 / FSDP2 (`fully_shard` per block, then the root): every micro-batch all-gathers each block's weights
-  in forward and again in backward (resharded after forward) and the root's (embeddings, final norm, head)
-  once (the root is not resharded after forward), and reduce-scatters the trainable gradients of each unit in
-  backward. FSDP2 pads every parameter's first dimension to a multiple of the ranks
+- ZeRO-3 / FSDP2 (`fully_shard(reshard_after_forward=True)` per block, then on the root, as accelerate's
+  default and peftcalc's torchrun runs wrap it): every micro-batch all-gathers each unit's weights (every block,
+  and the root's embeddings, final norm and head) in forward and again in backward, and reduce-scatters each
+  unit's trainable gradients in backward (ZeRO paper section 7.2.2: 3 x the weights). FSDP2 pads every parameter's first dimension to a multiple of the ranks
   (torch/distributed/fsdp/_fully_shard/_fsdp_param.py: `padded_sharded_param_size`); the payloads include it.
 - Tensor parallel (Megatron-LM, Shoeybi et al. 2019 section 3; Korthikanti et al. 2022 section 4.2.2): per block
   and micro-batch, 2 all-reduces of the (tokens x hidden) activation in forward and 2 in backward; with sequence
@@ -196,12 +196,9 @@ def data_parallel(adaptation: Adaptation, setup: Setup) -> list[Collective]:
         weights, grads_u = -(-u.weight_bytes // shard), -(-u.gradient_bytes // shard)
         if not weights:
             continue
-        forward_calls = m * u.count
-        backward_calls = 0 if u.name == "root" else m * u.count  # the root stays gathered from forward on
-        out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.FORWARD, weights, forward_calls, f"{u.name} weights"))
-        if backward_calls:
-            out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.BACKWARD, weights, backward_calls,
-                                  f"{u.name} weights again"))
+        calls = m * u.count
+        out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.FORWARD, weights, calls, f"{u.name} weights"))
+        out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.BACKWARD, weights, calls, f"{u.name} weights again"))
         if grads_u:
             out.append(Collective(Kind.REDUCE_SCATTER, dp, n, Phase.BACKWARD, grads_u, m * u.count,
                                   f"{u.name} trainable gradients"))
