@@ -518,7 +518,7 @@ def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: s
         note = f"{gpu.id} has no {dtype} tensor cores: choose another --precision (fp16-mixed)"
         return Cost(flops, total, mfu, None, None, purchase, None, note, None, estimated)
     try:
-        step = step_time(ev.adaptation(method), run, node, flops, peak, mfu.value)
+        step = step_time(ev.adaptation(method), run, node, flops, peak, mfu.value, gpu.memory_bandwidth_bytes_per_s)
     except PeftcalcError as e:
         return Cost(flops, total, mfu, None, None, purchase, None, str(e), None, estimated)
     steps = request.tokens * request.epochs / step.tokens_per_step

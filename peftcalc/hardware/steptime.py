@@ -8,6 +8,10 @@ ranks, at the dense peak of the compute dtype times the assumed MFU (mfu.py). A 
 forward FLOPs; its backward the rest. Pipeline parallel runs 1F1B (Narayanan et al. 2021, arXiv:2104.04473,
 section 2.2): m micro-batches over p stages take (m + p - 1) micro-batch times, a bubble of (p - 1) / m.
 
+The optimizer step (on the GPU) is elementwise and memory-bound (the roofline model, Williams et al. 2009): AdamW
+reads and writes every trainable weight, its master copy and its states once and reads its gradient, at the GPU's
+memory bandwidth (an optimistic bound); it is part of compute.
+
 Communication: every collective of collectives.py, the bytes a rank sends over the ring divided by the link the
 ring crosses: the node's intra-node bandwidth while the group stays inside a node, its inter-node bandwidth per
 GPU once it spans nodes (ranks are laid out tensor-parallel innermost, then data-parallel, then pipeline stages,
@@ -40,6 +44,7 @@ from peftcalc.compute import Flops
 from peftcalc.errors import PeftcalcError
 from peftcalc.hardware.nodes import Node
 from peftcalc.methods.base import Adaptation
+from peftcalc.optim import get_optimizer
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.units import dtype_bytes
@@ -55,6 +60,8 @@ ASSUMPTIONS = {
     "offload": ("gradients to the host hidden behind backward; CPU AdamW (30 B/parameter over an ASSUMED 200 GB/s "
                 "of host memory bandwidth per node) and the weights' return exposed"),
     "pipeline": "1F1B: (m + p - 1) micro-batch times per step for m micro-batches over p stages",
+    "optimizer": ("the GPU's optimizer step is memory traffic (each trainable weight, master copy and state read "
+                  "and written once, each gradient read) at the GPU's memory bandwidth, inside compute"),
 }
 
 
@@ -66,6 +73,7 @@ class StepTime:
     communication_total_seconds: float  # every collective, before overlap
     offload_total_seconds: float
     bubble_seconds: float
+    optimizer_seconds: float  # the optimizer step on the GPU, inside compute_seconds
     tokens_per_step: int  # data tokens of one optimizer step over all GPUs
     volume: CommVolume
     links: tuple[tuple[str, str, int], ...]  # (group, link kind, bytes/s each way) of the groups that communicate
@@ -121,19 +129,39 @@ def compute_of(flops: Flops, setup: Setup, peak_flops_per_s: int, mfu: float) ->
     return Compute(flops.flops_per_seq * setup.batch_size / rate, flops.forward_flops_per_seq * setup.batch_size / rate)
 
 
+def optimizer_seconds(adaptation: Adaptation, setup: Setup, memory_bytes_per_s: int | None) -> float:
+    """The GPU's optimizer step as memory traffic: each trainable weight, master copy and state read and written
+    once, each gradient read (ZeRO-1+ steps this rank's shard only; offload steps on the CPU)."""
+    if setup.offload or not memory_bytes_per_s:
+        return 0.0
+    precision, opt = get_precision(setup.precision), get_optimizer(setup.optimizer)
+    traffic = 0
+    for g in adaptation.tensors:
+        if not g.trainable:
+            continue
+        weight = g.total * dtype_bytes(precision.stored_dtype(g.added))
+        master = g.total * 4 if precision.has_master(g.added) else 0
+        states = opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
+        traffic += 2 * (weight + master + states) + weight
+    ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
+    return traffic / (ranks * setup.tensor_parallel * setup.pipeline_parallel) / memory_bytes_per_s
+
+
 def step_time(adaptation: Adaptation, setup: Setup, node: Node, flops: Flops, peak_flops_per_s: int,
-              mfu: float) -> StepTime:
-    """One optimizer step of `setup` on GPUs of `node` (see the module docstring for every assumption)."""
+              mfu: float, memory_bytes_per_s: int | None = None) -> StepTime:
+    """One optimizer step of `setup` on GPUs of `node` (see the module docstring for every assumption);
+    `memory_bytes_per_s` (the GPU's) times the optimizer step."""
     c = compute_of(flops, setup, peak_flops_per_s, mfu)
     m, p = setup.gradient_accumulation, setup.pipeline_parallel
     bubble = (p - 1) * c.microbatch_seconds
-    compute = m * c.microbatch_seconds + bubble
+    opt = optimizer_seconds(adaptation, setup, memory_bytes_per_s)
+    compute = m * c.microbatch_seconds + bubble + opt
     volume = step_volume(adaptation, setup)
     comm_total, comm_exposed = _communication(list(volume.collectives), setup, node, c)
     off_total, off_exposed = _offload(adaptation, setup, node, c)
     tokens = setup.seq_len * setup.batch_size * m * setup.num_gpus
     links = tuple(sorted({(g.value, *link_of(g, setup, node)) for g in {x.group for x in volume.collectives}}))
-    return StepTime(compute, comm_exposed, off_exposed, comm_total, off_total, bubble, tokens, volume, links)
+    return StepTime(compute, comm_exposed, off_exposed, comm_total, off_total, bubble, opt, tokens, volume, links)
 
 
 def _communication(cs: list[Collective], setup: Setup, node: Node, c: Compute) -> tuple[float, float]:

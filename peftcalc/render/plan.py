@@ -106,6 +106,7 @@ def _step_dict(o: Option) -> dict[str, Any]:
             "total_seconds": step.communication_total_seconds,
             "offload_total_seconds": step.offload_total_seconds,
             "bubble_seconds": step.bubble_seconds,
+            "optimizer_seconds": step.optimizer_seconds,
             "tokens_per_step": step.tokens_per_step,
             "links": [{"group": g, "kind": k, "bytes_per_s": b} for g, k, b in step.links],
         },

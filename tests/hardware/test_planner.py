@@ -320,7 +320,12 @@ def test_cost_arithmetic():
     flops = training_flops_per_seq(adapt(spec, make_method("lora")), 1024, False)
     total = run_flops(flops, 50_000_000, 3)
     assert o.cost.run_flops == total
-    hours = total / (gpu.bf16_flops_per_s * FAMILY_MFU["hopper"][0]) / 3600
+    steps = 50_000_000 * 3 / 1024
+    # AdamW on LoRA's fp32 adapters as memory traffic: weight, exp_avg, exp_avg_sq read and written, gradient read
+    trainable = sum(g.total for g in adapt(spec, make_method("lora")).tensors if g.trainable)
+    optimizer = trainable * 7 * 4 / gpu.memory_bandwidth_bytes_per_s
+    assert o.cost.step.optimizer_seconds == pytest.approx(optimizer)
+    hours = (total / (gpu.bf16_flops_per_s * FAMILY_MFU["hopper"][0]) + steps * optimizer) / 3600
     assert o.hours == pytest.approx(hours)
     assert o.rent_usd == pytest.approx(hours * gpu.rent_usd_per_hour)
     # one GPU of an 8-GPU server with no sourced server price: the GPU plus the stated host share, an estimate
@@ -336,7 +341,11 @@ def test_mfu_override_and_defaults():
     half = plan(replace(base, mfu=0.2))
     for m in ("lora", "qlora"):
         d, h = asked(default, "a100-80gb", m), asked(half, "a100-80gb", m)
-        assert h.hours == pytest.approx(d.hours * d.cost.mfu.value / 0.2)
+        # the matmuls scale with 1/MFU; the optimizer step is memory traffic and does not
+        opt_d, opt_h = d.cost.step.optimizer_seconds, h.cost.step.optimizer_seconds
+        assert opt_d == opt_h > 0
+        steps = d.hours * 3600 / d.cost.step.step_seconds
+        assert h.hours * 3600 / steps - opt_h == pytest.approx((d.hours * 3600 / steps - opt_d) * d.cost.mfu.value / 0.2)
         assert h.cost.mfu.value == 0.2
     assert asked(default, "a100-80gb", "qlora").cost.mfu.value < asked(default, "a100-80gb", "lora").cost.mfu.value
     for gpu in all_gpus():
