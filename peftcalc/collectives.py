@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from peftcalc.methods.base import Adaptation, TensorGroup
-from peftcalc.memory import buffer_bytes
+from peftcalc.memory import buffer_bytes, tensor_bytes
 from peftcalc.precision import Precision, get_precision
 from peftcalc.setup import Setup
 from peftcalc.units import dtype_bytes
@@ -148,7 +148,10 @@ def fsdp_units(adaptation: Adaptation, precision: Precision, ranks: int) -> tupl
     blocks = {p: [0, 0, c] for p, c in prefixes}
     root = [0, 0]
     for g in adaptation.tensors:
-        size = padded_numel(g, ranks) * _stored_bytes(g, precision)
+        if g.format == "dense":
+            size = padded_numel(g, ranks) * _stored_bytes(g, precision)
+        else:  # a quantized base weight: its packed bytes (FSDP2 over bitsandbytes weights is not modelled further)
+            size = tensor_bytes(g, precision)
         stack = next((p for p, _ in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
         if stack is None:
             root[0] += size * g.count

@@ -169,15 +169,6 @@ def check_mfu(mfu: float) -> None:
 
 # ---- time and money ------------------------------------------------------------------------------------
 
-def run_seconds(total_flops: int, num_gpus: int, peak_flops_per_s: int, mfu: float) -> float:
-    """Wall time: FLOPs / (GPUs x dense peak x utilisation). Assumes perfect data-parallel scaling (the
-    communication of DDP/ZeRO overlapped with compute) and no time for evaluation, checkpoints or startup."""
-    check_mfu(mfu)
-    if num_gpus <= 0 or peak_flops_per_s <= 0:
-        raise PeftcalcError("GPU count and peak FLOP/s must be positive")
-    return total_flops / (num_gpus * peak_flops_per_s * mfu)
-
-
 def rent_usd(hours: float, num_gpus: int, usd_per_gpu_hour: float) -> float:
     """Renting: GPU-hours x the hourly price per GPU (billing granularity and minimums ignored)."""
     return hours * num_gpus * usd_per_gpu_hour

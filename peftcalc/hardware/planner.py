@@ -13,7 +13,7 @@ For each method x GPU it answers, from the analytic model alone (estimate.py; no
 * a ranked shortlist: cheapest, fastest, fewest GPUs, by that time (not by perfect scaling).
 
 Searches rest on monotonicity, which the analytic model has and tests check: per-GPU bytes never decrease
-with batch or sequence length, and never increase with the number of GPUs for a given ZeRO stage.
+with batch or sequence length, and never increase with the number of GPUs (from 2 on) for a given ZeRO stage.
 """
 
 from __future__ import annotations
@@ -232,8 +232,8 @@ def gpu_limit(node: Node, max_gpus: int) -> int:
 def fewest_gpus(ev: Evaluator, method: str, setup: Setup, strategy: Strategy, capacity_bytes: int,
                 max_gpus: int, node: Node | None = None) -> int | None:
     """The fewest GPUs (<= max_gpus, whole nodes past one node of `node`) on which `strategy` fits `setup`, its
-    offloaded states included in the node's host memory; None if none do. Bytes per GPU never increase with more
-    GPUs (shards only shrink), so bisection is exact."""
+    offloaded states included in the node's host memory; None if none do. From 2 GPUs on, bytes per GPU never
+    increase with more GPUs (shards only shrink), so bisection is exact; 1 GPU is tried on its own."""
     upper = max_gpus if node is None else gpu_limit(node, max_gpus)
 
     def fits(n: int) -> bool:
@@ -242,9 +242,11 @@ def fewest_gpus(ev: Evaluator, method: str, setup: Setup, strategy: Strategy, ca
             return False
         return node is None or not strategy.offload or host_memory_fits(node, ev.memory(method, changed), n)
 
-    if upper < 1 or not fits(upper):
+    if upper >= 1 and fits(1):  # one GPU shards and gathers nothing: not on the curve of 2+ (see fsdp_gathered_bytes)
+        return 1
+    if upper < 2 or not fits(upper):
         return None
-    lo, hi = 0, upper
+    lo, hi = 1, upper
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)

@@ -207,11 +207,14 @@ def test_evaluator_equals_estimate_method(params, method, precision, batch, seq,
 
 @settings(max_examples=80, deadline=None)
 @given(model=st.sampled_from(model_names()), method=st.sampled_from(DEFAULT_TABLE),
-       precision=st.sampled_from(["fp32", "bf16-mixed", "fp16-mixed", "bf16"]), n=st.integers(1, 511),
+       precision=st.sampled_from(["fp32", "bf16-mixed", "fp16-mixed", "bf16"]), n=st.integers(2, 511),
        offload=st.booleans(), batch=st.integers(1, 16))
 def test_more_gpus_never_need_more_memory_per_gpu_under_zero3(model, method, precision, n, offload, batch):
     # Catalogue models, not --params shapes: an inferred shape larger than N holds a negative "unattributed"
     # remainder, and with a quantized base (qlora) its weight bytes go negative (a core bug, reported).
+    # From 2 GPUs on: from 1 to 2, ZeRO-3 starts gathering (a rank holds its shards plus the unsharded root and one
+    # block, measured on FSDP2), which can exceed one unsharded copy when embeddings dominate; fewest_gpus tries 1
+    # GPU on its own for that reason.
     ev = Evaluator(get_model(model))
     setup = Setup(precision=precision, batch_size=batch, zero_stage=3, offload=offload)
     try:
