@@ -30,7 +30,6 @@ from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
 from peftcalc.parallel import Placement, place
-from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 
@@ -56,6 +55,7 @@ class MemoryBreakdown:
     buffer_bytes: int = 0  # non-parameter tensors of the model
     input_bytes: int = 0  # the batch: token ids and labels
     communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
+    accumulated_gradient_bytes: int = 0  # gradients held between micro-batches of gradient accumulation
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
     backward_peak_bytes: int = 0  # the most live during backward (absolute)
     optimizer_peak_bytes: int = 0  # the most live during the optimizer step (absolute)
@@ -145,21 +145,24 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
                     overhead: OverheadSpec = OverheadSpec()) -> MethodEstimate:
     """One method's estimate. `overhead_bytes` (an int) replaces the overhead lines by one given total;
     `overhead` overrides single lines."""
-    precision = get_precision(setup.precision)
+    precision = setup.recipe
     get_optimizer(setup.optimizer)
     adaptation = adapt(spec, method)
     states = model_states(adaptation, precision, setup.optimizer)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
     acts = activation_bytes(adaptation, setup)
-    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
+    later = activation_bytes(adaptation, setup, accumulating=True) if setup.gradient_accumulation > 1 else None
+    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, adaptation.params, memory, acts,
                           checkpoint_size(adaptation, full, precision, num_tasks), adaptation.notes)
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,
-            overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec()) -> MemoryBreakdown:
-    """The phases of one step on one GPU from model states, their placement and the replayed activations."""
+            overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec(),
+            later: Activations | None = None) -> MemoryBreakdown:
+    """The phases of one step on one GPU from model states, their placement and the replayed activations.
+    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`)."""
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
     parallel = setup.num_gpus > 1
     # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
@@ -180,6 +183,9 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     forward = start + acts.forward_peak_bytes + gathered
     backward = start + acts.backward_peak_bytes - (grad_shortfall if setup.zero_stage >= 2 else 0) \
         + (gathered + states.layer_weight_bytes if gathered else 0)
+    kept = placed.gradient_bytes if later is not None else 0
+    if later is not None:
+        forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered, states)
     temps = optimizer_temporary_bytes(states, setup, ranks)
     if setup.offload:
         opt_grads = placed.gradient_bytes
@@ -192,7 +198,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     if overhead_bytes is not None:
         lines: tuple[OverheadLine, ...] = (OverheadLine("user", int(overhead_bytes), "given"),)
     else:
-        rounding = rounding_bytes(adaptation, get_precision(setup.precision), True,
+        rounding = rounding_bytes(adaptation, setup.recipe, True,
                                   2 if setup.optimizer == "adamw" else 0)
         lines = overhead_lines(overhead, peak, rounding)
     return MemoryBreakdown(
@@ -207,11 +213,24 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         buffer_bytes=states.buffer_bytes,
         input_bytes=input_bytes(setup),
         communication_bytes=comm,
+        accumulated_gradient_bytes=kept,
         forward_peak_bytes=forward,
         backward_peak_bytes=backward,
         optimizer_peak_bytes=optimizer,
         overhead=lines,
     )
+
+
+def accumulation_peaks(forward: int, backward: int, start: int, later: Activations, gathered: int,
+                       states: ModelStates) -> tuple[int, int]:
+    """Gradient accumulation: micro-batches 2..k start with the gradients of the ones before still held (each
+    rank's share under ZeRO-2/3, whole under DDP), and torch adds each new gradient into them in place
+    (AccumulateGrad: `grad += new_grad`, the new one freed). `start` includes those gradients; `later` is the
+    replay of such a micro-batch (its peaks leave the held gradients out). The step's forward and backward peaks
+    are the larger of the first micro-batch's and a later one's."""
+    layer = states.layer_weight_bytes if gathered else 0
+    return (max(forward, start + later.forward_peak_bytes + gathered),
+            max(backward, start + later.backward_peak_bytes + gathered + layer))
 
 
 def estimate(spec: ModelSpec, setup: Setup, methods: tuple[str, ...] = DEFAULT_TABLE,

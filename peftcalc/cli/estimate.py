@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from peftcalc.cli.options import (method_options, model_options, one_method_option, output_options,
-                                  resolve_method_options, resolve_overhead, resolve_setup, resolve_spec, resolve_unit,
-                                  setup_options, tasks_option)
+from peftcalc.cli.options import (apply_from, from_options, method_options, model_options, one_method_option,
+                                  output_options, resolve_method_options, resolve_overhead, resolve_setup,
+                                  resolve_spec, resolve_unit, setup_options, tasks_option)
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import estimate
 from peftcalc.methods import DEFAULT_TABLE
@@ -17,13 +17,15 @@ from peftcalc.uncertainty import bands
 
 
 @click.command("estimate")
+@from_options
 @model_options
 @one_method_option
 @method_options
 @setup_options
 @tasks_option
 @output_options
-def estimate_cmd(**kw: Any) -> None:
+@click.pass_context
+def estimate_cmd(ctx: click.Context, **kw: Any) -> None:
     """Parameters, memory and storage of fine-tuning a model with each method.
 
     \b
@@ -33,17 +35,24 @@ def estimate_cmd(**kw: Any) -> None:
           --precision bf16-mixed --seq 2048 --batch 4
       peftcalc estimate --config ./my-model/config.json --method qlora --rank 64 --json
       peftcalc estimate --model mistral-7b --method lora --adamw-impl fused --overhead context=600MiB
+      peftcalc estimate --from examples/llama-3/qlora.yml --model llama-3-8b     # an axolotl config
+      peftcalc estimate --from sft.yaml --from accelerate_zero3.yaml --batch 2  # TRL + its launcher
     """
     unit = resolve_unit(kw)
     if kw["tasks"] <= 0:
         raise PeftcalcError(f"--tasks must be a positive integer, got {kw['tasks']}")
+    files = apply_from(ctx, kw)
     spec = resolve_spec(kw)
+    if files is not None:
+        from peftcalc.configs.apply import check_shape
+
+        check_shape(files, spec)
     methods = (kw["method"],) if kw["method"] else DEFAULT_TABLE
     est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"],
                    overhead=resolve_overhead(kw))
     if kw["as_csv"]:
         click.echo(estimate_csv(est), nl=False)
     elif kw["as_json"]:
-        click.echo(estimate_json(est, bands(est)))
+        click.echo(estimate_json(est, bands(est), files))
     else:
-        click.echo(estimate_text(est, unit, bands(est)))
+        click.echo(estimate_text(est, unit, bands(est), files))

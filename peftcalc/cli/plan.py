@@ -7,21 +7,23 @@ from typing import Any
 
 import click
 
-from peftcalc.cli.options import (method_options, methods_option, model_options, output_options, planning_options,
-                                  planning_setup_options, resolve_gpus, resolve_method_options, resolve_setup,
-                                  resolve_spec, resolve_unit)
+from peftcalc.cli.options import (apply_from, from_options, method_options, methods_option, model_options,
+                                  output_options, planning_options, planning_setup_options, resolve_gpus,
+                                  resolve_method_options, resolve_setup, resolve_spec, resolve_unit)
 from peftcalc.errors import PeftcalcError
 from peftcalc.units import Unit
 
 
 @click.command("plan")
+@from_options
 @model_options
 @methods_option
 @method_options
 @planning_setup_options
 @planning_options
 @output_options
-def plan_cmd(**kw: Any) -> None:
+@click.pass_context
+def plan_cmd(ctx: click.Context, **kw: Any) -> None:
     """Which GPUs fit each method, how many, how long the run takes, what it costs to rent or buy.
 
     For every method x GPU: a fit verdict at the setup asked (or the changes it needs), the margin and the
@@ -35,23 +37,51 @@ def plan_cmd(**kw: Any) -> None:
       peftcalc plan --params 7e9 --gpu rtx-4090 --gpu a100-80gb --gpu h100-80gb --json
       peftcalc plan --model mistral-7b --method full --gpu h100-80gb --max-gpus 8 --precision bf16-mixed
       peftcalc plan --model llama-2-7b --precision bf16-mixed --seq 4096 --gpu-file my-gpus.json --csv
+      peftcalc plan --from examples/llama-3/qlora.yml --model llama-3-8b --gpu a100-80gb --tokens 20e6
     """
     from peftcalc.hardware.planner import PlanRequest, plan, plan_methods
     from peftcalc.render.plan import plan_csv, plan_dict, plan_text
 
     unit = resolve_unit(kw)
+    files = apply_from(ctx, kw, methods_key="methods")
     gpus = resolve_gpus(kw)
     spec = resolve_spec(kw)
-    request = PlanRequest(spec=spec, setup=resolve_setup(kw), gpus=gpus, methods=plan_methods(kw["methods"]),
-                          options=resolve_method_options(kw), max_gpus=kw["max_gpus"], tokens=kw["tokens"],
-                          epochs=kw["epochs"], mfu=kw["mfu"])
+    if files is not None:
+        from peftcalc.configs.apply import check_shape
+
+        check_shape(files, spec)
+    setup = resolve_setup(kw)
+    max_gpus = kw["max_gpus"]
+    if files is not None and "max_gpus" not in _given(ctx):  # a file's GPU count raises the default bound
+        max_gpus = max(max_gpus, setup.num_gpus)
+    request = PlanRequest(spec=spec, setup=setup, gpus=gpus, methods=plan_methods(kw["methods"]),
+                          options=resolve_method_options(kw), max_gpus=max_gpus, tokens=kw["tokens"],
+                          epochs=kw["epochs"], mfu=kw["mfu"], steps=kw["steps"])
     result = plan(request)
     if kw["as_json"]:
-        click.echo(json.dumps(plan_dict(result), indent=2))
+        out = plan_dict(result)
+        if files is not None:
+            out["from"] = files.to_dict()
+        click.echo(json.dumps(out, indent=2))
     elif kw["as_csv"]:
         click.echo(plan_csv(result), nl=False)
     else:
         click.echo(plan_text(result, unit))
+        if files is not None:
+            from peftcalc.render.from_files import from_text
+
+            click.echo("\n" + from_text(files))
+    _nothing_fits(result, request, spec, gpus, unit)
+
+
+def _given(ctx: click.Context) -> set[str]:
+    from click.core import ParameterSource
+
+    return {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name) is
+            ParameterSource.COMMANDLINE}
+
+
+def _nothing_fits(result: Any, request: Any, spec: Any, gpus: Any, unit: Any) -> None:
     if not any(o.runs for o in result.options):
         closest = max(result.options, key=lambda o: o.margin_bytes)
         raise PeftcalcError(

@@ -373,6 +373,25 @@ class PlanRequest:
     epochs: float = 1.0
     mfu: float | None = None  # None: the defaults of hardware/mfu.py
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
+    steps: int | None = None  # optimizer steps instead of tokens x epochs
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on at the setup asked: micro-batch x accumulation x GPUs x sequence."""
+        return self.setup.tokens_per_step
+
+    @property
+    def run_tokens(self) -> tuple[int, float]:
+        """(tokens, epochs) of the run: `steps` optimizer steps of the setup asked (the global batch is the
+        run's, so other GPU counts train the same tokens), else tokens x epochs."""
+        if self.steps is not None:
+            return self.steps * self.tokens_per_step, 1.0
+        return self.tokens, self.epochs
+
+    @property
+    def optimizer_steps(self) -> float:
+        tokens, epochs = self.run_tokens
+        return tokens * epochs / self.tokens_per_step
 
 
 @dataclass(frozen=True)
@@ -402,7 +421,10 @@ class Plan:
 
 
 def validate(request: PlanRequest) -> None:
-    check_run(request.tokens, request.epochs)
+    if request.steps is not None and (isinstance(request.steps, bool) or not isinstance(request.steps, int)
+                                      or request.steps <= 0):
+        raise PeftcalcError(f"--steps must be a positive integer, got {request.steps!r}")
+    check_run(*request.run_tokens)
     if request.mfu is not None:
         check_mfu(request.mfu)
     if isinstance(request.max_gpus, bool) or not isinstance(request.max_gpus, int) or request.max_gpus < 1:
@@ -423,7 +445,7 @@ def flops_of(ev: Evaluator, method: str, setup: Setup) -> Flops:
 def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, run: Setup) -> Cost:
     """Time, rent and purchase of running `run` on `run.num_gpus` GPUs of type `gpu`."""
     flops = flops_of(ev, method, run)
-    total = run_flops(flops, request.tokens, request.epochs)
+    total = run_flops(flops, *request.run_tokens)
     mfu = mfu_for(gpu, ev.adaptation(method).quantized_base, request.mfu)
     dtype = get_precision(run.precision).compute_dtype
     peak = gpu.flops_per_s(dtype)
