@@ -19,6 +19,7 @@ COMMANDS = {
     "methods": "peftcalc.cli.methods",
     "gpus": "peftcalc.cli.gpus",
     "plan": "peftcalc.cli.plan",
+    "check": "peftcalc.cli.check",
     "measure": "peftcalc.cli.measure",
     "bench": "peftcalc.cli.bench",
     "validate": "peftcalc.cli.validate",

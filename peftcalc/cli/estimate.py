@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -12,7 +13,9 @@ from peftcalc.cli.options import (apply_from, from_options, method_options, mode
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import estimate
 from peftcalc.methods import DEFAULT_TABLE
-from peftcalc.render.estimate import estimate_csv, estimate_json, estimate_text
+from peftcalc.configs.apply import check_shape
+from peftcalc.render.estimate import estimate_csv
+from peftcalc.render.results import EstimateResult
 from peftcalc.uncertainty import bands
 
 
@@ -39,20 +42,24 @@ def estimate_cmd(ctx: click.Context, **kw: Any) -> None:
       peftcalc estimate --from sft.yaml --from accelerate_zero3.yaml --batch 2  # TRL + its launcher
     """
     unit = resolve_unit(kw)
+    result = estimate_result(ctx, kw)
+    if kw["as_csv"]:
+        click.echo(estimate_csv(result.estimate), nl=False)
+    elif kw["as_json"]:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(result.text(unit.value))
+
+
+def estimate_result(ctx: click.Context, kw: dict[str, Any]) -> EstimateResult:
+    """The estimate the parsed options ask for (the CLI's and the Python API's one path)."""
     if kw["tasks"] <= 0:
         raise PeftcalcError(f"--tasks must be a positive integer, got {kw['tasks']}")
     files = apply_from(ctx, kw)
     spec = resolve_spec(kw)
     if files is not None:
-        from peftcalc.configs.apply import check_shape
-
         check_shape(files, spec)
     methods = (kw["method"],) if kw["method"] else DEFAULT_TABLE
     est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"],
                    overhead=resolve_overhead(kw))
-    if kw["as_csv"]:
-        click.echo(estimate_csv(est), nl=False)
-    elif kw["as_json"]:
-        click.echo(estimate_json(est, bands(est), files))
-    else:
-        click.echo(estimate_text(est, unit, bands(est), files))
+    return EstimateResult(est, bands(est), files)

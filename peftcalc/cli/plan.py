@@ -39,16 +39,29 @@ def plan_cmd(ctx: click.Context, **kw: Any) -> None:
       peftcalc plan --model llama-2-7b --precision bf16-mixed --seq 4096 --gpu-file my-gpus.json --csv
       peftcalc plan --from examples/llama-3/qlora.yml --model llama-3-8b --gpu a100-80gb --tokens 20e6
     """
-    from peftcalc.hardware.planner import PlanRequest, plan, plan_methods
-    from peftcalc.render.plan import plan_csv, plan_dict, plan_text
+    from peftcalc.render.plan import plan_csv
 
     unit = resolve_unit(kw)
+    result = plan_result(ctx, kw)
+    if kw["as_json"]:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif kw["as_csv"]:
+        click.echo(plan_csv(result.plan), nl=False)
+    else:
+        click.echo(result.text(unit.value))
+    _nothing_fits(result.plan, unit)
+
+
+def plan_result(ctx: click.Context, kw: dict[str, Any]) -> Any:
+    """The plan the parsed options ask for, as a render.results.PlanResult (the CLI's and the API's one path)."""
+    from peftcalc.configs.apply import check_shape
+    from peftcalc.hardware.planner import PlanRequest, plan, plan_methods
+    from peftcalc.render.results import PlanResult
+
     files = apply_from(ctx, kw, methods_key="methods")
     gpus = resolve_gpus(kw)
     spec = resolve_spec(kw)
     if files is not None:
-        from peftcalc.configs.apply import check_shape
-
         check_shape(files, spec)
     setup = resolve_setup(kw)
     max_gpus = kw["max_gpus"]
@@ -57,21 +70,7 @@ def plan_cmd(ctx: click.Context, **kw: Any) -> None:
     request = PlanRequest(spec=spec, setup=setup, gpus=gpus, methods=plan_methods(kw["methods"]),
                           options=resolve_method_options(kw), max_gpus=max_gpus, tokens=kw["tokens"],
                           epochs=kw["epochs"], mfu=kw["mfu"], steps=kw["steps"])
-    result = plan(request)
-    if kw["as_json"]:
-        out = plan_dict(result)
-        if files is not None:
-            out["from"] = files.to_dict()
-        click.echo(json.dumps(out, indent=2))
-    elif kw["as_csv"]:
-        click.echo(plan_csv(result), nl=False)
-    else:
-        click.echo(plan_text(result, unit))
-        if files is not None:
-            from peftcalc.render.from_files import from_text
-
-            click.echo("\n" + from_text(files))
-    _nothing_fits(result, request, spec, gpus, unit)
+    return PlanResult(plan(request), files)
 
 
 def _given(ctx: click.Context) -> set[str]:
@@ -81,7 +80,8 @@ def _given(ctx: click.Context) -> set[str]:
             ParameterSource.COMMANDLINE}
 
 
-def _nothing_fits(result: Any, request: Any, spec: Any, gpus: Any, unit: Any) -> None:
+def _nothing_fits(result: Any, unit: Any) -> None:
+    request, spec, gpus = result.request, result.request.spec, result.request.gpus
     if not any(o.runs for o in result.options):
         closest = max(result.options, key=lambda o: o.margin_bytes)
         raise PeftcalcError(

@@ -112,8 +112,7 @@ def resolve_model(name: str) -> tuple[str, str]:
     from peftcalc.model.catalogue import entry, get_model, model_names
 
     try:
-        get_model(name)
-        return name, "as --model resolves it"
+        return get_model(name).name, "as --model resolves it"
     except PeftcalcError as error:
         repo = name.rsplit("/", 1)[-1].lower()
         same = [m for m in model_names() if str(entry(m).get("hf_id", "")).rsplit("/", 1)[-1].lower() == repo]
@@ -129,7 +128,9 @@ def _annotate(c: TrainingConfig, i: int, fates: Mapping[tuple[int, str], str],
         notes = [fates[(i, s)] for s in u.settings if (i, s) in fates]
         why = [fell_back[(i, s)] for s in u.settings if (i, s) in fell_back]
         if why and u.status in (Status.USED, Status.DEFAULT):
-            u = replace(u, status=Status.NOT_MODELLED, detail=f"{u.detail}; not modelled yet: {'; '.join(why)}")
+            whole = all((i, s) in fell_back for s in u.settings)  # else the rest of what it gave is used
+            u = replace(u, status=Status.NOT_MODELLED if whole else u.status,
+                        detail=f"{u.detail}; not modelled yet: {'; '.join(why)}")
         if notes:
             u = replace(u, detail=f"{u.detail}; {'; '.join(dict.fromkeys(notes))}")
         fields.append(u)

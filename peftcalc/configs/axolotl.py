@@ -39,7 +39,8 @@ IGNORED.update({
     "tokens": "tokens added to the vocabulary: a few embedding rows", "val_set_size": "the share of the data held out "
     "for evaluation: give --tokens for the training share", "tf32": "TF32 matmuls: the speed of fp32 matmuls only",
     "pad_to_sequence_len": "every batch padded to sequence_len, which --seq already assumes",
-    "eval_batch_size": "evaluation only", "torch_dtype": "resolved from bf16/fp16", "plugins": NO_EFFECT})
+    "eval_batch_size": "evaluation only", "torch_dtype": "resolved from bf16/fp16", "plugins": NO_EFFECT,
+    "fsdp_version": "FSDP1 and FSDP2 hold the same bytes per rank in peftcalc's model"})
 NOT_MODELLED = {
     "unfrozen_parameters": "only the parameters these patterns match train: not modelled, the method counts as "
                            "written",
@@ -174,12 +175,7 @@ def _adapter_fields(r: Reading, method: str) -> None:
         names = [save] if isinstance(save, str) else [str(s) for s in save]
         r.used("lora_modules_to_save", f"--modules-to-save {','.join(names)} (full trainable copies)",
                modules_to_save=",".join(names))
-    dropout = r.get("lora_dropout")
-    if dropout:
-        r.not_modelled("lora_dropout", f"{dropout}: dropout before each adapter keeps a mask per adapted input: not "
-                                       "modelled")
-    elif dropout is not None:
-        r.ignored("lora_dropout", "0: no dropout")
+    r.not_modelled("lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
 
 
 def _targets(r: Reading) -> None:

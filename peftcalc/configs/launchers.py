@@ -12,6 +12,7 @@ optimizer states (ZeRO-3); SHARD_GRAD_OP / reshard_after_forward=False keep gath
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,7 +91,7 @@ def read_deepspeed_section(r: Reading, key: str) -> dict[str, Any] | None:
     zero = ds.settings.zero
     r.used(key, f"DeepSpeed {('ZeRO-' + zero) if zero else 'without ZeRO'} (read from {ds.path})")
     for use in ds.fields:
-        r.uses[f"{key} -> {use.field}"] = use
+        r.uses[f"{key} -> {use.field}"] = replace(use, field=f"{key} -> {use.field}")
     r.warnings += [w for w in ds.warnings if w not in r.warnings]
     return {"bf16": _enabled(ds, "bf16"), "fp16": _enabled(ds, "fp16")}
 

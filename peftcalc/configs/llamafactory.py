@@ -132,9 +132,7 @@ def _method(r: Reading) -> str:
     if extra:
         names = ",".join(t.strip() for t in str(extra).split(","))
         r.used("additional_target", f"--modules-to-save {names} (full trainable copies)", modules_to_save=names)
-    dropout = r.get("lora_dropout")
-    r.not_modelled("lora_dropout", f"{dropout}: dropout before each adapter keeps a mask per adapted input: not "
-                                   "modelled")
+    r.not_modelled("lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
     return method
 
 
@@ -151,7 +149,7 @@ def _quantized(r: Reading, bits: Any, dora: bool) -> str:
     if str(bits) == "4":
         if r.get("double_quantization") is False:
             r.not_modelled("double_quantization", "no double quantization: not modelled (peftcalc counts NF4 with "
-                                                  "it, 0.37 bit per weight less)")
+                                                  "it, 0.37 bit per weight less)", off=False)
         elif r.has("double_quantization"):
             r.used("double_quantization", "double quantization (as peftcalc counts NF4)")
     return "qlora"

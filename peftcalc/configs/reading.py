@@ -84,13 +84,13 @@ class Reading:
         self.set(**settings)
         self._record(f"({name})", Status.DEFAULT, detail, show(value), tuple(settings))
 
-    def not_modelled(self, key: str, detail: str) -> None:
-        """Understood, but its effect is not in the estimate; a feature written as off (false, 0, empty) is
-        reported as ignored instead."""
+    def not_modelled(self, key: str, detail: str, off: bool = True) -> None:
+        """Understood, but its effect is not in the estimate. With `off`, a feature written as off (false, 0,
+        empty) is reported as ignored instead."""
         value = self.lookup(key)
         if value is MISSING:
             return
-        if value in (None, False, 0, "", [], {}):
+        if off and value in (None, False, 0, "", [], {}):
             self._record(key, Status.IGNORED, "off")
         else:
             self._record(key, Status.NOT_MODELLED, detail)
@@ -115,7 +115,7 @@ class Reading:
         table = ignored if isinstance(ignored, Mapping) else dict.fromkeys(ignored, NO_EFFECT)
         for sub in node:
             key = f"{container}.{sub}"
-            if key in self.uses:
+            if key in self.uses or any(k.startswith(key + ".") for k in self.uses):
                 continue
             name = sub[len(prefix):] if prefix and sub.startswith(prefix) else sub
             if name in table:

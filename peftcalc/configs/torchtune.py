@@ -145,8 +145,7 @@ def _lora(r: Reading, key: str, quantized: bool, dora: bool) -> None:
     if dora:
         r.used("model.use_dora", "DoRA" if not quantized else "DoRA over the NF4 base: counted as QLoRA without the "
                                                                "magnitude vectors")
-    dropout = r.get("model.lora_dropout")
-    r.not_modelled("model.lora_dropout", f"{dropout}: dropout before each adapter keeps a mask per adapted input")
+    r.not_modelled("model.lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
     r.rest_of("model", {"lora_alpha": NO_EFFECT, "_component_": NO_EFFECT})
 
 
@@ -203,6 +202,7 @@ def _step(r: Reading) -> None:
     if seq is not None:
         r.used("tokenizer.max_seq_len", f"--seq {seq}", seq=int(seq))
     else:
+        r.ignored("tokenizer.max_seq_len", "null: no truncation, the data decides (give --seq)")
         r.warn("tokenizer.max_seq_len is null: batches are padded to their longest sample, which the data decides; "
                "give --seq")
     r.used("dataset.packed", "packing: every row filled to max_seq_len", packing=True) if packed else \

@@ -114,7 +114,8 @@ def _method(r: Reading, trl: bool) -> str:
         if four and not nested:
             r.default("use_bnb_nested_quant", False, "no double quantization (TRL's default): peftcalc counts NF4 "
                       "with it, 0.37 bit per weight less (not modelled)") if nested is None else \
-                r.not_modelled("use_bnb_nested_quant", "no double quantization: not modelled (counted with it)")
+                r.not_modelled("use_bnb_nested_quant", "no double quantization: not modelled (counted with it)",
+                               off=False)
         elif nested:
             r.used("use_bnb_nested_quant", "double quantization (as peftcalc counts NF4)")
         method = "qlora"
@@ -141,10 +142,7 @@ def _lora(r: Reading) -> None:
     if save:
         names = [save] if isinstance(save, str) else [str(s) for s in save]
         r.used("lora_modules_to_save", f"--modules-to-save {','.join(names)}", modules_to_save=",".join(names))
-    dropout = r.get("lora_dropout", 0.05)
-    if dropout:
-        r.not_modelled("lora_dropout", f"{dropout}: dropout before each adapter keeps a mask per adapted input: not "
-                                       "modelled") if r.has("lora_dropout") else None
+    r.not_modelled("lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
 
 
 def _dtype(r: Reading, trl: bool) -> tuple[str, str | None, str]:

@@ -101,14 +101,19 @@ class Evaluator:
         return total
 
 
-def limiting_component(memory: MemoryBreakdown) -> str:
-    """The largest part of the peak: what to shrink first."""
+def largest_part(memory: MemoryBreakdown) -> tuple[str, int]:
+    """The largest part of the peak, with its bytes: what to shrink first."""
     transient = ("activations", memory.activation_bytes) if memory.activation_bytes >= memory.temporary_bytes \
         else ("optimizer temporaries", memory.temporary_bytes)
     parts = [("weights", memory.weight_bytes), ("gradients", memory.gradient_bytes),
              ("optimizer states", memory.optimizer_state_bytes), ("master weights", memory.master_weight_bytes),
              transient, ("overhead", memory.overhead_bytes)]
-    return max(parts, key=lambda p: p[1])[0]
+    return max(parts, key=lambda p: p[1])
+
+
+def limiting_component(memory: MemoryBreakdown) -> str:
+    """The largest part of the peak: what to shrink first."""
+    return largest_part(memory)[0]
 
 
 # ---- searches ------------------------------------------------------------------------------------------

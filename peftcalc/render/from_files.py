@@ -17,8 +17,6 @@ def from_text(files: FromFiles) -> str:
     out: list[str] = []
     for c in files.configs:
         out += _config_lines(c)
-    if files.model:
-        out.append(f"  model: {files.model}")
     if files.notes:
         out.append("  warnings:")
         out += [textwrap.fill(n, WIDTH, initial_indent="    - ", subsequent_indent="      ") for n in files.notes]
