@@ -18,11 +18,11 @@ FITS, DOES_NOT_FIT, BAD_INPUT = 0, 1, 2
 
 
 @click.command("check")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True)
 @click.option("--gpu", "gpu_id", required=True, metavar="ID", help="The GPU to check against (see `peftcalc gpus`).")
 @click.option("--margin", default="10%", show_default=True,
               help="Memory to keep free: a share of the GPU's usable memory (10%) or a size (2GB).")
-@click.option("--launcher", "launchers", multiple=True, metavar="FILE", type=click.Path(dir_okay=False),
+@click.option("--launcher", "launchers", multiple=True, metavar="FILE",
               help="A DeepSpeed or accelerate file read with every FILE (repeatable).")
 @click.option("--from-kind", type=click.Choice(["axolotl", "trl", "torchtune", "llamafactory", "peft"]),
               help="The kind of every FILE (default: detected).")

@@ -110,7 +110,7 @@ planning_setup_options = setup_options_with("bf16-mixed")
 
 # Training config files: their values under the flags given on the command line.
 from_options = _compose(
-    click.option("--from", "from_files", multiple=True, metavar="FILE", type=click.Path(dir_okay=False),
+    click.option("--from", "from_files", multiple=True, metavar="FILE",
                  help="A training config to read the setup from: axolotl, TRL/Trainer, torchtune, LLaMA-Factory YAML "
                       "or a peft adapter_config.json, plus its DeepSpeed/accelerate files (repeatable). Flags given "
                       "override it."),

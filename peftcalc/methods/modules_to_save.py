@@ -43,6 +43,10 @@ class ModulesToSave:
             if module in adapted:
                 raise PeftcalcError(f"{module.replace('{i}', 'N')} is both adapted and in --modules-to-save; peft "
                                     "wraps a module one way")
+            inside = [a for a in adapted if a.startswith(module + ".")]
+            if inside:  # peft leaves targets inside a saved module unadapted (or finds nothing to adapt)
+                raise PeftcalcError(f"--modules-to-save {module.replace('{i}', 'N')} holds modules the method adapts "
+                                    f"({inside[0].replace('{i}', 'N')}); name modules outside the targets")
             if any(p.name in quantized for p in params):
                 raise PeftcalcError(f"{module.replace('{i}', 'N')} is quantized: a trainable copy of a quantized "
                                     "module is not modelled")
@@ -69,7 +73,8 @@ def module_parameters(spec: ModelSpec, targets: tuple[str, ...]) -> list[tuple[s
     for target in targets:
         hits = [m for m in _with_parents(modules) if m.endswith(target)]
         if not hits:
-            leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
+            # (the inventory groups each layer's norms: per-layer norm modules are not selectable here)
+            leaves = sorted({m.rsplit(".", 1)[-1] for m in modules} - {"{i}", "norms"})
             raise PeftcalcError(f"--modules-to-save {target}: no module of {spec.name} ends with it; modules with "
                                 f"parameters: {', '.join(leaves)}")
         chosen += [h for h in hits if h not in chosen]
