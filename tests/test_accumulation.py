@@ -17,7 +17,8 @@ from peftcalc.setup import Setup
 
 
 @pytest.mark.parametrize("name,method,checkpointing,precision", [
-    ("gpt2", "full", True, "bf16"), ("gpt2", "lora", False, "bf16-mixed"),
+    ("gpt2", "full", True, "bf16"),
+    pytest.param("gpt2", "lora", False, "bf16-mixed", marks=pytest.mark.slow),
     pytest.param("gpt2", "full", False, "fp32", marks=pytest.mark.slow),
     pytest.param("gpt2", "dora", True, "amp-bf16", marks=pytest.mark.slow),
     pytest.param("qwen2.5-0.5b", "full", True, "bf16", marks=pytest.mark.slow),
