@@ -11,7 +11,6 @@ from peftcalc.cli.options import (apply_from, from_options, method_options, meth
                                   output_options, planning_options, planning_setup_options, resolve_gpus,
                                   resolve_method_options, resolve_setup, resolve_spec, resolve_unit)
 from peftcalc.errors import PeftcalcError
-from peftcalc.units import Unit
 
 
 @click.command("plan")
