@@ -194,13 +194,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         opt_grads = -(-states.master_gradient_bytes // (setup.num_gpus if setup.zero_stage >= 2 else 1))
         cast = states.last_cast_gradient_bytes
     optimizer = start + opt_grads + max(temps, cast)
-    peak = max(forward, backward, optimizer)
-    if overhead_bytes is not None:
-        lines: tuple[OverheadLine, ...] = (OverheadLine("user", int(overhead_bytes), "given"),)
-    else:
-        rounding = rounding_bytes(adaptation, setup.recipe, True,
-                                  2 if setup.optimizer == "adamw" else 0)
-        lines = overhead_lines(overhead, peak, rounding)
+    lines = _overhead(adaptation, setup, max(forward, backward, optimizer), overhead_bytes, overhead)
     return MemoryBreakdown(
         weight_bytes=placed.weight_bytes,
         gradient_bytes=placed.gradient_bytes,
@@ -219,6 +213,15 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         optimizer_peak_bytes=optimizer,
         overhead=lines,
     )
+
+
+def _overhead(adaptation: Adaptation, setup: Setup, peak: int, overhead_bytes: int | None,
+              overhead: OverheadSpec) -> tuple[OverheadLine, ...]:
+    """The overhead lines: one given total, or the stated lines (overhead.py) at this tensor peak."""
+    if overhead_bytes is not None:
+        return (OverheadLine("user", int(overhead_bytes), "given"),)
+    rounding = rounding_bytes(adaptation, setup.recipe, True, 2 if setup.optimizer == "adamw" else 0)
+    return overhead_lines(overhead, peak, rounding)
 
 
 def accumulation_peaks(forward: int, backward: int, start: int, later: Activations, gathered: int,

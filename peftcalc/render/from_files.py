@@ -60,7 +60,8 @@ def from_dict(files: FromFiles) -> dict[str, Any]:
 
 def not_modelled_summary(files: FromFiles) -> str | None:
     """One assumption line naming the fields read but not modelled."""
-    names = [u.field for c in files.configs for u in c.by_status(Status.NOT_MODELLED)]
+    names = [u.field for c in files.configs for u in c.fields
+             if u.status is Status.NOT_MODELLED or "not modelled yet" in u.detail]
     if not names:
         return None
     return (f"{len(names)} field(s) of the --from files are read but not modelled, so their effect is not in these "
