@@ -66,17 +66,17 @@ def merge(kw: MutableMapping[str, Any], given: Iterable[str], configs: Iterable[
         if key in given:
             fates[(i, name)] = f"overridden by {flag(key)} on the command line"
             continue
-        if key not in kw and name not in SETUP_ONLY:
-            fates[(i, name)] = "not used by this command" + (" (`peftcalc plan` uses it for time and cost)"
-                                                           if name in ("epochs", "steps") else "")
-            continue
         f = fallback(name, value)
         if f is not None:
             fell_back[(i, name)] = f.why
-            if f.instead is None:
-                kw.pop(key, None) if key in SETUP_ONLY else None
-            else:
+            if f.instead is not None:
                 kw[key] = f.instead
+            elif key in SETUP_ONLY or key not in kw:
+                kw.pop(key, None)
+            continue
+        if key not in kw and name not in SETUP_ONLY:
+            fates[(i, name)] = "not used by this command" + (" (`peftcalc plan` uses it for time and cost)"
+                                                           if name in ("epochs", "steps") else "")
             continue
         kw[key] = (value,) if key == "methods" else value
     configs_out = tuple(_annotate(c, i, fates, fell_back) for i, c in enumerate(ordered))

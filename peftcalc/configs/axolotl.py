@@ -139,6 +139,8 @@ def _method(r: Reading) -> str:
         r.used("adapter", "--method qlora" + (" (peft_use_dora: DoRA over the 4-bit base, counted as QLoRA without "
                                                "the magnitude vectors)" if dora else ""), method="qlora", quant_bits="4")
         r.used("load_in_4bit", "the base in 4-bit NF4 with double quantization (axolotl's BitsAndBytesConfig)")
+        r.default("bnb_4bit_quant_storage", "bfloat16", "axolotl's BitsAndBytesConfig stores the packed 4-bit codes "
+                  "in bf16", quant_storage="bf16")
         return "qlora"
     if adapter != "lora":
         raise PeftcalcError(f"{r.path}: adapter: {adapter!r} is not an adapter peftcalc models (lora, qlora)")
@@ -175,7 +177,12 @@ def _adapter_fields(r: Reading, method: str) -> None:
         names = [save] if isinstance(save, str) else [str(s) for s in save]
         r.used("lora_modules_to_save", f"--modules-to-save {','.join(names)} (full trainable copies)",
                modules_to_save=",".join(names))
-    r.not_modelled("lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
+    dropout = r.get("lora_dropout")
+    if dropout:
+        r.used("lora_dropout", f"--lora-dropout {dropout} (each adapted module keeps its dropped input)",
+               lora_dropout=float(dropout))
+    elif dropout is not None:
+        r.ignored("lora_dropout", "0: no dropout")
 
 
 def _targets(r: Reading) -> None:
@@ -250,8 +257,10 @@ def _step(r: Reading) -> None:
     packing = r.get("sample_packing")
     if packing is True:
         r.used("sample_packing", "packing: every row filled to sequence_len", packing=True)
-    elif packing is False:
-        r.ignored("sample_packing", "false")
+    else:
+        r.ignored("sample_packing", "false") if packing is False else None
+        r.default("padding", "with an attention mask", "rows padded (to sequence_len with pad_to_sequence_len, else "
+                  "to the batch's longest sample), with an attention mask", padded=True)
         if r.get("pad_to_sequence_len") is not True:
             r.warn("without sample_packing or pad_to_sequence_len axolotl pads each batch to its longest sample: "
                    "sequence_len is an upper bound")

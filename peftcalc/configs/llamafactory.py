@@ -34,8 +34,9 @@ IGNORED = dict.fromkeys((
     "buffer_size", "cache_dir", "model_class", "train_dataset", "eval_dataset", "sample_backend", "max_new_tokens",
     "ignore_pad_token_for_loss", "new_special_tokens", "resize_vocab", "split_special_tokens", "use_fast_tokenizer",
     "print_param_status", "infer_backend", "export_dir", "save_safetensors"), NO_EFFECT)
+IGNORED.pop("quantization_type")
 IGNORED.update({"val_size": "the share of the data held out for evaluation: give --tokens for the training share",
-                "quantization_type": "nf4 and fp4 take the same bytes", "per_device_eval_batch_size": "evaluation only"})
+                "per_device_eval_batch_size": "evaluation only"})
 NOT_MODELLED = {
     "mixture_of_depths": "mixture-of-depths: not modelled (counted as the dense model)",
     "use_galore": "GaLore's low-rank optimizer states: not modelled (counted as --optimizer)",
@@ -132,7 +133,11 @@ def _method(r: Reading) -> str:
     if extra:
         names = ",".join(t.strip() for t in str(extra).split(","))
         r.used("additional_target", f"--modules-to-save {names} (full trainable copies)", modules_to_save=names)
-    r.not_modelled("lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
+    dropout = r.get("lora_dropout")
+    if dropout:
+        r.used("lora_dropout", f"--lora-dropout {dropout}", lora_dropout=float(dropout))
+    elif dropout is not None:
+        r.ignored("lora_dropout", "0: no dropout")
     return method
 
 
@@ -147,11 +152,14 @@ def _quantized(r: Reading, bits: Any, dora: bool) -> str:
     if r.has("quantization_method"):
         r.used("quantization_method", "bitsandbytes")
     if str(bits) == "4":
-        if r.get("double_quantization") is False:
-            r.not_modelled("double_quantization", "no double quantization: not modelled (peftcalc counts NF4 with "
-                                                  "it, 0.37 bit per weight less)", off=False)
-        elif r.has("double_quantization"):
-            r.used("double_quantization", "double quantization (as peftcalc counts NF4)")
+        double = r.get("double_quantization", True) is not False
+        r.used("double_quantization", "--double-quant" if double else "--no-double-quant", double_quant=double) \
+            if r.has("double_quantization") else None
+        if r.has("quantization_type"):
+            r.used("quantization_type", f"--quant-type {r.get('quantization_type')}",
+                   quant_type=str(r.get("quantization_type")))
+        r.default("bnb_4bit_quant_storage", "the compute dtype", "--quant-storage bf16 (LLaMA-Factory stores the "
+                  "packed codes in the compute dtype, quantization.py)", quant_storage="bf16")
     return "qlora"
 
 
@@ -206,6 +214,8 @@ def _step(r: Reading, stage: str) -> None:
     if packing and not r.has("packing") and not r.has("neat_packing"):
         r.default("packing", True, "packing (LLaMA-Factory packs pre-training data)", packing=True)
     if not packing:
+        r.default("padding", "to the longest", "each batch padded to its longest sample (a multiple of 8), with an "
+                  "attention mask", padded=True)
         r.warn("without packing LLaMA-Factory pads each batch to its longest sample: cutoff_len is an upper bound")
     epochs, steps = r.get("num_train_epochs"), r.get("max_steps")
     if steps is not None and int(steps) > 0:

@@ -32,6 +32,11 @@ FALLBACKS: tuple[Fallback, ...] = (
     Fallback("optimizer_state_dtype", None, None, "states counted in the parameter's dtype"),
     Fallback("offload_params", (True,), False, "parameters counted on the GPU (optimizer offload only)"),
     Fallback("tp", None, None, "tensor parallelism is not modelled yet: counted on data-parallel GPUs only"),
+    Fallback("quant_type", ("fp4",), None, "counted as nf4"),
+    Fallback("double_quant", (False,), None, "counted with double quantization"),
+    Fallback("quant_storage", ("bf16", "fp16", "fp32"), None, "counted in uint8 storage (the same bytes for the codes)"),
+    Fallback("lora_dropout", None, None, "the dropout's kept input is left out"),
+    Fallback("padded", (True,), None, "counted as full rows without an attention mask"),
 )
 
 

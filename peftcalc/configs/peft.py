@@ -172,8 +172,9 @@ def _benchmark_dtype(r: Reading, dtype: Any, amp: bool) -> None:
     name = str(dtype)
     if name in ("int4", "int8"):
         bits = name[-1]
-        r.used("dtype", f"--method qlora --quant-bits {bits} (bitsandbytes; fp32 compute, no double quantization: "
-                        "not modelled)", method="qlora", quant_bits=bits, precision="fp32")
+        extra = {"quant_type": "fp4", "double_quant": False} if bits == "4" else {}
+        r.used("dtype", f"--method qlora --quant-bits {bits} (BitsAndBytesConfig's defaults: fp4 without double "
+                        "quantization, fp32 compute)", method="qlora", quant_bits=bits, precision="fp32", **extra)
         return
     weights = DTYPES.get(name)
     if weights not in ("fp32", "bf16", "fp16"):

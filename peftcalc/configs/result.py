@@ -44,6 +44,10 @@ class Settings:
     targets: str | None = None
     modules_to_save: str | None = None
     quant_bits: str | None = None
+    quant_type: str | None = None  # bitsandbytes 4-bit code: nf4, fp4
+    double_quant: bool | None = None  # bitsandbytes 4-bit: absmax quantized again
+    quant_storage: str | None = None  # bitsandbytes 4-bit: the dtype holding the packed codes
+    lora_dropout: float | None = None
     virtual_tokens: int | None = None
     prefix_projection: bool | None = None
     precision: str | None = None
@@ -59,6 +63,7 @@ class Settings:
     attention: str | None = None
     loss: str | None = None
     packing: bool | None = None
+    padded: bool | None = None  # rows padded to the longest of the batch, with an attention mask
     kbit_preparation: bool | None = None
     gpus: int | None = None
     zero: str | None = None

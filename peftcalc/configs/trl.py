@@ -37,13 +37,13 @@ IGNORED = dict.fromkeys((
     "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "data_seed",
     "do_eval", "do_train", "eval_strategy", "eval_steps", "remove_unused_columns", "ddp_timeout", "env",
     "truncation_mode", "shuffle_dataset", "neftune_noise_alpha", "beta", "label_smoothing", "lora_task_type",
-    "router_aux_loss_coef", "average_tokens_across_devices", "lora_alpha", "use_rslora", "bnb_4bit_quant_storage",
+    "router_aux_loss_coef", "average_tokens_across_devices", "lora_alpha", "use_rslora",
     "packing_strategy", "pad_to_multiple_of", "dataloader_num_workers", "logging_steps", "logging_strategy",
     "evaluation_strategy", "ddp_find_unused_parameters", "use_flash_attention_2", "base_model_revision",
     "model_code_revision", "tf32", "torch_empty_cache_steps", "max_prompt_length", "disable_tqdm",
     "include_num_input_tokens_seen", "eval_packing", "accelerate_config"), NO_EFFECT)
 IGNORED.update({"tf32": "TF32 matmuls: the speed of fp32 matmuls only", "per_device_eval_batch_size":
-                "evaluation only", "bnb_4bit_quant_type": "fp4 and nf4 take the same bytes"})
+                "evaluation only"})
 NOT_MODELLED = {
     "activation_offloading": "activations kept in CPU memory: not modelled",
     "torch_compile": "torch.compile: speed and fusions, not modelled",
@@ -110,14 +110,8 @@ def _method(r: Reading, trl: bool) -> str:
                                                                     "magnitude vectors)" if dora else ""),
                method="qlora", quant_bits=bits)
         r.used("load_in_4bit" if four else "load_in_8bit", f"the base in {bits}-bit (bitsandbytes)")
-        nested = r.get("use_bnb_nested_quant")
-        if four and not nested:
-            r.default("use_bnb_nested_quant", False, "no double quantization (TRL's default): peftcalc counts NF4 "
-                      "with it, 0.37 bit per weight less (not modelled)") if nested is None else \
-                r.not_modelled("use_bnb_nested_quant", "no double quantization: not modelled (counted with it)",
-                               off=False)
-        elif nested:
-            r.used("use_bnb_nested_quant", "double quantization (as peftcalc counts NF4)")
+        if four:
+            _bnb(r)
         method = "qlora"
     else:
         method = "dora" if dora else "lora"
@@ -126,6 +120,24 @@ def _method(r: Reading, trl: bool) -> str:
         r.used("use_dora", "DoRA")
     _lora(r)
     return method
+
+
+def _bnb(r: Reading) -> None:
+    """ModelConfig's BitsAndBytesConfig fields (trl/trainer/utils.py get_quantization_config)."""
+    nested = r.get("use_bnb_nested_quant")
+    if nested is None:
+        r.default("use_bnb_nested_quant", False, "--no-double-quant (TRL's ModelConfig default)", double_quant=False)
+    else:
+        r.used("use_bnb_nested_quant", "--double-quant" if nested else "--no-double-quant", double_quant=bool(nested))
+    kind = r.get("bnb_4bit_quant_type")
+    if kind is not None:
+        r.used("bnb_4bit_quant_type", f"--quant-type {kind}", quant_type=str(kind))
+    storage = r.get("bnb_4bit_quant_storage")
+    if storage is not None:
+        dtype = DTYPES.get(str(storage).lower(), "uint8" if str(storage).lower() == "uint8" else None)
+        if dtype is None:
+            raise r.error("bnb_4bit_quant_storage", f"{storage!r} is not a storage dtype (uint8, bfloat16 ...)")
+        r.used("bnb_4bit_quant_storage", f"--quant-storage {dtype}", quant_storage=dtype)
 
 
 def _lora(r: Reading) -> None:
@@ -142,7 +154,13 @@ def _lora(r: Reading) -> None:
     if save:
         names = [save] if isinstance(save, str) else [str(s) for s in save]
         r.used("lora_modules_to_save", f"--modules-to-save {','.join(names)}", modules_to_save=",".join(names))
-    r.not_modelled("lora_dropout", "dropout before each adapter keeps a mask per adapted input: not modelled")
+    dropout = r.get("lora_dropout")
+    if dropout is None:
+        r.default("lora_dropout", 0.05, "--lora-dropout 0.05 (TRL's ModelConfig default)", lora_dropout=0.05)
+    elif dropout:
+        r.used("lora_dropout", f"--lora-dropout {dropout}", lora_dropout=float(dropout))
+    else:
+        r.ignored("lora_dropout", "0: no dropout")
 
 
 def _dtype(r: Reading, trl: bool) -> tuple[str, str | None, str]:
@@ -235,6 +253,9 @@ def _step(r: Reading, trl: bool, whose: str) -> None:
         r.used("packing", "packing: every row filled to max_length", packing=True)
     elif r.has("packing"):
         r.ignored("packing", "false")
+    if r.get("packing") is not True and r.get("padding_free") is not True:
+        r.default("padding", "to the longest", "the collator pads each batch to its longest sample, with an "
+                  "attention mask", padded=True)
     epochs, steps = r.get("num_train_epochs"), r.get("max_steps")
     if steps is not None and int(steps) > 0:
         r.used("max_steps", f"--steps {steps} (wins over num_train_epochs)", steps=int(steps))
