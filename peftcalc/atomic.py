@@ -31,5 +31,17 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return target
 
 
+def check_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """`folder` exists (made if need be) and takes new files: checked before any work, so that a command that
+    will write there fails at once, in one line, instead of after its work."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".peftcalc-probe-", dir=path))
+    except OSError as e:
+        raise InputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
+    return path
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import pandas as pd
 from matplotlib.figure import Figure
 
+from peftcalc.atomic import check_folder
 from peftcalc.errors import InputError
 from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent
 from peftcalc.units import Unit
@@ -319,11 +320,12 @@ def check_out(out: str | os.PathLike[str]) -> Path:
         if target.is_dir() and not _is_report_dir(target):
             raise InputError(f"--out {str(target)!r} exists and holds files that are not a peftcalc report; "
                              "give a new or an existing report folder")
-        parent = target.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))  # what write_files will do
     except OSError as e:
         raise InputError(f"cannot write --out {str(target)!r}: {e.strerror or e}") from None
+    try:
+        check_folder(target.absolute().parent, "--out")  # where write_files makes its temporary folder
+    except InputError as e:
+        raise InputError(f"cannot write --out {str(target)!r}: {str(e).rsplit(': ', 1)[-1]}") from None
     return target
 
 

@@ -42,3 +42,9 @@ def test_report_over_a_file(tmp_path):
 def test_validate_history_to_an_unwritable_place():
     r = CliRunner().invoke(main, ["validate", "--write-history", "/proc/x/history.json"])
     assert r.exit_code == 2 and "cannot write" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_bench_to_an_unwritable_results_dir():
+    """Checked before the first run, not after minutes of tracing."""
+    r = CliRunner().invoke(main, ["bench", "bench/suites/cpu-small.toml", "--results-dir", "/proc/x"])
+    assert r.exit_code == 2 and "cannot write --results-dir" in r.output and r.output.count("\n") == 1, r.output
