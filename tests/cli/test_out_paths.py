@@ -4,6 +4,7 @@ no traceback, found before any work, and nothing is left behind."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -46,5 +47,6 @@ def test_validate_history_to_an_unwritable_place():
 
 def test_bench_to_an_unwritable_results_dir():
     """Checked before the first run, not after minutes of tracing."""
-    r = CliRunner().invoke(main, ["bench", "bench/suites/cpu-small.toml", "--results-dir", "/proc/x"])
+    suite = Path(__file__).resolve().parents[2] / "bench" / "suites" / "cpu-small.toml"
+    r = CliRunner().invoke(main, ["bench", str(suite), "--results-dir", "/proc/x"])
     assert r.exit_code == 2 and "cannot write --results-dir" in r.output and r.output.count("\n") == 1, r.output
