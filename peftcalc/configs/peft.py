@@ -82,6 +82,8 @@ def _lora(r: Reading, kind: str) -> None:
     r.used("r", f"--rank {rank}", rank=int(rank)) if r.has("r") else \
         r.default("r", 8, "--rank 8 (peft's default)", rank=8)
     _targets(r)
+    if r.get("bias") == "none":
+        r.ignored("bias", "none: no trainable biases")
     for key, why in LORA_NOT_MODELLED.items():
         r.not_modelled(key, why)
 

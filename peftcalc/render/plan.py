@@ -21,10 +21,10 @@ def verdict_text(o: Option) -> str:
     return o.verdict.value
 
 
-def plan_assumptions(p: Plan) -> dict[str, str]:
+def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
     """What every number of the plan rests on: the estimate's assumptions plus the planner's."""
     r = p.request
-    out = assumptions(Estimate(r.spec, r.setup, r.options, ()))
+    out = assumptions(Estimate(r.spec, r.setup, r.options, ()), files)
     out.pop("checkpoints", None)
     out["training"] = training_line(r)
     out["FLOPs"] = ("full fine-tuning 6N + 12·L·H·Q·T per token (Kaplan et al. 2020 arXiv:2001.08361 C≈6N; "
@@ -128,7 +128,7 @@ def _ref(o: Option) -> dict[str, Any]:
             "fits_with": list(o.remedies) if o.remedies else None, "hours": o.hours, "rent_usd": o.rent_usd}
 
 
-def plan_dict(p: Plan) -> dict[str, Any]:
+def plan_dict(p: Plan, files: Any = None) -> dict[str, Any]:
     """The JSON contract (issue 5): every option evaluated, fitting or not; nulls where not applicable."""
     return {
         "options": [_option_dict(o) for o in p.options],
@@ -139,7 +139,7 @@ def plan_dict(p: Plan) -> dict[str, Any]:
         "training": {"tokens": p.request.run_tokens[0], "epochs": p.request.run_tokens[1],
                      "steps": p.request.steps, "tokens_per_step": p.request.tokens_per_step,
                      "optimizer_steps": p.request.optimizer_steps},
-        "assumptions": plan_assumptions(p),
+        "assumptions": plan_assumptions(p, files),
     }
 
 
@@ -157,7 +157,7 @@ def plan_csv(p: Plan) -> str:
     return to_csv(CSV_FIELDS, rows)
 
 
-def plan_text(p: Plan, unit: Unit) -> str:
+def plan_text(p: Plan, unit: Unit, files: Any = None) -> str:
     r, s = p.request, p.request.setup
     out = [f"Plan: {r.spec.name} ({r.spec.total_params:,} params), {s.precision}, {s.optimizer}, micro-batch "
            f"{s.batch_size} x {s.seq_len} tokens, " + (f"{r.steps:,} optimizer steps" if r.steps is not None else
@@ -210,6 +210,6 @@ def plan_text(p: Plan, unit: Unit) -> str:
         out.append("  no runnable option with a known peak FLOP/s (see the verdicts above)")
 
     out += ["", "Assumptions"]
-    out += [f"  {k}: {v}" for k, v in plan_assumptions(p).items()]
+    out += [f"  {k}: {v}" for k, v in plan_assumptions(p, files).items()]
     out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
     return "\n".join(out)

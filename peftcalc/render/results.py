@@ -57,7 +57,7 @@ class PlanResult:
     def text(self, units: str = "GB") -> str:
         from peftcalc.render.plan import plan_text
 
-        out = plan_text(self.plan, Unit(units))
+        out = plan_text(self.plan, Unit(units), self.files)
         if self.files is not None:
             from peftcalc.render.from_files import from_text
 
@@ -67,7 +67,7 @@ class PlanResult:
     def to_dict(self) -> dict[str, Any]:
         from peftcalc.render.plan import plan_dict
 
-        out = plan_dict(self.plan)
+        out = plan_dict(self.plan, self.files)
         if self.files is not None:
             out["from"] = self.files.to_dict()
         return out
