@@ -11,6 +11,7 @@ from peftcalc.methods.base import Adaptation, Method, ParamCount, TensorGroup
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import dora, lora, qlora
+from peftcalc.methods.modules_to_save import ModulesToSave
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 
@@ -29,6 +30,7 @@ class MethodOptions:
     adapter_variant: str = "houlsby"
     prefix_projection: bool = False
     quant_bits: int = 4
+    modules_to_save: tuple[str, ...] = ()  # peft's modules_to_save: trainable full copies (not for full)
 
 
 @dataclass(frozen=True)
@@ -85,4 +87,7 @@ def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
         info = METHODS[name]
     except KeyError:
         raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
-    return info.build(options)
+    method = info.build(options)
+    if options.modules_to_save and name != "full":  # full fine-tuning trains those modules already
+        method = ModulesToSave(method, options.modules_to_save)
+    return method
