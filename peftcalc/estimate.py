@@ -28,7 +28,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.methods.full import Full
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
-from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
+from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
 from peftcalc.parallel import Placement, place
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
@@ -42,8 +42,10 @@ INPUT_TENSORS = 2  # input_ids and labels, int64 (B, S) each
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes on one GPU. The peak is the largest of the forward, backward and optimizer phases; `total` is the
-    peak plus the overhead lines."""
+    """Bytes on one GPU. The peak is the largest of the forward, backward and optimizer phases (tensor bytes);
+    the three quantities users compare with add the overhead lines level by level (peftcalc/overhead.py):
+    `allocated_bytes` (torch.cuda.max_memory_allocated), `reserved_bytes` (max_memory_reserved) and `total`
+    (the device total, CUDA context included: what must fit in the GPU)."""
 
     weight_bytes: int
     gradient_bytes: int
@@ -90,8 +92,22 @@ class MemoryBreakdown:
         p = self.phases
         return max(p, key=lambda k: p[k])
 
+    def _lines(self, *levels: str) -> int:
+        return sum(l.bytes for l in self.overhead if l.level in levels)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """The allocated peak: tensors, the cuBLAS workspace and the allocator's 512-byte rounding."""
+        return self.peak_bytes + self._lines("allocated")
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Reserved by the caching allocator at its peak: allocated plus segment tails and fragmentation."""
+        return self.allocated_bytes + self._lines("reserved")
+
     @property
     def total(self) -> int:
+        """The device total: reserved plus the CUDA context (every overhead line)."""
         return self.peak_bytes + self.overhead_bytes
 
 
@@ -142,15 +158,16 @@ def input_bytes(setup: Setup) -> int:
 
 def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: int = 10,
                     overhead_bytes: int | None = DEFAULT_OVERHEAD_BYTES,
-                    overhead: OverheadSpec = OverheadSpec()) -> MethodEstimate:
-    """One method's estimate. `overhead_bytes` (an int) replaces the overhead lines by one given total;
-    `overhead` overrides single lines."""
+                    overhead: OverheadSpec = OverheadSpec(), device: str = "cuda") -> MethodEstimate:
+    """One method's estimate on `device` ("cuda": the GPU's kernels, what users run; "cpu": what the traced
+    backend runs). `overhead_bytes` (an int) replaces the overhead lines by one given total; `overhead`
+    overrides single lines."""
     precision = get_precision(setup.precision)
     get_optimizer(setup.optimizer)
     adaptation = adapt(spec, method)
-    states = model_states(adaptation, precision, setup.optimizer)
+    states = model_states(adaptation, precision, setup.optimizer, setup.optimizer_state_dtype)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    acts = activation_bytes(adaptation, setup)
+    acts = activation_bytes(adaptation, setup, device=device)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, adaptation.params, memory, acts,
@@ -192,9 +209,10 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     if overhead_bytes is not None:
         lines: tuple[OverheadLine, ...] = (OverheadLine("user", int(overhead_bytes), "given"),)
     else:
-        rounding = rounding_bytes(adaptation, get_precision(setup.precision), True,
-                                  2 if setup.optimizer == "adamw" else 0)
-        lines = overhead_lines(overhead, peak, rounding)
+        precision, per_tensor = get_precision(setup.precision), 2 if setup.optimizer == "adamw" else 0
+        lines = overhead_lines(overhead, peak, start - input_bytes(setup),
+                               rounding_bytes(adaptation, precision, True, per_tensor),
+                               segment_bytes(adaptation, precision, per_tensor))
     return MemoryBreakdown(
         weight_bytes=placed.weight_bytes,
         gradient_bytes=placed.gradient_bytes,

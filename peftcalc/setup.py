@@ -41,6 +41,7 @@ class Setup:
     attention: Attention = "sdpa"
     loss: Loss = "standard"
     packing: bool = False  # several sequences per row (no padding; position ids restart per sequence)
+    padded: bool = False  # rows padded to the longest of the batch: transformers passes an attention mask
     adamw_impl: AdamWImpl = "foreach"  # torch's default on CUDA
     optimizer_state_dtype: StateDtype | None = None  # None: the parameter's dtype, as torch's AdamW keeps them
     kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
@@ -68,6 +69,8 @@ class Setup:
             raise PeftcalcError("--offload-params keeps sharded parameters in CPU memory (ZeRO-3 / FSDP): give --zero 3")
         if self.reentrant_checkpointing and not self.gradient_checkpointing:
             raise PeftcalcError("--reentrant-checkpointing chooses how --gradient-checkpointing recomputes: give both")
+        if self.padded and self.packing:
+            raise PeftcalcError("--padded and --packing exclude each other: packed rows carry no padding")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise PeftcalcError("--sequence-parallel shards activations across tensor-parallel ranks: give --tp 2 or more")
 

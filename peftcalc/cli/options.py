@@ -13,7 +13,7 @@ from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
 from peftcalc.precision import RECIPES
-from peftcalc.setup import Setup
+from peftcalc.setup import ATTENTIONS, LOSSES, STATE_DTYPES, Setup
 from peftcalc.units import Unit
 
 SHAPE_OPTIONS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -85,8 +85,21 @@ def setup_options_with(precision: str = "fp32") -> Callable:
                      show_default=True, help="torch AdamW implementation (temporaries differ)."),
         click.option("--batch", type=int, default=1, show_default=True, help="Micro-batch per GPU."),
         click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
-        click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
+        click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa", show_default=True,
+                     help="Attention kernel: sdpa (torch's flash/memory-efficient kernels on CUDA), "
+                          "flash_attention_2, flex_attention or eager (materialises the scores)."),
+        click.option("--loss", type=click.Choice(list(LOSSES)), default="standard", show_default=True,
+                     help="Cross-entropy: standard (whole fp32 logits), chunked (torchtune's 8 chunks) or fused "
+                          "(Liger's fused linear cross-entropy, no logits)."),
+        click.option("--packing", is_flag=True, help="Several sequences packed per row (no padding; position ids)."),
+        click.option("--padded", is_flag=True,
+                     help="Rows padded to the longest of the batch (transformers passes an attention mask)."),
         click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
+        click.option("--reentrant-checkpointing", is_flag=True,
+                     help="With --gradient-checkpointing: use_reentrant=True (full recompute; default False, "
+                          "transformers 5's)."),
+        click.option("--optimizer-state-dtype", type=click.Choice(list(STATE_DTYPES)), default=None,
+                     help="Keep optimizer states in this dtype (default: the parameter's, as torch's AdamW)."),
         click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
@@ -175,7 +188,10 @@ def resolve_spec(kw: dict[str, Any]) -> ModelSpec:
 def resolve_setup(kw: dict[str, Any]) -> Setup:
     return Setup(precision=kw["precision"], optimizer=kw["optimizer"], batch_size=kw["batch"], seq_len=kw["seq"],
                  gradient_checkpointing=kw["gradient_checkpointing"], attention=kw["attention"],
-                 num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"])
+                 num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"],
+                 loss=kw.get("loss") or "standard", packing=bool(kw.get("packing")), padded=bool(kw.get("padded")),
+                 reentrant_checkpointing=bool(kw.get("reentrant_checkpointing")),
+                 optimizer_state_dtype=kw.get("optimizer_state_dtype"))
 
 
 def resolve_overhead(kw: dict[str, Any]) -> Any:

@@ -25,17 +25,27 @@ class StepConfig:
 
     param_dtype: str  # "fp32", "bf16", "fp16"
     compute_dtype: str
-    attention: str  # "sdpa" or "eager"
+    attention: str  # "sdpa", "eager", "flash_attention_2" or "flex_attention"
     checkpointing: bool
     adapter_dtype: str = "fp32"
     batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
+    autocast: bool | None = None  # the forward under torch.autocast(compute dtype); None: when the dtypes differ
+    device: str = "cpu"  # "cpu" (what the traced backend runs) or "cuda" (the GPU kernels: fused attention, masks)
+    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop
+    loss: str = "standard"  # "standard", "chunked" (torchtune's chunked output CE), "fused" (Liger's linear CE)
+    mask: str = "none"  # the attention mask: "none" (full rows), "padded" (rows padded), "packed" (several per row)
+
+    @property
+    def uses_autocast(self) -> bool:
+        return self.compute_dtype != self.param_dtype if self.autocast is None else self.autocast
 
 
 class Model:
     def __init__(self, sim: Sim, adaptation: Adaptation, cfg: StepConfig) -> None:
         self.sim = sim
         self.f = Ops(sim)
-        if cfg.compute_dtype != cfg.param_dtype:  # amp: the forward runs under torch.autocast(compute dtype)
+        self.f.device = cfg.device
+        if cfg.uses_autocast:  # amp: the forward runs under torch.autocast(compute dtype)
             self.f.autocast = cfg.compute_dtype
         self.ad = adaptation
         self.spec = adaptation.spec

@@ -32,6 +32,7 @@ class Ops:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.autocast: str | None = None  # torch.autocast's lower-precision dtype, when the forward runs under it
+        self.device = "cpu"  # where the step runs: "cuda" picks the CUDA kernels where they keep other tensors
         self.autocast_cache: dict[int, Tensor] = {}
 
     def cast(self, t: Tensor | None) -> Tensor | None:
@@ -172,6 +173,11 @@ class Ops:
         whose node saves the noise. (CUDA's fused `native_dropout` keeps a 1-byte mask instead.)"""
         if p == 0:
             return x
+        if self.device == "cuda":  # ATen is_fused_kernel_acceptable: native_dropout (output, bool mask), saves mask
+            out = self._new(x.shape, x.dtype, "native_dropout")
+            mask = self._new(x.shape, "bool", "native_dropout")
+            node = self.sim.node("NativeDropoutBackward0", [x], [mask], _bw_unary_new)
+            return _out(self.sim, out, node)
         noise = self._new(x.shape, x.dtype, "bernoulli")
         out = self._new(x.shape, x.dtype, "mul")
         node = self.sim.node("MulBackward0", [x], [noise], _bw_unary_new)
