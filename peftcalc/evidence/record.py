@@ -83,6 +83,7 @@ class PublishedRecord:
     notes: str
     checkpointing_detail: str = ""
     quantity_evidence: str = ""
+    precision_quote: str = ""
 
     @property
     def value_bytes(self) -> int:
@@ -165,7 +166,7 @@ def _parse(c: _Checker) -> PublishedRecord:
         gpu_model=c.get("gpu_model", str, True), value=float(value), unit=c.get("unit", str, choices=tuple(UNIT_BYTES)),
         quantity=c.get("quantity", str, choices=QUANTITIES), notes=str(d.get("notes") or ""),
         checkpointing_detail=str(d.get("checkpointing_detail") or ""),
-        quantity_evidence=str(d.get("quantity_evidence") or ""))
+        quantity_evidence=str(d.get("quantity_evidence") or ""), precision_quote=str(d.get("precision_quote") or ""))
 
 
 def _source(c: _Checker) -> SourceRef:

@@ -249,9 +249,12 @@ def head_loss(m: Model, x: Tensor, head: Callable[[Tensor], Tensor], weight: Cal
 def chunked_cross_entropy(m: Model, x: Tensor, head: Callable[[Tensor], Tensor], vocab: int,
                           post: Callable[[Model, Tensor], Tensor] | None = None) -> Tensor:
     """torchtune: `TransformerDecoder.chunked_output` applies the output layer to `h.chunk(8, dim=1)` (one
-    SplitBackward; the list of (B, T/8, V) logits lives until the recipe's `del logits` after the loss), and
-    `CEWithChunkedOutputLoss` computes `F.cross_entropy(chunk.float(), labels, reduction="sum")` per chunk:
-    one chunk's fp32 copy at a time, its log-softmax (fp32) saved. T/8 is the symbol Tc = ceil(T / 8)."""
+    SplitBackward; the head's matmul flattens each non-contiguous chunk, a copy; the list of (B, T/8, V) logits
+    lives until the recipe's `del logits` after the loss), and
+    `CEWithChunkedOutputLoss.forward` counts the labels (`(labels != ignore_index).sum()`), reshapes each label
+    chunk (a copy: a chunk of a batch is not contiguous), then sums `F.cross_entropy(chunk.float(), labels,
+    reduction="sum")` over the chunks (one fp32 copy at a time, each chunk's fp32 log-softmax saved) and divides
+    by the count. T/8 is the symbol Tc = ceil(T / 8)."""
     from peftcalc.stepsim.ops import _bw_split
 
     f, sim = m.f, m.sim
@@ -260,21 +263,28 @@ def chunked_cross_entropy(m: Model, x: Tensor, head: Callable[[Tensor], Tensor],
     logits = []
     for j in range(OUTPUT_CHUNKS):
         chunk = Tensor(("B", "Tc", h), x.dtype, x.storage, node, j, node is not None)
+        chunk = f.copy(chunk, op="reshape")  # a chunk of a batch is not contiguous: the head's matmul copies it
         out = head(chunk)
         logits.append(post(m, out) if post is not None else out)
         del chunk, out
+    sim.op = "labels_count"
+    ne = sim.new(("B", "T"), "bool")
+    count = sim.new((), "int64")
+    del ne
+    sim.op = "labels_chunk"
+    labels = [sim.new(("B", "Tc"), "int64") for _ in range(OUTPUT_CHUNKS)]
     total = None
-    for lg in logits:
+    for lg, lb in zip(logits, labels):
         lf = f.to(lg, "fp32")
         logp = f.log_softmax(lf)
         del lf
-        sim.op = "labels_chunk"
-        loss = f.nll_loss(logp, sim.new(("B", "Tc"), "int64"))
+        loss = f.nll_loss(logp, lb)
         del logp
-        total = loss if total is None else f.add(total, loss)
+        total = f.add(loss) if total is None else f.add(total, loss)  # `0.0 + loss`, then `total + loss`
         del loss
+    del labels, lb
     m.outer += logits  # freed with the forward's locals
-    return total
+    return f.div(total, count)
 
 
 def fused_linear_cross_entropy(m: Model, x: Tensor, weight: Tensor, vocab: int) -> Tensor:
