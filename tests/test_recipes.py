@@ -89,3 +89,38 @@ def test_every_option_states_what_it_keeps():
                                reentrant_checkpointing=True, optimizer_state_dtype="bf16"))
     assert "logsumexp" in lines["attention kernel"] and "Liger" in lines["loss"] and "packed" in lines["rows"]
     assert "use_reentrant=True" in lines["gradient checkpointing"] and "bf16" in lines["optimizer state dtype"]
+
+
+@pytest.mark.parametrize("method, setup, dropout", [
+    ("lora", dict(precision="bf16", adamw_impl="fused"), 0.1),
+    ("lora", dict(precision="bf16-autocast", gradient_checkpointing=True, adamw_impl="fused"), 0.05),
+])
+def test_lora_dropout_equals_the_traced_step(method, setup, dropout):
+    pytest.importorskip("torch")
+    from peftcalc.measure.api import measure
+    from peftcalc.methods import MethodOptions
+
+    spec = spec_from_config(TINY_LLAMA, "tiny-llama", "test")
+    s = Setup(seq_len=128, batch_size=2, **setup)
+    m_ = make_method(method, MethodOptions(lora_dropout=dropout))
+    r = measure(spec, m_, s, save_checkpoint=False)
+    assert r.status == "ok", r.detail.error
+    m = estimate_method(spec, m_, s, device="cpu").memory
+    plain = estimate_method(spec, make_method(method), s, device="cpu").memory
+    assert m.peak_bytes > plain.peak_bytes  # each adapted module keeps its dropped input (recomputed under ckpt)
+    assert abs(m.activation_bytes - r.measured.activations) <= 2048
+    for phase, value in r.detail.phase_peaks.items():
+        assert abs(m.phases[phase] - value) <= max(4096, 0.001 * value), phase
+
+
+def test_gpu_sdpa_drops_the_cpu_math_path():
+    """GPT-2 and BERT attention dropout: on the CPU sdpa runs the math composite (the (T, T) probabilities and the
+    dropout noise kept); on CUDA the flash kernel draws dropout inside and keeps only a logsumexp."""
+    from peftcalc.model.catalogue import get_model
+
+    for name in ("gpt2", "bert-base-uncased"):
+        s = Setup(precision="bf16", batch_size=4, seq_len=1024)
+        cpu = estimate_method(get_model(name), make_method("lora"), s, device="cpu").memory
+        gpu = estimate_method(get_model(name), make_method("lora"), s, device="cuda").memory
+        heads, layers = get_model(name).arch.num_heads, get_model(name).arch.num_layers
+        assert cpu.activation_bytes - gpu.activation_bytes >= layers * 4 * heads * 1024**2 * 4  # fp32 probs

@@ -74,6 +74,8 @@ method_options = _compose(
     click.option("--prefix-projection", is_flag=True, help="Prefix tuning with the reparameterization MLP."),
     click.option("--quant-bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
                  help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
+    click.option("--lora-dropout", type=float, default=0.0, show_default=True,
+                 help="peft's lora_dropout for LoRA/DoRA/QLoRA (each adapted module keeps its dropped input)."),
 )
 
 def setup_options_with(precision: str = "fp32") -> Callable:
@@ -204,7 +206,7 @@ def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
     return MethodOptions(rank=kw["rank"], targets=parse_targets(kw.get("targets")),
                          virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
                          adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
-                         quant_bits=int(kw["quant_bits"]))
+                         quant_bits=int(kw["quant_bits"]), lora_dropout=float(kw.get("lora_dropout") or 0.0))
 
 
 def resolve_unit(kw: dict[str, Any]) -> Unit:

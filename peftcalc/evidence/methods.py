@@ -110,12 +110,13 @@ def method_of(r: PublishedRecord, spec: ModelSpec) -> tuple[Method, tuple[str, .
     if fmt != "dense" and name not in ("lora", "qlora"):
         raise Unpredictable(f"{name} on a quantized base not modelled")
     dropout = cfg.get("lora_dropout")
-    if isinstance(dropout, (int, float)) and dropout > 0:
-        notes.append(f"lora_dropout {dropout}: not replayed (peftcalc's LoRA has no dropout yet)")
+    dropout = float(dropout) if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else 0.0
     if name in LORA_LIKE:
         targets = targets_of(r, spec)
         dora = name == "dora" or cfg.get("use_dora") is True
-        return Lora(_rank(cfg), targets, magnitude=dora, base_format=fmt), tuple(notes)
+        if dora and dropout:
+            notes.append(f"lora_dropout {dropout} with DoRA: not replayed (peft recomputes the base layer)")
+        return Lora(_rank(cfg), targets, magnitude=dora, base_format=fmt, dropout=dropout), tuple(notes)
     return _other(name, cfg, spec), tuple(notes)
 
 

@@ -153,7 +153,8 @@ class Model:
         del t, w
 
     def _lora(self, x: Tensor, result: Tensor, lin: Linear, r: int) -> Tensor:
-        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_A, lora_B,
+        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_dropout (an
+        nn.Dropout when p > 0: a new tensor and its mask), lora_A, lora_B,
         `* scaling` (a new tensor), `result + ...` (promoted to fp32), `.to(result dtype)`. DoRA: peft's
         DoraLinearLayer.forward instead (see `_dora`)."""
         f = self.f
@@ -163,6 +164,7 @@ class Model:
         b_w = self.added(lin.name + ".lora_B.weight", (lin.out_features, r), ad)
         if self.dora:
             return self._dora(xa, result, lin, a_w, b_w, r)
+        xa = f.dropout(xa, self.ad.lora_dropout)  # lora_dropout[adapter](x): lora_A keeps the dropped input
         a = f.linear(xa, a_w, None, r)
         del xa
         b = f.linear(a, b_w, None, lin.out_features)

@@ -41,7 +41,7 @@ class Ops:
         that requires grad (a trainable parameter) is cached until autocast exits, a frozen weight's is not."""
         if self.autocast is None or t is None or t.dtype == self.autocast or t.dtype not in FLOATS:
             return t
-        if t.param is not None and t.requires_grad and self.sim.grad_enabled:
+        if t.param is not None and t.requires_grad:  # autocast caches whatever the grad mode (a checkpointed pass too)
             hit = self.autocast_cache.get(id(t.param))
             if hit is None:
                 hit = self.autocast_cache[id(t.param)] = self.to(t, self.autocast)

@@ -189,3 +189,27 @@ def _gpu_attention_backward(kernel: str, H: int, KV: int, d: int, q_len: str, k_
         del scratch
         return grads
     return backward
+
+
+def gpu_sdpa(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, keys: str = "T",
+             mask: Tensor | None = None) -> Tensor | None:
+    """On CUDA, the fused kernel torch's sdpa (or flash_attention_2 / flex_attention) runs for a family whose CPU
+    path is the math composite (dropout inside the attention: the CUDA kernels draw it from a Philox seed and keep
+    no mask); None on the CPU or with eager attention, where the family's own path applies. Without a mask and in
+    bf16/fp16 the flash kernel, else the memory-efficient one with the mask as a float bias (converted per call);
+    grouped heads without enable_gqa are repeated first (a copy)."""
+    if m.cfg.device != "cuda" or m.cfg.attention == "eager":
+        return None
+    if m.cfg.attention == "flex_attention":
+        return gpu_attention(m, q, k, v, H, KV, d, "flex", k_len=keys)
+    if m.cfg.attention == "flash_attention_2" or (mask is None and m.cfg.compute_dtype != "fp32" and d <= 256):
+        return gpu_attention(m, q, k, v, H, KV, d, "flash", k_len=keys)
+    f, sim = m.f, m.sim
+    if KV != H:
+        k = f.copy(f.expand(k, ("B", KV, H // KV, keys, d)), ("B", H, keys, d), "repeat_kv")
+        v = f.copy(f.expand(v, ("B", KV, H // KV, keys, d)), ("B", H, keys, d), "repeat_kv")
+    fmask = None
+    if mask is not None:
+        sim.op = "where"
+        fmask = sim.new(mask.shape, m.cfg.compute_dtype)
+    return gpu_attention(m, q, k, v, H, H, d, "efficient", fmask, k_len=keys)
