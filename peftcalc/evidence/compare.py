@@ -108,7 +108,26 @@ def compare_record(r: PublishedRecord) -> PublishedComparison:
         target = COMPARED[r.quantity]
     if r.quantity == "reserved_p99":
         flags.append("99th percentile of after-step samples over steps of varying length: shown, not gated")
+    predicted, note = _with_generation(r, mapped, predicted)
+    flags += [note] if note else []
     return PublishedComparison(r, mapped, predicted, target, flags=tuple(flags))
+
+
+def _with_generation(r: PublishedRecord, m: Mapped, p: Predicted) -> tuple[Predicted, str | None]:
+    """A run-wide peak that also spans evaluation by generation: the larger of the training step and generation
+    (peftcalc/evidence/generation.py); a percentile of training steps is not touched."""
+    from peftcalc.evidence.generation import evaluation_of, generation_bytes
+
+    ev = evaluation_of(r)
+    if ev is None or r.quantity == "reserved_p99":
+        return p, None
+    g = generation_bytes(m, *ev)
+    if g.total <= p.allocated:
+        return p, (f"the run-wide peak spans generation at batch {ev[0]} to {ev[1]} tokens: {g.total / 2**30:.1f} GiB "
+                   f"(states, gradients, KV cache), below the training step: compared with the training step")
+    extra = g.total - p.allocated
+    return Predicted(p.tensor_peak, g.total, p.reserved + extra, p.total + extra, "generation"), \
+        f"the run-wide peak is generation at batch {ev[0]} to {ev[1]} tokens ({g.total / 2**30:.1f} GiB)"
 
 
 def compare_all(records: Iterable[PublishedRecord]) -> list[PublishedComparison]:

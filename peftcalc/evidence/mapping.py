@@ -146,8 +146,8 @@ def _precision(r: PublishedRecord) -> str:
         return "fp32"
     if p in ("bf16-mixed", "fp16-mixed"):
         return "amp-" + p[:4]
-    if r.framework in ("litgpt", "torchtune"):
-        return "bf16-true" if p == "bf16" else "fp16"
+    if r.framework in ("litgpt", "torchtune") or "weights, LoRA and compute in bf16" in r.notes:
+        return "bf16-true" if p == "bf16" else "fp16"  # litgpt, torchtune, Answer.AI's train.py: LoRA in bf16 too
     if p == "fp16":
         raise Unpredictable("fp16 weights with fp16 autocast not modelled")
     return "bf16-autocast" if AUTOCAST.search(r.precision_quote) else "bf16"
@@ -170,6 +170,8 @@ def _optimizer(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
 
 
 def _reentrant(r: PublishedRecord) -> bool:
+    if "--reentrant_checkpointing True" in r.notes:  # Answer.AI's train.py template command
+        return True
     if r.framework in ("litgpt", "torchtune") or r.framework.startswith("other:answerai"):
         return False
     version = r.versions.get("transformers")

@@ -57,3 +57,13 @@ def test_missing_fields_and_duplicate_ids(tmp_path):
     f.write_text("{not json\n", encoding="utf-8")
     with pytest.raises(PeftcalcError, match="a.jsonl:1: not a JSON object"):
         load_records([f])
+
+
+def test_the_fragmentation_default_is_the_evidence_median():
+    from peftcalc.evidence.slack import one_gpu_fraction, slack_pairs
+    from peftcalc.overhead import DEFAULT_FRAGMENTATION
+
+    pairs = slack_pairs()
+    assert len([p for p in pairs if not p.sharded]) >= 2
+    assert all(p.reserved > p.allocated > p.held for p in pairs)
+    assert abs(one_gpu_fraction() - DEFAULT_FRAGMENTATION) < 5e-5
