@@ -33,7 +33,7 @@ class Ops:
         self.sim = sim
         self.autocast: str | None = None  # torch.autocast's lower-precision dtype, when the forward runs under it
         self.device = "cpu"  # where the step runs: "cuda" picks the CUDA kernels where they keep other tensors
-        self.autocast_cache: dict[int, Tensor] = {}
+        self.autocast_cache: dict[object, Tensor] = {}
 
     def cast(self, t: Tensor | None) -> Tensor | None:
         """torch.autocast's cached_cast for the lower-precision ops (CPU: linear, mm, addmm, bmm, baddbmm, matmul,
@@ -42,9 +42,12 @@ class Ops:
         if self.autocast is None or t is None or t.dtype == self.autocast or t.dtype not in FLOATS:
             return t
         if t.param is not None and t.requires_grad:  # autocast caches whatever the grad mode (a checkpointed pass too)
-            hit = self.autocast_cache.get(id(t.param))
+            # a model weight by its name and layer (the replay makes a new Param at each use; a checkpointed pass
+            # drops its Params, whose ids Python reuses), a checkpoint's detached input by identity
+            key = id(t.param) if t.param.capture else (t.param.name, t.param.tag)
+            hit = self.autocast_cache.get(key)
             if hit is None:
-                hit = self.autocast_cache[id(t.param)] = self.to(t, self.autocast)
+                hit = self.autocast_cache[key] = self.to(t, self.autocast)
             return hit
         return self.to(t, self.autocast)
 
