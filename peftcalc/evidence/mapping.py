@@ -160,6 +160,11 @@ def _optimizer(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
         notes.append("optimizer not stated: the framework's default AdamW")
         return {"optimizer": "adamw"}
     name = OPTIMIZERS.get(r.optimizer)
+    years = [int(y) for y in re.findall(r"\b(20[12]\d)\b", r.notes)]
+    if name == "adamw" and ("adamw_hf" in r.notes or (r.framework == "transformers" and years and max(years) <= 2022)):
+        notes.append(CAVEAT + "transformers' own AdamW (the 2022 Trainer's default optim, adamw_hf): a "
+                     "per-parameter loop, predicted as torch's for-loop AdamW")
+        return {"optimizer": "adamw", "adamw_impl": "forloop"}
     if name == "paged-adamw" and name not in KNOWN:
         notes.append(CAVEAT + "bitsandbytes PagedAdamW (32-bit states in CUDA unified memory, outside PyTorch's "
                      "allocator) predicted as torch's AdamW, its states counted on the GPU")

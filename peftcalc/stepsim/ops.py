@@ -51,6 +51,13 @@ class Ops:
             return hit
         return self.to(t, self.autocast)
 
+    def _cuda_autocast_fp32(self, x: Tensor) -> Tensor:
+        """CUDA autocast's "ops that can autocast to float32" (layer_norm, softmax among them; torch's Automatic
+        Mixed Precision docs): a half input is cast to fp32 first. The CPU's list has neither."""
+        if self.device == "cuda" and self.autocast is not None and x.dtype in ("bf16", "fp16"):
+            return self.to(x, "fp32")
+        return x
+
     def _new(self, shape: tuple[Dim, ...], dtype: str, op: str) -> Tensor:
         self.sim.op = op
         return self.sim.new(shape, dtype)
@@ -220,11 +227,12 @@ class Ops:
 
     # -- normalisation and softmax --------------------------------------------------------------------
     def layer_norm(self, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
-        """native_layer_norm: output, mean and rstd ((..., 1), in the input dtype on the CPU). Saves input,
-        mean, rstd (and the weight). Backward: `native_layer_norm_backward` allocates the input, weight and
+        """native_layer_norm: output, mean and rstd ((..., 1), in the input dtype on the CPU, fp32 on CUDA). Saves
+        input, mean, rstd (and the weight). Under CUDA autocast layer_norm runs in fp32 (a cast copy first). Backward: `native_layer_norm_backward` allocates the input, weight and
         bias gradients."""
+        x = self._cuda_autocast_fp32(x)
         out = self._new(x.shape, x.dtype, "native_layer_norm")
-        stat_dtype = x.dtype
+        stat_dtype = "fp32" if self.device == "cuda" else x.dtype  # CUDA keeps mean/rstd in its acc type, float
         mean = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         rstd = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         node = self.sim.node("NativeLayerNormBackward0", [x, w, b], [x, mean, rstd], _bw_each_input)
@@ -233,8 +241,8 @@ class Ops:
     def softmax(self, x: Tensor, dtype: str | None = None) -> Tensor:
         """F.softmax(x, dim=-1, dtype=...): on the CPU a dtype different from the input's is a copy first
         (freed after), then `_softmax`, whose node saves its result. Backward `_softmax_backward_data`: one
-        new tensor (then the cast back, for a dtype copy)."""
-        x = self.to(x, dtype) if dtype is not None else x
+        new tensor (then the cast back, for a dtype copy). Under CUDA autocast softmax runs in fp32."""
+        x = self.to(x, dtype) if dtype is not None else self._cuda_autocast_fp32(x)
         out = self._new(x.shape, x.dtype, "_softmax")
         node = self.sim.node("SoftmaxBackward0", [x], [], _bw_unary_new)
         if node is not None:
