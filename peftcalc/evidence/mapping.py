@@ -216,6 +216,9 @@ def _parallel(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
     offload = sharding.endswith("-offload")
     stage = 2 if sharding == "deepspeed-zero2" else 3
     notes.append(f"{sharding} over {gpus} GPUs: ZeRO stage {stage}{' with offload' if offload else ''}, per GPU")
+    notes.append(CAVEAT + f"{sharding} per-GPU bytes: peftcalc's stated ZeRO-3 approximation (sharded states, the "
+                 "gathered root and two blocks), not yet checked against a sharded measurement; NCCL buffers and "
+                 "the sharded runs' loading are not modelled")
     return {"num_gpus": gpus, "zero_stage": stage, "offload": offload, "offload_params": offload and stage == 3}
 
 

@@ -37,6 +37,7 @@ class Gate:
 class Conclusion:
     gate: Gate
     single_gpu: GroupSummary  # the gated records of one-GPU runs
+    several_gpus: GroupSummary  # the gated records of sharded or data-parallel runs
     groups: tuple[GroupSummary, ...]  # high+medium confidence, by group (the gated set's group first)
     counts: dict[str, dict[str, int]]  # by confidence, framework, quantity; predicted or not
     worst: tuple[PublishedComparison, ...]  # the gated records with the largest |error|
@@ -68,12 +69,14 @@ def counts(comparisons: list[PublishedComparison]) -> dict[str, dict[str, int]]:
 def conclude(comparisons: list[PublishedComparison], worst: int = 5) -> Conclusion:
     g = gate(comparisons)
     single = summarize("one GPU", [c for c in comparisons if c.gated and (c.record.gpus or 1) == 1])
+    several = summarize("several GPUs", [c for c in comparisons if c.gated and (c.record.gpus or 1) > 1])
     groups = tuple(summarize(name, [c for c in comparisons if c.record.group == name and c.record.confidence in
                                     ("high", "medium")]) for name in GROUPS)
     ranked = sorted((c for c in comparisons if c.gated and c.error_percent is not None),
                     key=lambda c: -abs(c.error_percent or 0))
     reasons = collections.Counter(c.reason for c in comparisons if c.reason is not None)
-    return Conclusion(g, single, groups, counts(comparisons), tuple(ranked[:worst]), dict(reasons.most_common()))
+    return Conclusion(g, single, several, groups, counts(comparisons), tuple(ranked[:worst]),
+                      dict(reasons.most_common()))
 
 
 def bands(comparisons: list[PublishedComparison]) -> dict[str, Any]:

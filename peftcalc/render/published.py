@@ -62,6 +62,7 @@ def conclusion_lines(s: Conclusion) -> list[str]:
     out = ["Summary (|error| of the quantity each source measured; GiB = 2^30 bytes)"]
     out += [f"  {_summary_line(x)}" for x in s.groups]
     out.append(f"  of the gated: {_summary_line(s.single_gpu)}")
+    out.append(f"  of the gated: {_summary_line(s.several_gpus)}")
     out.append(f"  gated QLoRA records within {WITHIN:g} %: {g.qlora_within} of {g.qlora}")
     out.append(f"  gate ({_summary_line(g.summary)}): median <= {GATE_MEDIAN:g} %, >= {GATE_SHARE:g} % within "
                f"{WITHIN:g} %, every QLoRA record within {WITHIN:g} %: {'PASSED' if g.passed else 'FAILED'}")
@@ -96,7 +97,8 @@ def published_dict(comparisons: list[PublishedComparison], s: Conclusion) -> dic
     return {"summary": {"gate": {**_group_dict(g.summary), "qlora": g.qlora, "qlora_within": g.qlora_within,
                                  "passed": g.passed, "median_limit_percent": GATE_MEDIAN,
                                  "share_limit_percent": GATE_SHARE, "within_percent_limit": WITHIN},
-                        "one_gpu": _group_dict(s.single_gpu), "groups": [_group_dict(x) for x in s.groups],
+                        "one_gpu": _group_dict(s.single_gpu), "several_gpus": _group_dict(s.several_gpus),
+                        "groups": [_group_dict(x) for x in s.groups],
                         "counts": s.counts, "not_predicted": s.not_predicted,
                         "worst": [c.record.id for c in s.worst]},
             "records": [comparison_dict(c) for c in comparisons]}
