@@ -107,8 +107,9 @@ def setup_options_with(precision: str = "fp32") -> Callable:
                      help="ZeRO stage (3 = FSDP full sharding)."),
         click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
         click.option("--overhead", metavar="SPEC",
-                     help="CUDA overhead lines beyond tensors: 'none', or NAME=SIZE,... with NAME context, workspace, "
-                          "rounding or fragmentation (e.g. context=600MiB,fragmentation=10%). Default: stated defaults."),
+                     help="Lines above the tensors: 'none', or NAME=SIZE,... with NAME workspace, rounding (allocated), "
+                          "segments, fragmentation (reserved) or context (device total), e.g. "
+                          "context=600MiB,fragmentation=10%. Default: the stated defaults (peftcalc/overhead.py)."),
     )
 
 

@@ -239,12 +239,13 @@ def _headline(est: Any, unit: Unit) -> list[str]:
         out.append(f"Full fine-tuning holds {fmt_bytes(m.model_state_bytes, unit)} of model states: weights "
                    f"{fmt_bytes(m.weight_bytes, unit)}, gradients {fmt_bytes(m.gradient_bytes, unit)}, optimizer states "
                    f"{fmt_bytes(m.optimizer_state_bytes, unit)}, master weights {fmt_bytes(m.master_weight_bytes, unit)}; "
-                   f"its peak per GPU is {fmt_bytes(m.total, unit)}.")
+                   f"its device total per GPU (allocated peak {fmt_bytes(m.allocated_bytes, unit)}, reserved "
+                   f"{fmt_bytes(m.reserved_bytes, unit)}, CUDA context included) is {fmt_bytes(m.total, unit)}.")
     if "lora" in names:
         r = est.result("lora")
         size = size_fmt(unit)
         out.append(f"LoRA (r={est.options.rank}) trains {fmt_count(r.params.trainable)} parameters "
-                   f"({fmt_percent(r.params.percent)}), peaks at {fmt_bytes(r.memory.total, unit)} per GPU and saves "
+                   f"({fmt_percent(r.params.percent)}), needs {fmt_bytes(r.memory.total, unit)} per GPU (device total) and saves "
                    f"{size(r.checkpoint.checkpoint_bytes)} per task; {r.checkpoint.num_tasks} tasks take "
                    f"{size(r.checkpoint.tasks_bytes)} of adapters against {size(r.checkpoint.full_copies_bytes)} of full "
                    "copies.")
