@@ -4,7 +4,7 @@ families/common.py for the loss and checkpointing) and memory.py (optimizer stat
 which mechanism each option selects and where it is from.
 
     >>> recipe_lines(Setup(attention="flash_attention_2", loss="fused"))["loss"]   # doctest: +ELLIPSIS
-    'fused: Liger's fused linear cross-entropy ...'
+    "fused, Liger's fused linear cross-entropy ..."
 """
 
 from __future__ import annotations
@@ -12,24 +12,24 @@ from __future__ import annotations
 from peftcalc.setup import Setup
 
 ATTENTION = {
-    "sdpa": "sdpa on CUDA: the flash kernel without a mask (keeps q, k, v, the output and a fp32 logsumexp; no "
+    "sdpa": "on CUDA the flash kernel without a mask (keeps q, k, v, the output and a fp32 logsumexp; no "
             "(T, T) matrix), the memory-efficient kernel with a padding/packing mask or fp32 inputs (also keeps the "
             "float mask, and transformers repeats grouped key/value heads); backward scratch: fp32 dq accumulator "
             "and softmax_d (flash_api.cpp mha_bwd)",
-    "flash_attention_2": "flash-attn 2 (transformers flash_attention_2): keeps q, k, v, the output and a fp32 "
+    "flash_attention_2": "flash-attn 2: keeps q, k, v, the output and a fp32 "
                          "logsumexp, grouped heads natively; padded rows are unpadded first (copies of q, k, v), "
                          "packed rows use position ids (varlen, no copies)",
-    "flex_attention": "flex_attention: keeps q, k, v, the output and a fp32 logsumexp plus the block mask's small "
+    "flex_attention": "keeps q, k, v, the output and a fp32 logsumexp plus the block mask's small "
                       "index tensors; backward dq, dk, dv and a fp32 delta",
-    "eager": "eager attention: materialises the (B, H, T, T) scores, fp32 softmax (kept for backward) and a float "
+    "eager": "materialises the (B, H, T, T) scores, fp32 softmax (kept for backward) and a float "
              "(B, 1, T, T) mask",
 }
 LOSS = {
-    "standard": "standard: the whole (B, T, V) logits, their fp32 copy and fp32 log-softmax (transformers "
+    "standard": "standard, the whole (B, T, V) logits, their fp32 copy and fp32 log-softmax (transformers "
                 "ForCausalLMLoss)",
-    "chunked": "chunked: the head applied to 8 chunks of the sequence and cross-entropy per chunk, one fp32 chunk "
+    "chunked": "chunked, the head applied to 8 chunks of the sequence and cross-entropy per chunk, one fp32 chunk "
                "at a time, each chunk's fp32 log-softmax kept (torchtune CEWithChunkedOutputLoss)",
-    "fused": "fused: Liger's fused linear cross-entropy: no logits tensor; the input gradient (B*T, h) computed in "
+    "fused": "fused, Liger's fused linear cross-entropy: no logits tensor; the input gradient (B*T, h) computed in "
              "forward and kept, one (C, V) chunk of logits at a time, C about B*T*h/V rows "
              "(liger_kernel/ops/fused_linear_cross_entropy.py)",
 }

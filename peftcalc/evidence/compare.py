@@ -3,7 +3,7 @@
 | the source measured | compared with |
 |---|---|
 | `max_allocated` (torch.cuda.max_memory_allocated) | the allocated peak |
-| `peak_active` (torchtune: memory_stats()["active_bytes.all.peak"]; active = allocated blocks plus blocks freed but still in use by another stream, the same without side streams) | the allocated peak |
+| `peak_active` (torchtune/training/memory.py `get_memory_stats`: `memory_stats()["active_bytes.all.peak"]`, reset at every logged step: the allocator's active blocks, i.e. allocated ones plus freed ones still in use by another stream, equal to the allocated peak without side streams; peft #1469 prints both, equal to the byte) | the allocated peak |
 | `max_reserved` | reserved |
 | `reserved_p99` (peft: the 99th percentile of memory_reserved() after each step) | reserved (shown, not gated: a percentile over steps of varying length) |
 | `device_used` (nvidia-smi) | the device total |

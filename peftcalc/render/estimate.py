@@ -159,9 +159,10 @@ def estimate_json(est: Estimate, bands: Bands | None = None) -> str:
 def estimate_csv(est: Estimate) -> str:
     header = ["method", "trainable_params", "trainable_percent", "total_params", "weights_bytes", "gradients_bytes",
               "optimizer_states_bytes", "master_weights_bytes", "activations_bytes", "temporaries_bytes",
-              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes"]
+              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes", "peak_bytes", "reserved_bytes"]
     rows = [[r.method, r.params.trainable, f"{r.params.percent:.6g}", r.params.total, r.memory.weight_bytes,
              r.memory.gradient_bytes, r.memory.optimizer_state_bytes, r.memory.master_weight_bytes,
              r.memory.activation_bytes, r.memory.temporary_bytes, r.memory.overhead_bytes, r.memory.total,
-             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes] for r in est.results]
+             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes, r.memory.allocated_bytes, r.memory.reserved_bytes]
+            for r in est.results]
     return to_csv(header, rows)
