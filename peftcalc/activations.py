@@ -28,7 +28,7 @@ from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.precision import get_precision
-from peftcalc.setup import Setup
+from peftcalc.setup import Setup, version_tuple
 from peftcalc.stepsim.model import StepConfig
 from peftcalc.stepsim.poly import evaluate
 from peftcalc.stepsim.replay import SimResult, simulate
@@ -61,7 +61,8 @@ def step_config(setup: Setup, family: str | None = None, device: str = "cuda") -
     return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
                       batch1, autocast=p.autocast, device=device,
                       reentrant=setup.gradient_checkpointing and setup.reentrant_checkpointing, loss=setup.loss,
-                      mask=mask)
+                      mask=mask, shift_copy=setup.transformers_version is not None
+                      and version_tuple(setup.transformers_version) < (4, 49))
 
 
 def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:

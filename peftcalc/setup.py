@@ -8,6 +8,7 @@ versions whose behaviour changed what is kept), and how the step is spread over 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,13 @@ ATTENTIONS: tuple[str, ...] = Attention.__args__  # type: ignore[attr-defined]
 ADAMW_IMPLS: tuple[str, ...] = AdamWImpl.__args__  # type: ignore[attr-defined]
 LOSSES: tuple[str, ...] = Loss.__args__  # type: ignore[attr-defined]
 STATE_DTYPES: tuple[str, ...] = StateDtype.__args__  # type: ignore[attr-defined]
+_VERSION = re.compile(r"\d+\.\d+(\.\d+)?(\.?(dev|rc|post)\d*)?")
+
+
+def version_tuple(text: str) -> tuple[int, int]:
+    """(major, minor) of a library version string ("4.48.1" -> (4, 48))."""
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Setup:
     optimizer_state_dtype: StateDtype | None = None  # None: the parameter's dtype, as torch's AdamW keeps them
     kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
     bitsandbytes_version: str | None = None  # None: today's release; older ones kept more for backward
+    transformers_version: str | None = None  # None: today's; before 4.49 the causal-LM loss copied its fp32 logits
     # several GPUs
     num_gpus: int = 1  # data-parallel ranks (times tensor and pipeline parallel = GPUs in all)
     zero_stage: int = 0
@@ -63,6 +72,7 @@ class Setup:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise PeftcalcError(f"{flag} must be a positive integer, got {value!r}")
         self._check_choices()
+        self._check_versions()
         if self.offload and self.zero_stage == 0:
             raise PeftcalcError("--offload moves optimizer states to CPU memory as ZeRO-Offload does: give --zero 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
@@ -73,6 +83,11 @@ class Setup:
             raise PeftcalcError("--padded and --packing exclude each other: packed rows carry no padding")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise PeftcalcError("--sequence-parallel shards activations across tensor-parallel ranks: give --tp 2 or more")
+
+    def _check_versions(self) -> None:
+        for value, flag in ((self.transformers_version, "--transformers-version"),):
+            if value is not None and not _VERSION.fullmatch(value):
+                raise PeftcalcError(f"{flag} must look like 4.48 or 4.48.1, got {value!r}")
 
     def _check_choices(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):

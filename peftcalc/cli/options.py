@@ -102,6 +102,9 @@ def setup_options_with(precision: str = "fp32") -> Callable:
                           "transformers 5's)."),
         click.option("--optimizer-state-dtype", type=click.Choice(list(STATE_DTYPES)), default=None,
                      help="Keep optimizer states in this dtype (default: the parameter's, as torch's AdamW)."),
+        click.option("--transformers-version", metavar="X.Y", default=None,
+                     help="The transformers release whose code runs (default: today's; before 4.49 the causal-LM "
+                          "loss keeps a second fp32 copy of the logits)."),
         click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
@@ -194,7 +197,8 @@ def resolve_setup(kw: dict[str, Any]) -> Setup:
                  num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"],
                  loss=kw.get("loss") or "standard", packing=bool(kw.get("packing")), padded=bool(kw.get("padded")),
                  reentrant_checkpointing=bool(kw.get("reentrant_checkpointing")),
-                 optimizer_state_dtype=kw.get("optimizer_state_dtype"))
+                 optimizer_state_dtype=kw.get("optimizer_state_dtype"),
+                 transformers_version=kw.get("transformers_version"))
 
 
 def resolve_overhead(kw: dict[str, Any]) -> Any:

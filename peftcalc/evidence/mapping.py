@@ -135,7 +135,23 @@ def _setup_fields(r: PublishedRecord, family: str) -> tuple[dict[str, Any], list
     if version is not None and r.quantization is not None:
         fields["bitsandbytes_version"] = version
         notes.append(f"bitsandbytes {version}")
+    fields["transformers_version"] = _transformers_version(r, notes)
     return fields, notes
+
+
+def _transformers_version(r: PublishedRecord, notes: list[str]) -> str | None:
+    """The version whose loss code ran: the stated one, else, for a source that ran before February 2025 (4.49,
+    the first release without the logits' shift copy), 4.48; litgpt and torchtune compute their own loss."""
+    if r.framework in ("litgpt", "torchtune"):
+        return None
+    stated = r.versions.get("transformers")
+    if stated:
+        return stated
+    years = [int(y) for y in re.findall(r"\b(20[12]\d)\b", r.notes)]
+    if years and max(years) <= 2024:
+        notes.append(f"transformers not stated; the source ran in {max(years)}: before 4.49's loss")
+        return "4.48"
+    return None
 
 
 def _precision(r: PublishedRecord) -> str:

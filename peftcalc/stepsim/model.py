@@ -34,6 +34,7 @@ class StepConfig:
     reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop
     loss: str = "standard"  # "standard", "chunked" (torchtune's chunked output CE), "fused" (Liger's linear CE)
     mask: str = "none"  # the attention mask: "none" (full rows), "padded" (rows padded), "packed" (several per row)
+    shift_copy: bool = False  # transformers < 4.49: the causal-LM loss copies its shifted fp32 logits
 
     @property
     def uses_autocast(self) -> bool:

@@ -130,3 +130,27 @@ def test_the_fused_loss_keeps_no_logits():
     chunked = _sim(lambda m, x, w: chunked_cross_entropy(m, x, lambda t: m.f.linear(t, w, None, V), V), False, big)
     assert fused.saved_new == B * T * H * 4  # the input gradient, computed in forward
     assert chunked.saved_new >= B * T * V * 4  # every chunk's fp32 log-softmax
+
+
+def transformers_4_48_loss(logits, labels):
+    """transformers 4.46-4.48's ForCausalLMLoss as it was written (before PR #35646, January 2025)."""
+    logits = logits.float()
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_labels = labels[..., 1:].contiguous()
+    return F.cross_entropy(shift_logits.view(-1, V), shift_labels.view(-1), ignore_index=-100)
+
+
+def test_the_old_loss_copies_the_shifted_logits():
+    from peftcalc.stepsim.families.common import _shifted_logits_loss
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    real = measure(lambda: [torch.randn(B, T, V, generator=gen).to(torch.bfloat16).requires_grad_(True)],
+                   lambda lg, y: transformers_4_48_loss(lg, y), params=[labels])
+    sim = predict(lambda s: [activation(s, ("B", "T", V), "bf16")],
+                  lambda ops, lg: _shifted_logits_loss(SimpleNamespace(f=ops, sim=ops.sim), lg, V), values=VALUES)
+    # the model counts T - 1 rows as T: one row of each fp32 (V) tensor apart, per sequence
+    row = B * V * 4
+    assert 0 <= sim.forward_peak - real.forward_peak <= 3 * row
+    assert 0 <= sim.backward_peak - real.backward_peak <= 3 * row
+    assert sim.forward_peak - real.forward_peak < 0.2 * real.forward_peak

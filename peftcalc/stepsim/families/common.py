@@ -154,6 +154,8 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     """transformers loss/loss_utils.py ForCausalLMLoss: `logits.float()` (a copy unless fp32), labels padded
     by one (`nn.functional.pad`) and shifted (`[..., 1:].contiguous()`: a copy for batch > 1), then
     cross_entropy = log_softmax (saved) + nll_loss. The caller keeps `logits` alive until the loss exists."""
+    if shift and m.cfg.shift_copy:
+        return _shifted_logits_loss(m, logits, vocab)
     f, sim = m.f, m.sim
     lf = f.to(logits, "fp32")
     sim.op = "constant_pad_nd"
@@ -164,6 +166,23 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     logp = f.log_softmax(flat)
     del flat
     return f.nll_loss(logp, shifted)
+
+
+def _shifted_logits_loss(m: Model, logits: Tensor, vocab: int) -> Tensor:
+    """transformers before 4.49 (its ForCausalLMLoss and the models' own loss code before it): `logits =
+    logits.float()`, `shift_logits = logits[..., :-1, :].contiguous()` (a second fp32 copy, both locals until
+    the loss returns), `labels[..., 1:].contiguous()`, cross_entropy. In backward the slice's gradient is a
+    full-size zeros tensor (`slice_backward`). transformers PR #35646 (January 2025, "removing unnecessary
+    contiguous() call to reduce memory overhead") pads the labels instead. (T - 1 counted as T.)"""
+    f, sim = m.f, m.sim
+    lf = f.to(logits, "fp32")
+    shifted_logits = f.copy(f.slice(lf, ("B", "T", vocab)), op="contiguous")
+    sim.op = "slice_labels"
+    labels = sim.new(("B", "T"), "int64")
+    logp = f.log_softmax(f.view(shifted_logits, ("B", "T", vocab)))
+    loss = f.nll_loss(logp, labels)
+    del logp, shifted_logits, lf
+    return loss
 
 
 def prefix_cache(m: Model, stack: str, count: int, kv_heads: int, head_dim: int) -> None:
