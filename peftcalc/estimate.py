@@ -28,7 +28,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.methods.full import Full
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
-from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
+from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
 from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
                                stage_spec)
 from peftcalc.setup import Setup
@@ -43,8 +43,10 @@ INPUT_TENSORS = 2  # input_ids and labels, int64 (B, S) each
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes on one GPU. The peak is the largest of the forward, backward and optimizer phases; `total` is the
-    peak plus the overhead lines."""
+    """Bytes on one GPU. The peak is the largest of the forward, backward and optimizer phases (tensor bytes);
+    the three quantities users compare with add the overhead lines level by level (peftcalc/overhead.py):
+    `allocated_bytes` (torch.cuda.max_memory_allocated), `reserved_bytes` (max_memory_reserved) and `total`
+    (the device total, CUDA context included: what must fit in the GPU)."""
 
     weight_bytes: int
     gradient_bytes: int
@@ -93,8 +95,22 @@ class MemoryBreakdown:
         p = self.phases
         return max(p, key=lambda k: p[k])
 
+    def _lines(self, *levels: str) -> int:
+        return sum(l.bytes for l in self.overhead if l.level in levels)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """The allocated peak: tensors, the cuBLAS workspace and the allocator's 512-byte rounding."""
+        return self.peak_bytes + self._lines("allocated")
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Reserved by the caching allocator at its peak: allocated plus segment tails and fragmentation."""
+        return self.allocated_bytes + self._lines("reserved")
+
     @property
     def total(self) -> int:
+        """The device total: reserved plus the CUDA context (every overhead line)."""
         return self.peak_bytes + self.overhead_bytes
 
 
@@ -145,9 +161,10 @@ def input_bytes(setup: Setup) -> int:
 
 def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: int = 10,
                     overhead_bytes: int | None = DEFAULT_OVERHEAD_BYTES,
-                    overhead: OverheadSpec = OverheadSpec()) -> MethodEstimate:
-    """One method's estimate. `overhead_bytes` (an int) replaces the overhead lines by one given total;
-    `overhead` overrides single lines."""
+                    overhead: OverheadSpec = OverheadSpec(), device: str = "cuda") -> MethodEstimate:
+    """One method's estimate on `device` ("cuda": the GPU's kernels, what users run; "cpu": what the traced
+    backend runs). `overhead_bytes` (an int) replaces the overhead lines by one given total; `overhead`
+    overrides single lines."""
     precision = setup.recipe
     get_optimizer(setup.optimizer)
     whole = adapt(spec, method)
@@ -156,13 +173,14 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         check_model_parallel(spec, setup.tensor_parallel, setup.pipeline_parallel)
         adaptation = adapt(stage_spec(spec, setup.tensor_parallel, stage_layers(spec, setup.pipeline_parallel)),
                            method)
-        acts, in_flight = model_parallel_activations(spec, method, setup)
+        acts, in_flight = model_parallel_activations(spec, method, setup, device)
     else:
         adaptation = whole
-        acts = activation_bytes(adaptation, setup)
-    states = model_states(adaptation, precision, setup.optimizer)
+        acts = activation_bytes(adaptation, setup, device=device)
+    states = model_states(adaptation, precision, setup.optimizer, setup.optimizer_state_dtype)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    later = activation_bytes(adaptation, setup, accumulating=True) if setup.gradient_accumulation > 1 else None
+    later = (activation_bytes(adaptation, setup, accumulating=True, device=device)
+             if setup.gradient_accumulation > 1 else None)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
     if in_flight:
         memory = replace(memory, in_flight_activation_bytes=in_flight)
@@ -203,7 +221,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         opt_grads = -(-states.master_gradient_bytes // (setup.num_gpus if setup.zero_stage >= 2 else 1))
         cast = states.last_cast_gradient_bytes
     optimizer = start + opt_grads + max(temps, cast)
-    lines = _overhead(adaptation, setup, max(forward, backward, optimizer), overhead_bytes, overhead)
+    lines = _overhead(adaptation, setup, max(forward, backward, optimizer), start, overhead_bytes, overhead)
     return MemoryBreakdown(
         weight_bytes=placed.weight_bytes,
         gradient_bytes=placed.gradient_bytes,
@@ -242,13 +260,16 @@ def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]
             block_grads - -(-block_grads // setup.num_gpus))
 
 
-def _overhead(adaptation: Adaptation, setup: Setup, peak: int, overhead_bytes: int | None,
+def _overhead(adaptation: Adaptation, setup: Setup, peak: int, start: int, overhead_bytes: int | None,
               overhead: OverheadSpec) -> tuple[OverheadLine, ...]:
-    """The overhead lines: one given total, or the stated lines (overhead.py) at this tensor peak."""
+    """The overhead lines: one given total, or the stated lines (overhead.py) at this tensor peak (`start`: what
+    lives at the start of the step)."""
     if overhead_bytes is not None:
         return (OverheadLine("user", int(overhead_bytes), "given"),)
-    rounding = rounding_bytes(adaptation, setup.recipe, True, 2 if setup.optimizer == "adamw" else 0)
-    return overhead_lines(overhead, peak, rounding)
+    precision, per_tensor = setup.recipe, 2 if setup.optimizer == "adamw" else 0
+    return overhead_lines(overhead, peak, start - input_bytes(setup),
+                          rounding_bytes(adaptation, precision, True, per_tensor),
+                          segment_bytes(adaptation, precision, per_tensor))
 
 
 def accumulation_peaks(forward: int, backward: int, start: int, later: Activations, gathered: int

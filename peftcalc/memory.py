@@ -100,7 +100,10 @@ def forloop_scratch(sizes: list[int]) -> int:
 
 
 @lru_cache(maxsize=4096)
-def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -> ModelStates:
+def model_states(adaptation: Adaptation, precision: Precision, optimizer: str,
+                 state_dtype: str | None = None) -> ModelStates:
+    """`state_dtype` ("fp32", "bf16") keeps every optimizer state in that dtype (Setup.optimizer_state_dtype: an
+    optimizer built with its own state dtype, e.g. torchao's AdamW with bf16 states); None: the recipe's."""
     opt = get_optimizer(optimizer)
     torch_adamw = optimizer in SCALAR_STATE_OPTIMIZERS
     weights = grads = master = states = stepped = master_grads = scalars = 0
@@ -116,7 +119,8 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
         if not g.trainable:
             continue
         grads += one * g.count  # a gradient has its parameter's dtype and shape
-        state_bytes = g.numel * dtype_bytes(precision.state_dtype(g.added))
+        sdt = state_dtype or precision.state_dtype(g.added)
+        state_bytes = g.numel * dtype_bytes(sdt)
         stepped += state_bytes * g.count
         (first if g.name in embeddings else last if g.name in heads else middle).extend([state_bytes] * min(g.count, 2))
         if precision.has_master(g.added):
@@ -131,7 +135,7 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
                 block_cast = one
         else:
             master_grads += one * g.count
-        states += opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
+        states += opt.state_bytes(g, sdt) * g.count
         if torch_adamw:
             # one step per tensor; a norm group holds numel / hidden_size tensors (weight, and bias for LayerNorm)
             per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1

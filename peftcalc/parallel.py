@@ -102,7 +102,8 @@ def stage_layers(spec: "ModelSpec", pipeline_parallel: int) -> int:
     return -(-spec.arch.num_layers // pipeline_parallel)
 
 
-def model_parallel_activations(spec: "ModelSpec", method: "Method", setup: "Setup") -> tuple["Activations", int]:
+def model_parallel_activations(spec: "ModelSpec", method: "Method", setup: "Setup", device: str = "cuda"
+                               ) -> tuple["Activations", int]:
     """The replayed activations of one GPU's stage shard, and the bytes of the micro-batches 1F1B keeps in flight
     beyond the one being computed (both included in the first)."""
     from peftcalc.activations import Activations, activation_bytes
@@ -111,10 +112,10 @@ def model_parallel_activations(spec: "ModelSpec", method: "Method", setup: "Setu
     k = stage_layers(spec, p)
     width = 1 if setup.sequence_parallel else t  # sequence parallel: the unsharded stage's activations / t
     divide = t if setup.sequence_parallel else 1
-    acts = activation_bytes(method.adapt(stage_spec(spec, width, k)), setup)
+    acts = activation_bytes(method.adapt(stage_spec(spec, width, k)), setup, device=device)
     in_flight = 0
     if p > 1:
-        one_more = activation_bytes(method.adapt(stage_spec(spec, width, k + 1)), setup)
+        one_more = activation_bytes(method.adapt(stage_spec(spec, width, k + 1)), setup, device=device)
         per_block = one_more.after_forward_bytes - acts.after_forward_bytes
         in_flight = -(-(p - 1) * k * per_block // divide)
     scaled = Activations(-(-acts.after_forward_bytes // divide) + in_flight,

@@ -40,7 +40,8 @@ def traced(cfg: dict, method: str):
 def test_one_gpu_is_its_traced_shard(method, tp, pp):
     spec = spec_from_config(TINY, "tiny", "test")
     est = estimate_method(spec, make_method(method), Setup(precision="fp32", batch_size=2, seq_len=32,
-                                                            tensor_parallel=tp, pipeline_parallel=pp)).memory
+                                                            tensor_parallel=tp, pipeline_parallel=pp),
+                          device="cpu").memory  # the traced shard runs the CPU's kernels
     shard = traced(shard_config(tp, 4 // pp), method)
     assert est.weight_bytes + est.buffer_bytes + est.master_weight_bytes == shard.weights
     assert est.gradient_bytes == shard.gradients and est.optimizer_state_bytes == shard.optimizer_states
@@ -58,7 +59,7 @@ def test_1f1b_keeps_p_microbatches_of_the_first_stage(method):
     micro-batches' saved activations; per block, as traced (a stage of 3 blocks minus one of 2)."""
     spec = spec_from_config(TINY, "tiny", "test")
     est = estimate_method(spec, make_method(method), Setup(precision="fp32", batch_size=2, seq_len=32,
-                                                            pipeline_parallel=2)).memory
+                                                            pipeline_parallel=2), device="cpu").memory
     per_block = traced(shard_config(1, 3), method).activations - traced(shard_config(1, 2), method).activations
     assert est.in_flight_activation_bytes == (2 - 1) * 2 * per_block
 

@@ -13,7 +13,7 @@ from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
 from peftcalc.precision import RECIPES
-from peftcalc.setup import Setup
+from peftcalc.setup import ATTENTIONS, LOSSES, STATE_DTYPES, Setup
 from peftcalc.units import Unit
 
 SHAPE_OPTIONS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -76,6 +76,8 @@ method_options = _compose(
                  help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
     click.option("--modules-to-save", metavar="NAMES",
                  help="Modules trained in full beside the adapter, as peft's modules_to_save: embed_tokens,lm_head."),
+    click.option("--lora-dropout", type=float, default=0.0, show_default=True,
+                 help="peft's lora_dropout for LoRA/DoRA/QLoRA (each adapted module keeps its dropped input)."),
 )
 
 def setup_options_with(precision: str = "fp32") -> Callable:
@@ -89,8 +91,24 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--gradient-accumulation", type=int, default=1, show_default=True,
                      help="Micro-batches per optimizer step (their gradients are kept between them)."),
         click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
-        click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
+        click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa", show_default=True,
+                     help="Attention kernel: sdpa (torch's flash/memory-efficient kernels on CUDA), "
+                          "flash_attention_2, flex_attention or eager (materialises the scores)."),
+        click.option("--loss", type=click.Choice(list(LOSSES)), default="standard", show_default=True,
+                     help="Cross-entropy: standard (whole fp32 logits), chunked (torchtune's 8 chunks) or fused "
+                          "(Liger's fused linear cross-entropy, no logits)."),
+        click.option("--packing", is_flag=True, help="Several sequences packed per row (no padding; position ids)."),
+        click.option("--padded", is_flag=True,
+                     help="Rows padded to the longest of the batch (transformers passes an attention mask)."),
         click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
+        click.option("--reentrant-checkpointing", is_flag=True,
+                     help="With --gradient-checkpointing: use_reentrant=True (full recompute; default False, "
+                          "transformers 5's)."),
+        click.option("--optimizer-state-dtype", type=click.Choice(list(STATE_DTYPES)), default=None,
+                     help="Keep optimizer states in this dtype (default: the parameter's, as torch's AdamW)."),
+        click.option("--transformers-version", metavar="X.Y", default=None,
+                     help="The transformers release whose code runs (default: today's; before 4.49 the causal-LM "
+                          "loss keeps a second fp32 copy of the logits)."),
         click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
@@ -103,8 +121,9 @@ def setup_options_with(precision: str = "fp32") -> Callable:
                      help="Adapter weights' dtype (default: the recipe's, fp32 as peft keeps them; bf16 as TRL's "
                           "QLoRA and torchtune do)."),
         click.option("--overhead", metavar="SPEC",
-                     help="CUDA overhead lines beyond tensors: 'none', or NAME=SIZE,... with NAME context, workspace, "
-                          "rounding or fragmentation (e.g. context=600MiB,fragmentation=10%). Default: stated defaults."),
+                     help="Lines above the tensors: 'none', or NAME=SIZE,... with NAME workspace, rounding (allocated), "
+                          "segments, fragmentation (reserved) or context (device total), e.g. "
+                          "context=600MiB,fragmentation=10%. Default: the stated defaults (peftcalc/overhead.py)."),
     )
 
 
@@ -206,7 +225,8 @@ SETUP_KEYWORDS = {"precision": "precision", "optimizer": "optimizer", "batch_siz
                   "adapter_dtype": "adapter_dtype", "kbit_preparation": "kbit_preparation",
                   "bitsandbytes_version": "bitsandbytes_version", "num_gpus": "gpus", "zero_stage": "zero",
                   "offload": "offload", "offload_params": "offload_params", "tensor_parallel": "tp",
-                  "pipeline_parallel": "pp", "sequence_parallel": "sequence_parallel"}
+                  "pipeline_parallel": "pp", "sequence_parallel": "sequence_parallel",
+                  "padded": "padded", "transformers_version": "transformers_version"}
 
 
 def resolve_setup(kw: dict[str, Any]) -> Setup:
@@ -226,7 +246,7 @@ def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
     return MethodOptions(rank=kw["rank"], targets=parse_targets(kw.get("targets")),
                          virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
                          adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
-                         quant_bits=int(kw["quant_bits"]),
+                         quant_bits=int(kw["quant_bits"]), lora_dropout=float(kw.get("lora_dropout") or 0.0),
                          modules_to_save=parse_modules(kw.get("modules_to_save")))
 
 
@@ -242,7 +262,7 @@ def parse_modules(text: str | None) -> tuple[str, ...]:
 
 def apply_from(ctx: click.Context, kw: dict[str, Any], methods_key: str = "method") -> Any:
     """Read the --from files into `kw` under the flags given on the command line; None without --from.
-    Returns a configs.apply.FromFiles (the "from FILE" section's content)."""
+    Returns a configs.apply.FromFiles (the \"from FILE\" section's content)."""
     if not kw.get("from_files"):
         if kw.get("from_kind"):
             raise PeftcalcError("--from-kind says what kind the --from files are: give --from FILE")

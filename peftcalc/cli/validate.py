@@ -47,10 +47,27 @@ def _bytes_check(c: Any, key: str) -> str:
 @click.option("--write-history", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
               help="Write the error per kind of setup to PATH (the estimate's band; the committed copy is "
                    "peftcalc/data/validation_history.json in a checkout).")
+@click.option("--published", is_flag=True,
+              help="Compare with published GPU measurements (bench/published/memory, or the RESULTS given) instead.")
+@click.option("--framework", "frameworks", multiple=True, metavar="NAME",
+              help="With --published: only this framework (transformers+peft, torchtune, litgpt, other:...).")
+@click.option("--confidence", "confidences", multiple=True, type=click.Choice(["high", "medium", "low"]),
+              help="With --published: only records of this confidence (repeatable).")
+@click.option("--source", "sources", multiple=True, metavar="TEXT",
+              help="With --published: only records whose id or source repository contains TEXT.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="With --published: only records of this peft method (lora, qlora, full, ...).")
+@click.option("--write-bands", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="With --published: write the error per kind to PATH (the band every estimate prints; the "
+                   "committed copy is peftcalc/data/published_bands.json).")
+@click.option("--write-predictions", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="With --published: write each record's prediction to PATH (the committed table is "
+                   "bench/published/predictions.jsonl; a test compares it).")
+@click.option("--gate", is_flag=True, help="With --published: exit with status 1 unless the gate passes.")
 @json_option
 def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: float, max_tolerance: float,
                  share: float, worst: int | None, throughput: bool, target: float, write_history: str | None,
-                 as_json: bool) -> None:
+                 published: bool, as_json: bool, **published_options: Any) -> None:
     """Compare the analytic estimate with measured training steps: per run, the relative error of the peak and
     of the activations, and whether weights, gradients and optimizer states agree to the byte; then the
     median, 90th percentile and largest peak error. Exits with status 1 unless at least --share % of the runs
@@ -58,6 +75,12 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
 
     RESULTS are JSON-lines files or folders of them (default: the files committed in bench/results, as
     `peftcalc bench` writes them). A run's setup is rebuilt from its record and estimated with the current code.
+
+    With --published, each published GPU measurement (bench/published/memory) is compared with the estimate of
+    its run in the quantity its source measured (allocated peak, reserved, or the device total); records of
+    torchtune and litgpt, whose model code differs, are shown apart; records peftcalc cannot predict yet are
+    listed with the reason. The gate: over the high- and medium-confidence transformers + peft records, median
+    |error| <= 5 %, >= 80 % within 10 %, every QLoRA record within 10 %.
 
     \b
     Examples:
@@ -68,7 +91,22 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
       peftcalc validate --write-history peftcalc/data/validation_history.json
       peftcalc validate --json > validation.json
       peftcalc validate --throughput                      # predicted vs published tokens/s and train times
+      peftcalc validate --published                       # the published GPU runs
+      peftcalc validate --published --framework litgpt --confidence high --method qlora
+      peftcalc validate --published --source peft-metamathqa --json
+      peftcalc validate --published --write-bands peftcalc/data/published_bands.json
     """
+    if published:
+        if trace_suite or throughput:
+            raise PeftcalcError("--published compares published memory records: give no --trace or --throughput")
+        from peftcalc.cli.validate_published import validate_published
+
+        validate_published(results, worst, as_json, **published_options)
+        return
+    if any(published_options[k] for k in ("frameworks", "confidences", "sources", "methods", "write_bands",
+                                          "write_predictions", "gate")):
+        raise PeftcalcError("--framework, --confidence, --source, --method, --write-bands, --write-predictions and "
+                            "--gate go with --published")
     from peftcalc.validation import compare_all, history, summarize
 
     if throughput:

@@ -80,8 +80,12 @@ def _peft(r: Reading) -> None:
     target = r.get("peft_config.target_modules", "all")
     targets = "all-linear" if target == "all" else ",".join(target) if isinstance(target, list) else str(target)
     r.used("peft_config.target_modules", f"--targets {targets}", targets=targets)
-    r.not_modelled("peft_config.lora_dropout", "dropout before each adapter keeps a mask per adapted input: not "
-                                               "modelled")
+    dropout = r.get("peft_config.lora_dropout")
+    if dropout:
+        r.used("peft_config.lora_dropout", f"--lora-dropout {dropout} (each adapted module keeps its dropped input)",
+               lora_dropout=float(dropout))
+    elif dropout is not None:
+        r.ignored("peft_config.lora_dropout", "0: no dropout")
     r.rest_of("peft_config", {"lora_alpha": NO_EFFECT, "use_rslora": NO_EFFECT, "use_dora": NO_EFFECT})
 
 

@@ -73,7 +73,8 @@ def peft_config(method: Any, spec: ModelSpec) -> PeftConfig | None:
         # QLoRA's quantization belongs to how the base model is loaded (BitsAndBytesConfig), not to the
         # LoRA config: the adapters are the same.
         targets = method.targets if method.targets is not None else default_lora_targets(spec)[0]
-        return LoraConfig(task_type=task, r=method.rank, target_modules=_targets(targets), use_dora=method.magnitude)
+        return LoraConfig(task_type=task, r=method.rank, target_modules=_targets(targets), use_dora=method.magnitude,
+                          lora_dropout=method.dropout)
     if isinstance(method, IA3):
         if method.targets is None:
             targets, ff, _ = default_ia3_targets(spec)

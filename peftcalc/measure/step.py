@@ -16,7 +16,8 @@ Choices this module makes, stated once:
   optimizer step, on the same batch; gradients add up in `.grad` between them.
 - Only the loss survives the forward (the model output, and with it the logits, is dropped at once, as
   Hugging Face's Trainer does); gradients are set to None after the step (`zero_grad(set_to_none=True)`).
-- Gradient checkpointing is transformers' own, non-reentrant (`use_reentrant=False`).
+- Gradient checkpointing is transformers' own, non-reentrant (`use_reentrant=False`) unless the setup asks for
+  reentrant checkpointing.
 - `bf16-mixed`/`fp16-mixed`: weights (and so activations and gradients) in bf16/fp16; `MasterWeightOptimizer`
   keeps an fp32 copy of every trainable low-precision weight, turns each low-precision gradient into an fp32
   master gradient (freeing the low-precision one) just before the AdamW step, steps AdamW on the fp32 copies
@@ -119,7 +120,7 @@ def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: st
         base = base_model(model)
         if not getattr(base, "supports_gradient_checkpointing", False):
             raise PeftcalcError(f"{spec.family} does not support gradient checkpointing in transformers")
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": setup.reentrant_checkpointing})
     if setup.gradient_checkpointing and model_has_prefix(model):
         raise PeftcalcError("prefix tuning cannot run with --gradient-checkpointing here: transformers 5 drops the "
                             "key/value cache inside checkpointed layers, and the cache is where peft puts the prefix")
@@ -131,7 +132,7 @@ def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: st
         opt: Any = MasterWeightOptimizer(params, lambda ps: make_adamw(ps, setup.adamw_impl), loss_scale)
     else:
         opt = make_adamw(params, setup.adamw_impl)
-    autocast = DTYPES[precision.compute_dtype] if precision.compute_dtype != precision.param_dtype else None
+    autocast = DTYPES[precision.compute_dtype] if precision.autocast else None
     dev = torch.device(device)
     return Prepared(model, opt, make_inputs(spec, setup, dev), precision, setup, autocast, dev.type, loss_scale,
                     list(notes or []))

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate, MethodEstimate
 from peftcalc.methods import RANKED
+from peftcalc.recipes import recipe_lines
 from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent, table, to_csv
 from peftcalc.uncertainty import Uncertainty
 from peftcalc.units import Unit
@@ -31,9 +32,10 @@ def _estimate_rows(est: Estimate, unit: Unit, bands: Bands) -> list[tuple[str, l
         ("optimizer temporaries", b(lambda r: r.memory.temporary_bytes)),
         ("peak of tensors", b(lambda r: r.memory.peak_bytes)),
         ("  in phase", [r.memory.peak_phase for r in rs]),
-        ("overhead (CUDA, stated)", b(lambda r: r.memory.overhead_bytes)),
-        ("total per GPU (peak)", b(lambda r: r.memory.total)),
-        ("peak uncertainty", [_band(bands.get(r.method)) for r in rs]),
+        ("allocated peak", b(lambda r: r.memory.allocated_bytes)),
+        ("reserved", b(lambda r: r.memory.reserved_bytes)),
+        ("device total (context incl.)", b(lambda r: r.memory.total)),
+        ("uncertainty", [_band(bands.get(r.method)) for r in rs]),
     ]
     if est.setup.offload:
         rows.append(("CPU memory (offload)", b(lambda r: r.memory.cpu_bytes)))
@@ -62,8 +64,7 @@ def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
         "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU" + (
             f", {s.gradient_accumulation} micro-batches per optimizer step (their gradients kept between them)"
             if s.gradient_accumulation > 1 else ""),
-        "attention kernel": s.attention,
-        "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
+        **recipe_lines(s),
         "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else "")
         + (f"; x {s.tensor_parallel} tensor x {s.pipeline_parallel} pipeline parallel = {s.gpus} GPUs: one GPU holds one "
            "stage's tensor shard (Megatron layout: heads, MLP width and vocabulary / tp, ceil(layers / pp) blocks, "
@@ -71,17 +72,22 @@ def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
            "the first stage (Narayanan et al. 2021)"
            + (", sequence parallel: activations / tp (Korthikanti et al. 2022)" if s.sequence_parallel else "")
            + " (peftcalc/parallel.py)" if s.tensor_parallel > 1 or s.pipeline_parallel > 1 else ""),
-        "activations": ("replayed: the transformers + peft step of this family, operator by operator, as it runs on "
-                        "the CPU (peftcalc/stepsim; checked against traced steps by `peftcalc validate`); the peak is "
-                        "the largest of the forward, backward and optimizer phases"),
+        "activations": ("replayed: the transformers + peft step of this family, operator by operator, with the GPU's "
+                        "kernels (peftcalc/stepsim; the CPU paths are checked against traced steps by `peftcalc "
+                        "validate`, the GPU numbers against published runs by `peftcalc validate --published`); the "
+                        "peak is the largest of the forward, backward and optimizer phases"),
+        "quantities": ("allocated peak = tensors + cuBLAS workspace + 512-byte rounding (torch.cuda."
+                       "max_memory_allocated); reserved = allocated + segment tails + fragmentation "
+                       "(max_memory_reserved, what an out-of-memory error inside PyTorch is about); device total = "
+                       "reserved + CUDA context (nvidia-smi; what must fit in the GPU)"),
         "overhead": ("; ".join(f"{l.name} {l.bytes / 2**20:,.0f} MiB: {l.source}" for l in est.results[0].memory.overhead)
                      or "none (--overhead none)") if est.results else
                     "CUDA context, cuBLAS workspace, allocator rounding and fragmentation: stated defaults (peftcalc/overhead.py)",
-        "device": ("tensors as the step allocates them on the CPU, where it was traced; on CUDA dropout keeps 1-byte "
-                   "masks and sdpa's fused kernels replace the CPU's math path (GPT-2/T5/BERT attention dropout or bias), "
-                   "so a GPU holds less there"),
-        "uncertainty": "the largest |error| of the analytic peak against traced steps of the same kind (method, "
-                       "checkpointing) in the committed validation history",
+        "device": ("a CUDA GPU: fused attention kernels, 1-byte dropout masks (the CPU's math paths and noise "
+                   "tensors are what `peftcalc validate` checks against traced steps)"),
+        "uncertainty": ("from published GPU runs of the same kind (method, quantization, framework) where there are "
+                        "any: the 90th percentile of |error| of the quantity each measured; else CPU traces only "
+                        "(peftcalc/uncertainty.py)"),
         "checkpoints": f"safetensors files: adapter weights in {p.adapter_dtype} (peft's default fp32 unless "
                        "--adapter-dtype), modules_to_save copies and full copies in the weight dtype",
     }
@@ -144,14 +150,19 @@ def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
         "trainable_params": r.params.trainable,
         "trainable_percent": r.params.percent,
         "total_params": r.params.total,
+        # the three quantities users compare with: peak (torch.cuda.max_memory_allocated), reserved
+        # (max_memory_reserved) and total (the device total, CUDA context included); tensor_peak is the tensors
+        # alone (what the traced backend measures), overhead every line above it (total - tensor_peak)
         "memory_bytes": {"weights": m.weight_bytes, "gradients": m.gradient_bytes,
                          "optimizer_states": m.optimizer_state_bytes, "master_weights": m.master_weight_bytes,
                          "activations": m.activation_bytes, "temporaries": m.temporary_bytes,
                          "overhead": m.overhead_bytes, "total": m.total, "buffers": m.buffer_bytes,
-                         "inputs": m.input_bytes, "peak": m.peak_bytes, "forward_peak": m.forward_peak_bytes,
+                         "inputs": m.input_bytes, "peak": m.allocated_bytes, "reserved": m.reserved_bytes,
+                         "tensor_peak": m.peak_bytes, "forward_peak": m.forward_peak_bytes,
                          "backward_peak": m.backward_peak_bytes, "optimizer_peak": m.optimizer_peak_bytes},
         "peak_phase": m.peak_phase,
-        "overhead_lines": [{"name": l.name, "bytes": l.bytes, "source": l.source} for l in m.overhead],
+        "overhead_lines": [{"name": l.name, "bytes": l.bytes, "level": l.level, "source": l.source}
+                           for l in m.overhead],
         "uncertainty": band.to_dict() if band else None,
         "cpu_bytes": m.cpu_bytes,
         "checkpoint_bytes": r.checkpoint.checkpoint_bytes,
@@ -172,9 +183,10 @@ def estimate_json(est: Estimate, bands: Bands | None = None, files: Any = None) 
 def estimate_csv(est: Estimate) -> str:
     header = ["method", "trainable_params", "trainable_percent", "total_params", "weights_bytes", "gradients_bytes",
               "optimizer_states_bytes", "master_weights_bytes", "activations_bytes", "temporaries_bytes",
-              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes"]
+              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes", "peak_bytes", "reserved_bytes"]
     rows = [[r.method, r.params.trainable, f"{r.params.percent:.6g}", r.params.total, r.memory.weight_bytes,
              r.memory.gradient_bytes, r.memory.optimizer_state_bytes, r.memory.master_weight_bytes,
              r.memory.activation_bytes, r.memory.temporary_bytes, r.memory.overhead_bytes, r.memory.total,
-             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes] for r in est.results]
+             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes, r.memory.allocated_bytes, r.memory.reserved_bytes]
+            for r in est.results]
     return to_csv(header, rows)

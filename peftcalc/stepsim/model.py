@@ -25,11 +25,21 @@ class StepConfig:
 
     param_dtype: str  # "fp32", "bf16", "fp16"
     compute_dtype: str
-    attention: str  # "sdpa" or "eager"
+    attention: str  # "sdpa", "eager", "flash_attention_2" or "flex_attention"
     checkpointing: bool
     adapter_dtype: str = "fp32"
     batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
     accumulating: bool = False  # a later micro-batch of gradient accumulation (gradients exist; new ones add in place)
+    autocast: bool | None = None  # the forward under torch.autocast(compute dtype); None: when the dtypes differ
+    device: str = "cpu"  # "cpu" (what the traced backend runs) or "cuda" (the GPU kernels: fused attention, masks)
+    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop
+    loss: str = "standard"  # "standard", "chunked" (torchtune's chunked output CE), "fused" (Liger's linear CE)
+    mask: str = "none"  # the attention mask: "none" (full rows), "padded" (rows padded), "packed" (several per row)
+    shift_copy: bool = False  # transformers < 4.49: the causal-LM loss copies its shifted fp32 logits
+
+    @property
+    def uses_autocast(self) -> bool:
+        return self.compute_dtype != self.param_dtype if self.autocast is None else self.autocast
 
 
 class Model:
@@ -37,7 +47,8 @@ class Model:
         self.sim = sim
         sim.accumulating = cfg.accumulating
         self.f = Ops(sim)
-        if cfg.compute_dtype != cfg.param_dtype:  # amp: the forward runs under torch.autocast(compute dtype)
+        self.f.device = cfg.device
+        if cfg.uses_autocast:  # amp: the forward runs under torch.autocast(compute dtype)
             self.f.autocast = cfg.compute_dtype
         self.ad = adaptation
         self.spec = adaptation.spec
@@ -160,7 +171,8 @@ class Model:
         del t, w
 
     def _lora(self, x: Tensor, result: Tensor, lin: Linear, r: int) -> Tensor:
-        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_A, lora_B,
+        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_dropout (an
+        nn.Dropout when p > 0: a new tensor and its mask), lora_A, lora_B,
         `* scaling` (a new tensor), `result + ...` (promoted to fp32), `.to(result dtype)`. DoRA: peft's
         DoraLinearLayer.forward instead (see `_dora`)."""
         f = self.f
@@ -170,6 +182,7 @@ class Model:
         b_w = self.added(lin.name + ".lora_B.weight", (lin.out_features, r), ad)
         if self.dora:
             return self._dora(xa, result, lin, a_w, b_w, r)
+        xa = f.dropout(xa, self.ad.lora_dropout)  # lora_dropout[adapter](x): lora_A keeps the dropped input
         a = f.linear(xa, a_w, None, r)
         del xa
         b = f.linear(a, b_w, None, lin.out_features)

@@ -54,125 +54,116 @@ def f(*parts: object) -> tuple[str, ...]:
 CASES: dict[str, Case] = {
     # axolotl (bf16: auto without DeepSpeed = pure bf16; default optimizer adamw_torch_fused)
     "axolotl/llama3-8b-qlora.yml": Case(
-        f(Q4, "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
-          4096, GC), "llama-3-8b", not_modelled=("sample_packing", "attn_implementation", "optimizer"), fast=True),
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--optimizer-state-dtype", "fp32", Q4, "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
+          4096, GC), "llama-3-8b", fast=True),
     "axolotl/llama3-8b-lora-8bit-modules-to-save.yml": Case(
-        f(Q8, "--rank", 32, ALL, "--modules-to-save", "embed_tokens,lm_head", "--precision", "bf16", "--optimizer",
-          "adamw-8bit", "--batch", 2, "--gradient-accumulation", 4, "--seq", 4096, GC), "llama-3-8b",
-        not_modelled=("sample_packing",)),
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", Q8, "--rank", 32, ALL, "--modules-to-save", "embed_tokens,lm_head", "--precision", "bf16", "--optimizer",
+          "adamw-8bit", "--batch", 2, "--gradient-accumulation", 4, "--seq", 4096, GC), "llama-3-8b"),
     "axolotl/llama3.2-1b-lora.yml": Case(
-        f("--method", "lora", "--rank", 16, "--targets", SEVEN, "--precision", "bf16", "--optimizer", "adamw-8bit",
-          "--batch", 2, "--gradient-accumulation", 2, "--seq", 2048, GC), not_modelled=("lora_dropout",)),
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--method", "lora", "--rank", 16, "--targets", SEVEN, "--precision", "bf16", "--optimizer", "adamw-8bit",
+          "--batch", 2, "--gradient-accumulation", 2, "--seq", 2048, GC)),
     "axolotl/llama3.2-1b-lora-kernels.yml": Case(
-        f("--method", "lora", "--rank", 16, "--targets", SEVEN, "--precision", "bf16", "--optimizer", "adamw-8bit",
+        f("--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--method", "lora", "--rank", 16, "--targets", SEVEN, "--precision", "bf16", "--optimizer", "adamw-8bit",
           "--batch", 2, "--gradient-accumulation", 2, "--seq", 2048, GC), not_modelled=("lora_mlp_kernel",)),
     "axolotl/llama3.1-8b-fft.yaml": Case(
-        f("--method", "full", "--precision", "bf16", "--optimizer", "paged-adamw-8bit", "--batch", 1,
+        f("--attention", "flash_attention_2", "--packing", "--method", "full", "--precision", "bf16", "--optimizer", "paged-adamw-8bit", "--batch", 1,
           "--gradient-accumulation", 8, "--seq", 8192, GC), stand_in=("--model", "llama-3.1-8b")),
     "axolotl/llama3.1-8b-fft-liger-fsdp1-offload.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
-          4096, GC, "--zero", 3, "--offload"), stand_in=("--model", "llama-3.1-8b"),
-        not_modelled=("liger_fused_linear_cross_entropy", "fsdp_config.fsdp_offload_params", "liger_rms_norm")),
+        f("--attention", "flash_attention_2", "--packing", "--loss", "fused", "--method", "full", "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
+          4096, GC, "--zero", 3, "--offload"), stand_in=("--model", "llama-3.1-8b"), not_modelled=("fsdp_config.fsdp_offload_params", "liger_rms_norm")),
     "axolotl/llama3-70b-qlora-fsdp1.yaml": Case(
-        f(Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--reentrant-checkpointing", Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
           512, GC, "--zero", 3, "--offload"), stand_in=("--model", "llama-3-70b")),
     "axolotl/qwen3-8b-qlora-fsdp1.yaml": Case(
-        f(Q4, "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", Q4, "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
           2048, GC, "--zero", 3, "--offload"), stand_in=("--model", "qwen2.5-7b")),
     "axolotl/qwen3-8b-lora-fused-attn.yaml": Case(
-        f("--method", "lora", "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1,
-          "--gradient-accumulation", 4, "--seq", 4096, GC), stand_in=("--model", "qwen2.5-7b"),
-        not_modelled=("flash_attention", "fused_attn_kernel")),
+        f("--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--method", "lora", "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1,
+          "--gradient-accumulation", 4, "--seq", 4096, GC), stand_in=("--model", "qwen2.5-7b"), not_modelled=("fused_attn_kernel",)),
     "axolotl/gemma3-4b-qlora.yml": Case(
-        f(Q4, "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
-          "--gradient-accumulation", 4, "--seq", 2048, GC), stand_in=("--model", "gemma-2b"),
-        not_modelled=("unfrozen_parameters",)),
+        f("--attention", "flash_attention_2", "--packing", Q4, "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
+          "--gradient-accumulation", 4, "--seq", 2048, GC), stand_in=("--model", "gemma-2b"), not_modelled=("unfrozen_parameters",)),
     "axolotl/mistral-7b-lora-8bit.yml": Case(
-        f(Q8, "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", Q8, "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
           "--gradient-accumulation", 4, "--seq", 8192, GC), "mistral-7b"),
     "axolotl/gpt-oss-20b-fft-fsdp2-offload.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 2, "--seq",
-          4096, GC, "--zero", 3, "--offload"), not_modelled=("activation_offloading", "plugins")),
+        f("--attention", "flash_attention_2", "--packing", "--loss", "fused", "--reentrant-checkpointing", "--method", "full", "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 2, "--seq",
+          4096, GC, "--zero", 3, "--offload"), not_modelled=("activation_offloading",)),
     "axolotl/gpt-oss-20b-fft-deepspeed-zero3.yaml": Case(
-        f("--method", "full", "--precision", "bf16-mixed", "--optimizer", "adamw-8bit", "--batch", 1,
+        f("--attention", "flash_attention_2", "--packing", "--loss", "fused", "--reentrant-checkpointing", "--method", "full", "--precision", "bf16-mixed", "--optimizer", "adamw-8bit", "--batch", 1,
           "--gradient-accumulation", 2, "--seq", 4096, GC, "--zero", 3), not_modelled=("activation_offloading",)),
     "axolotl/llama3.1-8b-alst-deepspeed-zero3-offload.yaml": Case(
-        f("--method", "full", "--precision", "bf16-mixed", "--optimizer", "adamw-8bit", "--batch", 1, "--seq",
-          500000, GC, "--zero", 3, "--offload"), "llama-3.1-8b",
-        not_modelled=("tiled_mlp", "context_parallel_size", "deepspeed -> zero_optimization.offload_param.device")),
+        f("--attention", "flash_attention_2", "--packing", "--loss", "fused", "--reentrant-checkpointing", "--method", "full", "--precision", "bf16-mixed", "--optimizer", "adamw-8bit", "--batch", 1, "--seq",
+          500000, GC, "--zero", 3, "--offload"), "llama-3.1-8b", not_modelled=("tiled_mlp", "context_parallel_size", "deepspeed -> zero_optimization.offload_param.device")),
     # TRL / Trainer (TRL: gradient checkpointing and bf16 on by default, chunked_nll loss; ModelConfig dtype fp32)
     "trl/alignment-handbook-zephyr-7b-sft-qlora.yaml": Case(
-        f(Q4, "--rank", 16, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED, "--batch",
-          4, "--gradient-accumulation", 2, "--seq", 2048, GC), "mistral-7b",
-        not_modelled=("(loss_type)", "attn_implementation"), fast=True),
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--loss", "chunked", "--padded", Q4, "--rank", 16, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED, "--batch",
+          4, "--gradient-accumulation", 2, "--seq", 2048, GC), "mistral-7b", fast=True),
     "trl/alignment-handbook-zephyr-7b-sft-full.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 16, "--seq", 2048, GC), "mistral-7b"),
+        f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 16, "--seq", 2048, GC), "mistral-7b"),
     "trl/alignment-handbook-zephyr-7b-dpo-qlora.yaml": Case(
-        f(Q4, "--rank", 128, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
-          "--batch", 4, "--gradient-accumulation", 4, "--seq", 1024, GC), stand_in=("--model", "mistral-7b"),
-        not_modelled=("optim",)),
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--padded", "--optimizer-state-dtype", "fp32", Q4, "--rank", 128, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
+          "--batch", 4, "--gradient-accumulation", 4, "--seq", 1024, GC), stand_in=("--model", "mistral-7b")),
     "trl/alignment-handbook-zephyr-7b-gemma-sft-full.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
+        f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
           2048, GC), "gemma-7b"),
     "trl/alignment-handbook-smollm2-1.7b-sft.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
+        f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
           8192, GC)),
     "trl/alignment-handbook-smollm3-sft.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 2, "--seq",
-          65536, GC), not_modelled=("packing", "use_liger_kernel", "gradient_checkpointing_kwargs.use_reentrant")),
+        f("--attention", "flash_attention_2", "--packing", "--loss", "fused", "--reentrant-checkpointing", "--method", "full", "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 2, "--seq",
+          65536, GC)),
     "trl/trl-cli-example-config.yaml": Case(
-        f("--method", "full", "--precision", "amp-bf16", FUSED, "--batch", 8, "--seq", 1024, GC), "qwen2.5-0.5b",
-        not_modelled=("(loss_type)",), fast=True),
+        f("--loss", "chunked", "--padded", "--method", "full", "--precision", "amp-bf16", FUSED, "--batch", 8, "--seq", 1024, GC), "qwen2.5-0.5b", fast=True),
     # TRL files with their accelerate launchers
     "trl/accelerate-deepspeed-zero3.yaml": Case(
-        f("--method", "full", "--precision", "bf16-mixed", FUSED, "--batch", 16, "--seq", 2048, GC, "--zero", 3,
+        f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16-mixed", FUSED, "--batch", 16, "--seq", 2048, GC, "--zero", 3,
           "--gpus", 8), "mistral-7b", with_files=("trl/alignment-handbook-zephyr-7b-sft-full.yaml",)),
     "trl/accelerate-fsdp2.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
+        f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
           8192, GC, "--zero", 3, "--gpus", 8), with_files=("trl/alignment-handbook-smollm2-1.7b-sft.yaml",)),
     "trl/alignment-handbook-accelerate-fsdp1.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 16, "--seq", 2048, GC, "--zero", 3, "--gpus",
+        f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 16, "--seq", 2048, GC, "--zero", 3, "--gpus",
           8), "mistral-7b", with_files=("trl/alignment-handbook-zephyr-7b-sft-full.yaml",)),
     # torchtune (dtype bf16: everything bf16, LoRA parameters included; max_seq_len null: --seq stays 512)
     "torchtune/llama3_1-8B_lora_single_device.yaml": Case(
-        f("--method", "lora", "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
-          FUSED, "--batch", 2, "--gradient-accumulation", 8, GC), "llama-3.1-8b",
-        not_modelled=("loss._component_",), fast=True),
+        f("--loss", "chunked", "--method", "lora", "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
+          FUSED, "--batch", 2, "--gradient-accumulation", 8, GC), "llama-3.1-8b", fast=True),
     "torchtune/llama3_1-8B_qlora_single_device.yaml": Case(
-        f(Q4, "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED, "--batch",
+        f("--loss", "chunked", Q4, "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED, "--batch",
           2, "--gradient-accumulation", 8, GC), "llama-3.1-8b"),
     "torchtune/llama3_1-8B_full.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FUSED, "--batch", 2, GC, "--zero", 3, "--gpus", 4),
+        f("--loss", "chunked", "--method", "full", "--precision", "bf16", FUSED, "--batch", 2, GC, "--zero", 3, "--gpus", 4),
         "llama-3.1-8b"),
     "torchtune/llama3_1-8B_full_single_device.yaml": Case(
-        f("--method", "full", "--precision", "bf16", "--optimizer", "paged-adamw-8bit", "--batch", 2, GC),
+        f("--loss", "chunked", "--method", "full", "--precision", "bf16", "--optimizer", "paged-adamw-8bit", "--batch", 2, GC),
         "llama-3.1-8b", not_modelled=("optimizer_in_bwd",)),
     "torchtune/llama3_3-70B_full.yaml": Case(
-        f("--method", "full", "--precision", "bf16", FOREACH, "--batch", 2, GC, "--zero", 3, "--gpus", 8,
+        f("--loss", "chunked", "--method", "full", "--precision", "bf16", FOREACH, "--batch", 2, GC, "--zero", 3, "--gpus", 8,
           "--offload"), stand_in=("--model", "llama-3.1-70b"), not_modelled=("fsdp_cpu_offload",)),
     "torchtune/llama3_3-70B_qlora.yaml": Case(
-        f(Q4, "--rank", 16, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
+        f("--loss", "chunked", Q4, "--rank", 16, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
           "--batch", 2, GC, "--zero", 3, "--gpus", 8), stand_in=("--model", "llama-3.1-70b")),
     "torchtune/llama3-8B_dora_single_device.yaml": Case(
-        f("--method", "dora", "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
+        f("--loss", "chunked", "--method", "dora", "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
           FUSED, "--batch", 2, "--gradient-accumulation", 8, GC), "llama-3-8b"),
     "torchtune/llama3-8B_qdora_single_device.yaml": Case(
-        f(Q4, "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
+        f("--loss", "chunked", Q4, "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
           "--batch", 2, "--gradient-accumulation", 8, GC), "llama-3-8b"),
     "torchtune/qwen2_5-7B_lora_single_device.yaml": Case(
-        f("--method", "lora", "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
+        f("--loss", "chunked", "--method", "lora", "--rank", 8, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
           FUSED, "--batch", 2, "--gradient-accumulation", 8, GC), stand_in=("--model", "qwen2.5-7b")),
     "torchtune/gemma2-2B_qlora_single_device.yaml": Case(
-        f(Q4, "--rank", 64, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
+        f("--loss", "chunked", Q4, "--rank", 64, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
           "--batch", 4, "--gradient-accumulation", 8, GC), stand_in=("--model", "gemma-2b")),
     "torchtune/llama3_2-3B_lora.yaml": Case(
-        f("--method", "lora", "--rank", 64, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
+        f("--loss", "chunked", "--method", "lora", "--rank", 64, "--targets", ATTN_MLP, "--precision", "bf16", "--adapter-dtype", "bf16",
           FUSED, "--batch", 4, "--gradient-accumulation", 8, "--zero", 3, "--gpus", 2), stand_in=LLAMA_3_2_3B),
     # LLaMA-Factory (defaults: lora_target all, gradient checkpointing on and reentrant; trainable params upcast
     # to fp32: LoRA is a bf16 base with fp32 adapters; flash_attn auto counted as sdpa)
     "llamafactory/qwen3-4b-lora-sft.yaml": Case(
         f("--method", "lora", "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1,
-          "--gradient-accumulation", 8, "--seq", 2048, GC), not_modelled=("(use_reentrant_gc)",), fast=True),
+          "--gradient-accumulation", 8, "--seq", 2048, GC), fast=True),
     "llamafactory/qwen3-4b-lora-sft-ds3.yaml": Case(
         f("--method", "lora", "--rank", 8, ALL, "--precision", "bf16-mixed", "--adapter-dtype", "bf16", FUSED,
           "--batch", 1, "--gradient-accumulation", 2, "--seq", 2048, GC, "--zero", 3)),
@@ -200,13 +191,12 @@ CASES: dict[str, Case] = {
         stand_in=("--model", "llama-3-8b"), not_modelled=("use_galore",)),
     "llamafactory/llama3-8b-mod-full-sft.yaml": Case(
         f("--method", "full", "--precision", "bf16", "--optimizer", "paged-adamw-8bit", "--batch", 1,
-          "--gradient-accumulation", 8, "--seq", 2048, GC), stand_in=("--model", "llama-3-8b"),
-        not_modelled=("mixture_of_depths",)),
+          "--gradient-accumulation", 8, "--seq", 2048, GC), stand_in=("--model", "llama-3-8b"), not_modelled=("mixture_of_depths",)),
     "llamafactory/v1-qwen3-4b-lora-sft.yaml": Case(
-        f("--method", "lora", "--rank", 16, ALL, "--precision", "bf16", "--batch", 1, "--seq", 2048, GC, "--zero",
+        f("--lora-dropout", 0.05, "--method", "lora", "--rank", 16, ALL, "--precision", "bf16", "--batch", 1, "--seq", 2048, GC, "--zero",
           3)),
     "llamafactory/v1-qwen3-0.6b-qlora.yaml": Case(
-        f(Q4, "--rank", 16, ALL, "--precision", "bf16", "--batch", 1, "--seq", 2048, GC, "--zero", 3)),
+        f("--lora-dropout", 0.05, Q4, "--rank", 16, ALL, "--precision", "bf16", "--batch", 1, "--seq", 2048, GC, "--zero", 3)),
     # peft adapter configs (the method and its size only), with the benchmark's training parameters
     "peft/lora-r32-llama3.2-3B.adapter_config.json": Case(
         f("--method", "lora", "--rank", 32), stand_in=LLAMA_3_2_3B, fast=True),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import cfg, layer_norm, sdpa_math
+from peftcalc.stepsim.families.layers import cfg, gpu_sdpa, layer_norm, sdpa_math
 from peftcalc.stepsim.families.llama import causal_mask, rotary, rotate
 from peftcalc.stepsim.model import Model
 
@@ -38,7 +38,10 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, p: str, mask: Tenso
     if m.ad.prefix_tokens:
         k, v = prefix_update(m, k, v, KV, d)
         keys = "K"
-    if m.cfg.attention == "sdpa":
+    gpu = gpu_sdpa(m, q, k, v, H, KV, d, keys, mask)
+    if gpu is not None:
+        o = gpu
+    elif m.cfg.attention == "sdpa":
         if KV == H and mask is None:
             o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, layer_norm
+from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm
 from peftcalc.stepsim.families.llama import causal_mask
 from peftcalc.stepsim.model import Model
 
@@ -55,7 +55,10 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, p: str, mask: Tenso
         k, v = prefix_update(m, k, v, H, d)
         keys = "K"
     attn_p = float(cfg(m, "attention_dropout", default=0.0))
-    if m.cfg.attention == "sdpa" and mask is None and attn_p == 0:
+    gpu = gpu_sdpa(m, q, k, v, H, H, d, keys, mask)
+    if gpu is not None:
+        o = gpu
+    elif m.cfg.attention == "sdpa" and mask is None and attn_p == 0:
         o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
     else:
         o = eager_softmax_attention(m, q, k, v, H, d, attn_p, mask, k_len=keys, upcast=True, strided=False,
