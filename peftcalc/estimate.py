@@ -31,6 +31,7 @@ from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
 from peftcalc.parallel import Placement, place
 from peftcalc.precision import get_precision
+from peftcalc.kbit import kbit_preparation_applies, prepared_setup, quantized_base_notes
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 
@@ -148,13 +149,16 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     precision = get_precision(setup.precision)
     get_optimizer(setup.optimizer)
     adaptation = adapt(spec, method)
-    states = model_states(adaptation, precision, setup.optimizer)
+    kbit = kbit_preparation_applies(adaptation, setup)
+    setup = prepared_setup(adaptation, setup)  # what prepare_model_for_kbit_training turns on
+    states = model_states(adaptation, precision, setup.optimizer, kbit)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
     acts = activation_bytes(adaptation, setup)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, adaptation.params, memory, acts,
-                          checkpoint_size(adaptation, full, precision, num_tasks), adaptation.notes)
+                          checkpoint_size(adaptation, full, precision, num_tasks),
+                          adaptation.notes + quantized_base_notes(adaptation, setup))
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,

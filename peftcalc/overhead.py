@@ -112,7 +112,7 @@ def rounding_bytes(adaptation: Adaptation, precision: Precision, has_master: boo
 
     total = 0
     for g in adaptation.tensors:
-        one = tensor_bytes(g, precision)
+        one = tensor_bytes(g, precision, adaptation)
         total += pad(one) * g.count
         if g.trainable:
             total += pad(one) * g.count  # gradient

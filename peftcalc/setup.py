@@ -78,6 +78,10 @@ class Setup:
                                    "--adamw-impl"), (self.loss, LOSSES, "--loss")):
             if value not in known:
                 raise PeftcalcError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
+        if self.bitsandbytes_version is not None:
+            from peftcalc.quant import parse_bitsandbytes_version
+
+            parse_bitsandbytes_version(self.bitsandbytes_version)
         if self.optimizer_state_dtype not in (None, *STATE_DTYPES):
             raise PeftcalcError(f"--optimizer-state-dtype must be fp32 or bf16, got {self.optimizer_state_dtype!r}")
 

@@ -13,6 +13,7 @@ from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
 from peftcalc.precision import RECIPES
+from peftcalc.quant import CURRENT_BITSANDBYTES
 from peftcalc.setup import Setup
 from peftcalc.units import Unit
 
@@ -73,7 +74,15 @@ method_options = _compose(
     click.option("--adapter-variant", type=click.Choice(["houlsby", "pfeiffer"]), default="houlsby", show_default=True),
     click.option("--prefix-projection", is_flag=True, help="Prefix tuning with the reparameterization MLP."),
     click.option("--quant-bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
-                 help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
+                 help="QLoRA base: 4-bit (bitsandbytes, as transformers' BitsAndBytesConfig loads it) or 8-bit "
+                      "(LLM.int8)."),
+    click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default="nf4", show_default=True,
+                 help="QLoRA 4-bit data type (bnb_4bit_quant_type)."),
+    click.option("--double-quant/--no-double-quant", default=True, show_default=True,
+                 help="QLoRA 4-bit: quantize the absmax again (bnb_4bit_use_double_quant; the paper's recipe)."),
+    click.option("--quant-storage", type=click.Choice(["uint8", "bf16", "fp16", "fp32"]), default="uint8",
+                 show_default=True, help="QLoRA 4-bit: the dtype the packed codes are stored in "
+                                         "(bnb_4bit_quant_storage; bf16 for FSDP-QLoRA)."),
 )
 
 def setup_options_with(precision: str = "fp32") -> Callable:
@@ -87,6 +96,12 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
         click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
         click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
+        click.option("--kbit-preparation/--no-kbit-preparation", default=True, show_default=True,
+                     help="QLoRA: peft's prepare_model_for_kbit_training, as users run it (non-quantized parameters "
+                          "to fp32, gradient checkpointing on); off: the quantized model as loaded (e.g. litgpt)."),
+        click.option("--bitsandbytes-version", metavar="X.Y.Z",
+                     help="QLoRA: the bitsandbytes release the run used (default: today's, "
+                          f"{CURRENT_BITSANDBYTES}); before 0.43.2 every 4-bit linear kept its input for backward."),
         click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
@@ -175,7 +190,9 @@ def resolve_spec(kw: dict[str, Any]) -> ModelSpec:
 def resolve_setup(kw: dict[str, Any]) -> Setup:
     return Setup(precision=kw["precision"], optimizer=kw["optimizer"], batch_size=kw["batch"], seq_len=kw["seq"],
                  gradient_checkpointing=kw["gradient_checkpointing"], attention=kw["attention"],
-                 num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"])
+                 num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"],
+                 kbit_preparation=kw.get("kbit_preparation", True),
+                 bitsandbytes_version=kw.get("bitsandbytes_version"))
 
 
 def resolve_overhead(kw: dict[str, Any]) -> Any:
@@ -188,7 +205,8 @@ def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
     return MethodOptions(rank=kw["rank"], targets=parse_targets(kw.get("targets")),
                          virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
                          adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
-                         quant_bits=int(kw["quant_bits"]))
+                         quant_bits=int(kw["quant_bits"]), quant_type=kw.get("quant_type", "nf4"),
+                         double_quant=kw.get("double_quant", True), quant_storage=kw.get("quant_storage", "uint8"))
 
 
 def resolve_unit(kw: dict[str, Any]) -> Unit:
