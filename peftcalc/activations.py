@@ -64,8 +64,10 @@ def step_config(setup: Setup, family: str | None = None, adaptation: Adaptation 
     batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
     return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
                       batch1, quant_dtype=loaded.param_dtype if quantized else "",
+                      bnb_compute_dtype=loaded.compute_dtype if quantized else "",
                       bnb_keeps_input=quantized and keeps_4bit_input(setup.bitsandbytes_version),
-                      bnb_python_dequant=quantized and python_dequant_forward(setup.bitsandbytes_version))
+                      bnb_python_dequant=quantized and python_dequant_forward(setup.bitsandbytes_version),
+                      reentrant=setup.reentrant_checkpointing)
 
 
 def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:

@@ -168,3 +168,54 @@ def quantized_modules(adaptation: Adaptation) -> set[str]:
             base = g.name.removesuffix(".weight")
             names |= {base.replace("{i}", str(i)) for i in range(g.count)} if "{i}" in base else {base}
     return names
+
+
+@contextlib.contextmanager
+def bitsandbytes_release(version: str | None) -> Iterator[str | None]:
+    """Run MatMul4Bit as the bitsandbytes release `version` did (None: as installed). Before 0.50.0 its forward
+    dequantized the weight in Python and called F.linear; before 0.43.2 it also kept its input A for backward
+    (PR #1270). Reproduced from bitsandbytes' autograd/_functions.py at tag 0.43.1 (and 0.49.0), on the installed
+    release's functions and kernels; yields a note saying so, or None when nothing is replaced."""
+    from peftcalc.quant import keeps_4bit_input, python_dequant_forward
+
+    if not python_dequant_forward(version):
+        yield None
+        return
+    import bitsandbytes.autograd._functions as bnb_functions
+
+    cls = _matmul_4bit_before_050(keeps_4bit_input(version))
+    original = bnb_functions.MatMul4Bit
+    bnb_functions.MatMul4Bit = cls
+    try:
+        yield (f"MatMul4Bit as bitsandbytes {version} had it (forward: F.linear on the weight dequantized in Python; "
+               f"ctx.tensors = {'(A, B)' if keeps_4bit_input(version) else '(None, B)'}), reproduced on the installed "
+               "release's kernels")
+    finally:
+        bnb_functions.MatMul4Bit = original
+
+
+def _matmul_4bit_before_050(keep_input: bool) -> type:
+    import bitsandbytes.functional as F
+
+    class MatMul4BitBefore050(torch.autograd.Function):
+        """bitsandbytes' MatMul4Bit before 0.50.0 (autograd/_functions.py at tag 0.43.1 / 0.49.0)."""
+
+        @staticmethod
+        def forward(ctx, A, B, out=None, bias=None, quant_state=None):  # type: ignore[override]
+            output = torch.nn.functional.linear(A, F.dequantize_4bit(B, quant_state).to(A.dtype), bias)
+            ctx.state = quant_state
+            ctx.dtype_A, ctx.dtype_bias = A.dtype, None if bias is None else bias.dtype
+            ctx.tensors = (A if keep_input else None, B) if any(ctx.needs_input_grad[:2]) else (None, None)
+            return output
+
+        @staticmethod
+        def backward(ctx, grad_output):  # type: ignore[override]
+            req_grad_a, _, _, req_grad_bias, _ = ctx.needs_input_grad
+            _, B = ctx.tensors
+            grad_bias = grad_output.sum(0, dtype=ctx.dtype_bias) if req_grad_bias else None
+            grad_a = None
+            if req_grad_a:
+                grad_a = torch.matmul(grad_output, F.dequantize_4bit(B, ctx.state).to(grad_output.dtype))
+            return grad_a, None, None, grad_bias, None
+
+    return MatMul4BitBefore050

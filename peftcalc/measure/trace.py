@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from peftcalc.measure.meter import LiveMeter
 from peftcalc.measure.checkpoint_file import state_dict_file_bytes
 from peftcalc.measure.adapted import build_adapted
-from peftcalc.measure.quantize import fake_code_tables, fake_quantized, is_bnb_weight
+from peftcalc.measure.quantize import bitsandbytes_release, fake_code_tables, fake_quantized, is_bnb_weight
 from peftcalc.measure.step import StepNumbers, measured_step, prepare_training
 from peftcalc.methods.base import Adaptation, Method
 from peftcalc.model.spec import ModelSpec
@@ -73,7 +73,7 @@ def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool =
     ckpt = None
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     tables = fake_code_tables(mode) if adaptation.quantization is not None else contextlib.nullcontext()
-    with tables, mode:  # the code tables are built for real, before the mode
+    with tables, bitsandbytes_release(setup.bitsandbytes_version) as release, mode:  # tables: built before the mode
         fakeify(model, "cpu")
         prep = prepare_training(model, spec, setup, "cpu", notes)
         # bitsandbytes' first forward changes what is stored (Linear4bit casts its bias to the compute dtype,
@@ -81,7 +81,7 @@ def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool =
         numbers = measured_step(prep, LiveMeter(), warmup="step" if adaptation.quantized_base else "optimizer")
         if checkpoint:
             ckpt = state_dict_file_bytes(prep.model)
-    info["notes"] = prep.notes
+    info["notes"] = prep.notes + ([release] if release else [])
     info["wall_seconds"] = time.perf_counter() - t0
     return numbers, adaptation, info, ckpt
 

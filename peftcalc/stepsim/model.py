@@ -33,8 +33,10 @@ class StepConfig:
     # model was loaded in), whether MatMul4Bit keeps its input for backward (releases before 0.43.2), whether
     # its forward dequantizes in Python (before 0.50.0) rather than inside one gemm_4bit operator
     quant_dtype: str = ""
+    bnb_compute_dtype: str = ""  # BitsAndBytesConfig's bnb_4bit_compute_dtype: the loaded recipe's compute dtype
     bnb_keeps_input: bool = False
     bnb_python_dequant: bool = False
+    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): the first forward builds no graph
 
 
 class Model:
@@ -72,6 +74,9 @@ class Model:
         self.layer_args: tuple = ()  # tensors every layer receives (a checkpoint keeps them with its input)
         self.mask: Tensor | None = None  # the attention mask, when transformers builds one
         self.prefix_caches: dict = {}  # prefix tuning: each layer's key/value cache, alive until forward returns
+        # tensors an autograd.Function keeps as a plain ctx attribute (not save_for_backward) in a checkpointed
+        # layer's first forward, which checkpointing cannot drop (old bitsandbytes' MatMul4Bit input)
+        self.ctx_held: list[Tensor] | None = None
 
     def end_model(self) -> None:
         """The base model's forward returned (before the head and the loss): its locals die."""
@@ -130,7 +135,7 @@ class Model:
         f = self.f
         if fmt == "int8":
             return self._int8(x, lin)
-        a = f.to(x, self.cfg.compute_dtype)
+        a = f.to(x, self.cfg.bnb_compute_dtype or self.cfg.compute_dtype)
         if self.cfg.bnb_python_dequant:
             w = self._dequantize_4bit(lin, a.dtype)
             self.sim.op = "linear"
@@ -142,7 +147,15 @@ class Model:
         out = f.custom("MatMul4BitBackward", [a], out, [a] if self.cfg.bnb_keeps_input else [])
         if out.node is not None:
             out.node.backward = _dequant_backward(self, lin)
+        elif self.cfg.bnb_keeps_input:
+            self._hold_in_checkpoint(a)
         return f.to(out, x.dtype)
+
+    def _hold_in_checkpoint(self, a: Tensor) -> None:
+        """Inside the first forward of a non-reentrant checkpointed layer the graph is built and each node's ctx
+        lives with it: `ctx.tensors = (A, B)` keeps A, which checkpointing (a saved-tensors hook) cannot drop."""
+        if self.ctx_held is not None and not self.cfg.reentrant:  # (with checkpointing the inputs require grad)
+            self.ctx_held.append(a)
 
     def _dequantize_4bit(self, lin: Linear, dtype: str) -> Tensor:
         """functional.dequantize_4bit(B, state).to(dtype): with double quantization the fp32 absmax first
@@ -171,6 +184,8 @@ class Model:
         out = self.f.custom("MatMul8bitFpBackward", [x], out, [x])
         if out.node is not None:
             out.node.backward = _dequant_backward(self, lin, int8=True)
+        else:
+            self._hold_in_checkpoint(x)  # ctx.A = A: a ctx attribute too
         return out
 
     def _dequantize_int8(self, lin: Linear, dtype: str) -> Tensor:
