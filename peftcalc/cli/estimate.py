@@ -32,6 +32,8 @@ def estimate_cmd(**kw: Any) -> None:
       peftcalc estimate --model llama-2-7b --method lora --rank 16 --targets all-linear \\
           --precision bf16-mixed --seq 2048 --batch 4
       peftcalc estimate --config ./my-model/config.json --method qlora --rank 64 --json
+      peftcalc estimate --model llama-2-7b --method qlora --targets q_proj,v_proj --precision bf16 \
+          --seq 1304 --no-kbit-preparation --bitsandbytes-version 0.41.1
       peftcalc estimate --model mistral-7b --method lora --adamw-impl fused --overhead context=600MiB
     """
     unit = resolve_unit(kw)

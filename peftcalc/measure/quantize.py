@@ -61,15 +61,22 @@ def load_quantized(dense: nn.Module, q: Quantization, dtype: torch.dtype, comput
         state = {k: v for k, v in state.items() if k.removesuffix(".weight") not in quantized}
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the weights left out on meta are reported as missing: expected
+    hf_logging.disable_progress_bar()
     try:
         model = type(dense).from_pretrained(None, config=dense.config, state_dict=state, dtype=dtype,
                                             device_map={"": str(device)},
                                             quantization_config=bnb_config(q, compute_dtype))
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     del state
+    # from_pretrained(None, ...) names the model "None", which peft would later look up on the Hub (a network
+    # call) when it saves the adapter: keep the from-config model's empty name
+    model.config._name_or_path = dense.config._name_or_path
+    model.name_or_path = dense.name_or_path
     if meta:
         _tie_as(dense, model)
     return model

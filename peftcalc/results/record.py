@@ -89,19 +89,24 @@ class Environment:
     peft: str
     device_name: str
     git_commit: str | None
+    bitsandbytes: str | None = None  # recorded for runs that use it (a quantized base, a bitsandbytes optimizer)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.bitsandbytes is None:
+            d.pop("bitsandbytes")
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Environment":
         d = d or {}
         return cls(str(d.get("torch")), str(d.get("transformers")), str(d.get("peft")), str(d.get("device_name")),
-                   d.get("git_commit"))
+                   d.get("git_commit"), d.get("bitsandbytes"))
 
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, ...]:
         """What makes two results comparable: library versions and device, not the commit."""
-        return (self.torch, self.transformers, self.peft, self.device_name)
+        base = (self.torch, self.transformers, self.peft, self.device_name)
+        return base if self.bitsandbytes is None else base + (f"bitsandbytes {self.bitsandbytes}",)
 
 
 @dataclass(frozen=True)

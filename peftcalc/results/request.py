@@ -116,6 +116,11 @@ class RunRequest:
             bits.append("ckpt")
         if s.attention != "sdpa":
             bits.append(s.attention)
+        if self.method == "qlora":
+            bits += [f"{self.options.quant_bits}bit"] + ([] if s.kbit_preparation else ["no-kbit"]) + \
+                ([f"bnb{s.bitsandbytes_version}"] if s.bitsandbytes_version else [])
+        if s.optimizer != "adamw":
+            bits.append(s.optimizer)
         bits.append(s.adamw_impl)
         if self.nproc > 1:
             bits.append(f"nproc{self.nproc} zero{s.zero_stage}")

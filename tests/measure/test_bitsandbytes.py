@@ -131,18 +131,18 @@ def test_kbit_preparation_upcasts_every_non_quantized_parameter():
     assert model.base_model.model.is_loaded_in_4bit
 
 
-def test_8bit_optimizer_states_to_the_byte():
+@pytest.mark.parametrize("optimizer", ["adamw-8bit", pytest.param("paged-adamw-8bit", marks=pytest.mark.slow)])
+def test_8bit_optimizer_states_to_the_byte(optimizer):
     """bitsandbytes AdamW8bit / PagedAdamW8bit (paged falls back on the CPU): uint8 states + fp32 absmax per 256
     for tensors of at least 4096 elements, fp32 states below, the two code tables once."""
-    for optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-        setup = Setup(**SETUP, optimizer=optimizer, kbit_preparation=False)
-        model, adaptation, notes = real_model(WIDE, qlora(), setup)
-        prep = prepare_training(model, WIDE, setup, "cpu", notes)
-        ran = measured_step(prep, LiveMeter())
-        assert ran.optimizer_state_bytes == analytic(adaptation, setup).optimizer_state_bytes
-        states = [st for st in prep.optimizer.state.values()]
-        assert any(st["state1"].dtype == torch.uint8 for st in states)
-        assert any(st["state1"].dtype == torch.float32 for st in states)  # k/v lora_B: 128 x 8 < 4096
+    setup = Setup(**SETUP, optimizer=optimizer, kbit_preparation=False)
+    model, adaptation, notes = real_model(WIDE, qlora(), setup)
+    prep = prepare_training(model, WIDE, setup, "cpu", notes)
+    ran = measured_step(prep, LiveMeter())
+    assert ran.optimizer_state_bytes == analytic(adaptation, setup).optimizer_state_bytes
+    states = [st for st in prep.optimizer.state.values()]
+    assert any(st["state1"].dtype == torch.uint8 for st in states)
+    assert any(st["state1"].dtype == torch.float32 for st in states)  # k/v lora_B: 128 x 8 < 4096
 
 
 def test_quant_states_are_counted_with_the_weights():
@@ -156,6 +156,7 @@ def test_quant_states_are_counted_with_the_weights():
     assert extra == expected
 
 
+@pytest.mark.slow
 def test_t5_wo_stays_unquantized_and_its_gradients_match():
     """transformers keeps T5's `wo` out of the quantization (_keep_in_fp32_modules); the stand-in quantized it and
     mispredicted the gradients by its LoRA's size. Now predicted = measured."""
@@ -183,6 +184,7 @@ def test_the_replay_equals_the_step_for_each_release(version, setup_kw):
         assert any("MatMul4Bit as bitsandbytes 0.41.1" in n for n in r.detail.notes)
 
 
+@pytest.mark.slow
 def test_the_saved_inputs_are_what_pr_1270_removed():
     """bf16, no kbit preparation, LoRA on all linears: the old release keeps, per layer, the attention input (q, k,
     v share it), the MLP input (gate and up share it) and down_proj's input; o_proj's input is sdpa's output, which
