@@ -42,9 +42,7 @@ class ModelStates:
     forloop_temporary_bytes: int = 0  # the for-loop AdamW's largest scratch (see forloop_scratch)
     master_gradient_bytes: int = 0  # gradients as the optimizer step sees them (fp32 copies for master weights)
     last_cast_gradient_bytes: int = 0  # the last low-precision gradient turned into fp32 (mixed precision)
-    layer_weight_bytes: int = 0  # the largest transformer block's weights (what FSDP/ZeRO-3 gathers at a time)
     scalar_state_bytes: int = 0  # AdamW's step / Adafactor's RMS: 0-dim, every rank keeps them whole
-    root_weight_bytes: int = 0  # weights outside the blocks (embeddings, final norm, head)
 
     @property
     def total(self) -> int:
@@ -118,20 +116,12 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str, k
     embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
     norms = {p.name for p in spec.others if p.kind == "norm"}
     last_cast = head_cast = block_cast = 0
-    prefixes = [prefix.replace("{i}", "") for prefix, _ in spec.layer_prefixes()]
-    per_layer = dict.fromkeys(prefixes, 0)
-    root = 0
     q_biases = {t.name.removesuffix(".weight") + ".bias" for t in adaptation.tensors if t.format != "dense"}
     for g in adaptation.tensors:
         one = tensor_bytes(g, precision, adaptation)
         if g.name in q_biases and adaptation.quantization is not None:
             one = g.numel * dtype_bytes(quantized_bias_dtype(adaptation.quantization, loaded, precision))
         weights += one * g.count
-        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
-        if stack is None:
-            root += one * g.count
-        else:
-            per_layer[stack] += one
         if not g.trainable:
             continue
         grads += one * g.count  # a gradient has its parameter's dtype and shape
@@ -159,6 +149,4 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str, k
     last_cast = head_cast or block_cast
     states += opt.shared_state_bytes([g.numel for g in adaptation.tensors if g.trainable])
     return ModelStates(weights, grads, master, states, buffer_bytes(adaptation, loaded), stepped,
-                       forloop_scratch(first + middle + last), master_grads, last_cast,
-                       layer_weight_bytes=max(per_layer.values(), default=0), root_weight_bytes=root,
-                       scalar_state_bytes=scalars)
+                       forloop_scratch(first + middle + last), master_grads, last_cast, scalar_state_bytes=scalars)

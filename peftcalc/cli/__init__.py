@@ -18,6 +18,7 @@ COMMANDS = {
     "models": "peftcalc.cli.models",
     "methods": "peftcalc.cli.methods",
     "gpus": "peftcalc.cli.gpus",
+    "nodes": "peftcalc.cli.nodes",
     "plan": "peftcalc.cli.plan",
     "measure": "peftcalc.cli.measure",
     "bench": "peftcalc.cli.bench",

@@ -106,6 +106,10 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
         click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
+        click.option("--tp", type=int, default=1, show_default=True,
+                     help="Tensor-parallel GPUs per model replica (Megatron layout; llama-style decoders)."),
+        click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (1F1B)."),
+        click.option("--sequence-parallel", is_flag=True, help="With --tp: activations split over the tensor ranks."),
         click.option("--overhead", metavar="SPEC",
                      help="CUDA overhead lines beyond tensors: 'none', or NAME=SIZE,... with NAME context, workspace, "
                           "rounding or fragmentation (e.g. context=600MiB,fragmentation=10%). Default: stated defaults."),
@@ -191,6 +195,8 @@ def resolve_setup(kw: dict[str, Any]) -> Setup:
     return Setup(precision=kw["precision"], optimizer=kw["optimizer"], batch_size=kw["batch"], seq_len=kw["seq"],
                  gradient_checkpointing=kw["gradient_checkpointing"], attention=kw["attention"],
                  num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"],
+                 tensor_parallel=kw.get("tp", 1), pipeline_parallel=kw.get("pp", 1),
+                 sequence_parallel=kw.get("sequence_parallel", False),
                  kbit_preparation=kw.get("kbit_preparation", True),
                  bitsandbytes_version=kw.get("bitsandbytes_version"))
 

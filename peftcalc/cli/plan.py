@@ -10,7 +10,12 @@ import click
 from peftcalc.cli.options import (method_options, methods_option, model_options, output_options, planning_options,
                                   planning_setup_options, resolve_gpus, resolve_method_options, resolve_setup,
                                   resolve_spec, resolve_unit)
+from peftcalc.cli.nodes import node_file_option
 from peftcalc.errors import PeftcalcError
+
+node_option = click.option("--node", "node_ids", multiple=True, metavar="ID",
+                           help="The server type a GPU sits in (repeatable, one per GPU; default: the catalogue's "
+                                "node for each GPU, see `peftcalc nodes`).")
 
 
 @click.command("plan")
@@ -19,6 +24,8 @@ from peftcalc.errors import PeftcalcError
 @method_options
 @planning_setup_options
 @planning_options
+@node_option
+@node_file_option
 @output_options
 def plan_cmd(**kw: Any) -> None:
     """Which GPUs fit each method, how many, how long the run takes, what it costs to rent or buy.
@@ -34,6 +41,8 @@ def plan_cmd(**kw: Any) -> None:
       peftcalc plan --params 7e9 --gpu rtx-4090 --gpu a100-80gb --gpu h100-80gb --json
       peftcalc plan --model mistral-7b --method full --gpu h100-80gb --max-gpus 8 --precision bf16-mixed
       peftcalc plan --model llama-2-7b --precision bf16-mixed --seq 4096 --gpu-file my-gpus.json --csv
+      peftcalc plan --model llama-3.1-405b --method full --gpu h100-80gb --max-gpus 512 --seq 4096 --json
+      peftcalc plan --model llama-3.1-70b --method full --gpu gb200 --node gb200-compute-tray
     """
     from peftcalc.hardware.planner import PlanRequest, plan, plan_methods
     from peftcalc.render.plan import plan_csv, plan_dict, plan_text
@@ -41,9 +50,10 @@ def plan_cmd(**kw: Any) -> None:
     unit = resolve_unit(kw)
     gpus = resolve_gpus(kw)
     spec = resolve_spec(kw)
+    catalogue, chosen = resolve_nodes(kw, gpus)
     request = PlanRequest(spec=spec, setup=resolve_setup(kw), gpus=gpus, methods=plan_methods(kw["methods"]),
                           options=resolve_method_options(kw), max_gpus=kw["max_gpus"], tokens=kw["tokens"],
-                          epochs=kw["epochs"], mfu=kw["mfu"])
+                          epochs=kw["epochs"], mfu=kw["mfu"], nodes=chosen, node_catalogue=catalogue)
     result = plan(request)
     if kw["as_json"]:
         click.echo(json.dumps(plan_dict(result), indent=2))
@@ -58,3 +68,21 @@ def plan_cmd(**kw: Any) -> None:
             f"with batch 1, gradient checkpointing, adamw-8bit and offload; closest: {closest.method} on "
             f"{closest.num_gpus} x {closest.gpu.id} ({closest.strategy}), short by "
             f"{-closest.margin_bytes / unit.bytes:,.2f} {unit.value} per GPU at the setup asked")
+
+
+def resolve_nodes(kw: dict[str, Any], gpus: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The node catalogue (built-in plus --node-file) and the nodes --node chose (one per GPU planned)."""
+    from peftcalc.hardware.catalogue import catalogue_with
+    from peftcalc.hardware.nodes import check_gpus_known, get_node, node_catalogue_with
+
+    nodes = node_catalogue_with(kw["node_files"])
+    check_gpus_known(nodes, catalogue_with(kw["gpu_files"]))
+    chosen = tuple(get_node(n, nodes) for n in kw["node_ids"])
+    planned = {g.id for g in gpus}
+    for node in chosen:
+        if node.gpu not in planned:
+            raise PeftcalcError(f"--node {node.id} holds {node.gpu}, which is not among the GPUs planned "
+                                f"({', '.join(sorted(planned))}): add --gpu {node.gpu}")
+    if len({n.gpu for n in chosen}) != len(chosen):
+        raise PeftcalcError("--node names two node types for the same GPU: give one per GPU")
+    return tuple(nodes.values()) if kw["node_files"] else (), chosen

@@ -63,7 +63,13 @@ def assumptions(est: Estimate) -> dict[str, Any]:
         "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU",
         "attention kernel": s.attention,
         "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
-        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else ""),
+        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else "")
+        + (f"; x {s.tensor_parallel} tensor x {s.pipeline_parallel} pipeline parallel = {s.gpus} GPUs: one GPU holds one "
+           "stage's tensor shard (Megatron layout: heads, MLP width and vocabulary / tp, ceil(layers / pp) blocks, "
+           "every stage given the embedding and the head, an upper bound), 1F1B keeps pp micro-batches in flight on "
+           "the first stage (Narayanan et al. 2021)"
+           + (", sequence parallel: activations / tp (Korthikanti et al. 2022)" if s.sequence_parallel else "")
+           + " (peftcalc/parallel.py)" if s.tensor_parallel > 1 or s.pipeline_parallel > 1 else ""),
         "activations": ("replayed: the transformers + peft step of this family, operator by operator, as it runs on "
                         "the CPU (peftcalc/stepsim; checked against traced steps by `peftcalc validate`); the peak is "
                         "the largest of the forward, backward and optimizer phases"),

@@ -223,7 +223,7 @@ class PlanRow:
 
     @classmethod
     def of(cls, o: Option) -> "PlanRow":
-        return cls(o.gpu.id, o.num_gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
+        return cls(o.gpu.id, o.setup.gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
                    tuple(o.remedies), o.limiting_component, o.max_batch_size, o.max_seq_len, o.hours, o.rent_usd,
                    o.purchase_usd)
 
