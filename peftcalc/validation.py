@@ -117,7 +117,7 @@ STAND_IN_NOTE = ("QLoRA runs recorded before the real bitsandbytes path (their e
 def ran_the_stand_in(record: Record) -> bool:
     """A bitsandbytes run recorded without a bitsandbytes version: peftcalc's removed stand-in ran it."""
     r = record.result
-    quantized = r.method == "qlora" or "base_storage" in r.detail.method_options
+    quantized = r.method == "qlora" or r.detail.method_options.get("base_storage") not in (None, "dense")
     return quantized and r.environment.bitsandbytes is None
 
 
