@@ -155,8 +155,8 @@ def parse_bitsandbytes_version(text: str) -> tuple[int, int, int]:
         raise PeftcalcError(f"--bitsandbytes-version must be a release such as 0.41.1 or 0.50.2, got {text!r}")
     version = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
     if version < (0, 39, 0):
-        raise PeftcalcError(f"bitsandbytes {text} has no 4-bit quantization (added in 0.39.0); "
-                            "give 0.39.0 or later")
+        raise PeftcalcError(f"--bitsandbytes-version {text}: that release has no 4-bit quantization (added in "
+                            "0.39.0); give 0.39.0 or later")
     return version
 
 
