@@ -19,8 +19,11 @@ def prepared_setup(adaptation: Adaptation, setup: Setup) -> Setup:
     =True by default) turns gradient checkpointing on; called with no checkpointing kwargs it leaves
     use_reentrant to torch, which defaults to the reentrant variant (torch/utils/checkpoint.py), and hooks the
     input embeddings so their output requires grad (`enable_input_require_grads`). When the setup already asks
-    for checkpointing, its variant stands (a trainer's later gradient_checkpointing_enable call overrides)."""
-    if not kbit_preparation_applies(adaptation, setup) or setup.gradient_checkpointing:
+    for checkpointing, its variant stands (a trainer's later gradient_checkpointing_enable call overrides).
+    With kbit_gradient_checkpointing off (TRL passes use_gradient_checkpointing=args.gradient_checkpointing)
+    checkpointing is what the setup says."""
+    if not kbit_preparation_applies(adaptation, setup) or setup.gradient_checkpointing \
+            or not setup.kbit_gradient_checkpointing:
         return setup
     return replace(setup, gradient_checkpointing=True, reentrant_checkpointing=True)
 
@@ -31,9 +34,11 @@ def quantized_base_notes(adaptation: Adaptation, setup: Setup) -> tuple[str, ...
         return ()
     notes = []
     if setup.kbit_preparation:
+        ckpt = ("gradient checkpointing on (peft's default use_gradient_checkpointing=True; reentrant unless "
+                "--gradient-checkpointing chose the variant; --no-kbit-checkpointing leaves it to the setup)"
+                if setup.kbit_gradient_checkpointing else "checkpointing as the setup says (--no-kbit-checkpointing)")
         notes.append("peft's prepare_model_for_kbit_training (--no-kbit-preparation to leave it out): every "
-                     "non-quantized parameter in fp32, activations in fp32 unless autocast, gradient checkpointing on "
-                     "(peft's default; reentrant unless --gradient-checkpointing chose the variant)")
+                     f"non-quantized parameter in fp32, activations in fp32 unless autocast, {ckpt}")
     version = setup.bitsandbytes_version
     release = f"bitsandbytes {version}" if version else f"today's bitsandbytes ({CURRENT_BITSANDBYTES})"
     q = adaptation.quantization

@@ -44,6 +44,8 @@ class Setup:
     adamw_impl: AdamWImpl = "foreach"  # torch's default on CUDA
     optimizer_state_dtype: StateDtype | None = None  # None: the parameter's dtype, as torch's AdamW keeps them
     kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
+    # its use_gradient_checkpointing: peft's default True turns checkpointing on; TRL passes its own setting
+    kbit_gradient_checkpointing: bool = True
     bitsandbytes_version: str | None = None  # None: today's release; older ones kept more for backward
     # several GPUs
     num_gpus: int = 1  # data-parallel ranks (times tensor and pipeline parallel = GPUs in all)

@@ -99,6 +99,10 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--kbit-preparation/--no-kbit-preparation", default=True, show_default=True,
                      help="QLoRA: peft's prepare_model_for_kbit_training, as users run it (non-quantized parameters "
                           "to fp32, gradient checkpointing on); off: the quantized model as loaded (e.g. litgpt)."),
+        click.option("--kbit-checkpointing/--no-kbit-checkpointing", default=True, show_default=True,
+                     help="QLoRA with kbit preparation: its use_gradient_checkpointing (peft's default on; TRL passes "
+                          "its own gradient_checkpointing: then give --no-kbit-checkpointing and set "
+                          "--gradient-checkpointing as the run did)."),
         click.option("--bitsandbytes-version", metavar="X.Y.Z",
                      help="QLoRA: the bitsandbytes release the run used (default: today's, "
                           f"{CURRENT_BITSANDBYTES}); before 0.43.2 every 4-bit linear kept its input for backward."),
@@ -198,6 +202,7 @@ def resolve_setup(kw: dict[str, Any]) -> Setup:
                  tensor_parallel=kw.get("tp", 1), pipeline_parallel=kw.get("pp", 1),
                  sequence_parallel=kw.get("sequence_parallel", False),
                  kbit_preparation=kw.get("kbit_preparation", True),
+                 kbit_gradient_checkpointing=kw.get("kbit_checkpointing", True),
                  bitsandbytes_version=kw.get("bitsandbytes_version"))
 
 

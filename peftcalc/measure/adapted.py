@@ -77,10 +77,10 @@ def _quantized_base(dense: nn.Module, adaptation: Adaptation, setup: Setup, devi
                             "fp32 and transformers 5 runs them with grouped_mm, which takes bf16 only; "
                             "use --no-kbit-preparation")
     if setup.kbit_preparation:
-        model = prepare_kbit(model, setup.gradient_checkpointing, setup.reentrant_checkpointing)
-        notes.append("peft's prepare_model_for_kbit_training: every non-quantized parameter in fp32, gradient "
-                     "checkpointing on" + ("" if setup.gradient_checkpointing else
-                                           " (peft's default; torch's default reentrant variant)"))
+        model = prepare_kbit(model, setup)
+        ckpt = "" if not setup.kbit_gradient_checkpointing else ", gradient checkpointing on" + \
+            ("" if setup.gradient_checkpointing else " (peft's default; torch's default reentrant variant)")
+        notes.append(f"peft's prepare_model_for_kbit_training: every non-quantized parameter in fp32{ckpt}")
     return model
 
 

@@ -93,13 +93,16 @@ def _tie_as(dense: nn.Module, model: nn.Module) -> None:
         setattr(model.get_submodule(owner), leaf, model.get_parameter(first[id(p)]))
 
 
-def prepare_kbit(model: nn.Module, gradient_checkpointing: bool, reentrant: bool) -> nn.Module:
-    """peft's prepare_model_for_kbit_training as users call it: with no checkpointing kwargs when the setup asks
-    for none (peft's default turns it on, torch picks the reentrant variant), else with use_reentrant."""
+def prepare_kbit(model: nn.Module, setup: Any) -> nn.Module:
+    """peft's prepare_model_for_kbit_training as users call it: use_gradient_checkpointing as the setup says
+    (peft's default True), with no checkpointing kwargs when the setup asks for no checkpointing of its own (torch
+    then picks the reentrant variant), else with its use_reentrant."""
     from peft import prepare_model_for_kbit_training
 
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": reentrant}} if gradient_checkpointing else {}
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True, **kwargs)
+    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": setup.reentrant_checkpointing}} \
+        if setup.gradient_checkpointing else {}
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=setup.kbit_gradient_checkpointing,
+                                           **kwargs)
 
 
 BNB_LINEARS = ("Linear4bit", "Linear8bitLt")

@@ -118,6 +118,7 @@ class RunRequest:
             bits.append(s.attention)
         if self.method == "qlora":
             bits += [f"{self.options.quant_bits}bit"] + ([] if s.kbit_preparation else ["no-kbit"]) + \
+                ([] if s.kbit_gradient_checkpointing or not s.kbit_preparation else ["kbit-no-ckpt"]) + \
                 ([f"bnb{s.bitsandbytes_version}"] if s.bitsandbytes_version else [])
         if s.optimizer != "adamw":
             bits.append(s.optimizer)

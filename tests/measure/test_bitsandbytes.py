@@ -62,6 +62,8 @@ def analytic(adaptation, setup):
 CASES = [
     pytest.param("llama", dict(), dict(kbit_preparation=True, gradient_checkpointing=True), id="llama-nf4-dq-kbit"),
     pytest.param("llama", dict(quant_bits=8), dict(kbit_preparation=False), id="llama-int8"),
+    pytest.param("llama", dict(), dict(kbit_preparation=True, kbit_gradient_checkpointing=False),
+                 id="llama-kbit-without-checkpointing", marks=pytest.mark.slow),
     pytest.param("gpt2", dict(quant_type="fp4", double_quant=False), dict(kbit_preparation=False),
                  id="gpt2-fp4", marks=pytest.mark.slow),
     pytest.param("llama", dict(quant_storage="bf16"), dict(kbit_preparation=True, gradient_checkpointing=True),
