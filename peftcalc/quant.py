@@ -101,6 +101,17 @@ def quantized_bytes(numel: int, rows: int, q: Quantization) -> QuantizedBytes:
     return QuantizedBytes(packed, blocks + nested, code + 4 * DYNAMIC_CODE_ENTRIES + 4)
 
 
+def gemm_4bit_scratch_bytes(out_features: int, in_features: int, compute_bytes: int, q: Quantization) -> int:
+    """What one `bitsandbytes::gemm_4bit` holds inside itself when it dequantizes (the CPU's default kernel always;
+    CUDA's `_dequant_linear_fallback` above 1,536 tokens or where its per-architecture heuristic picks it): the
+    nested absmax in fp32 and its `+ offset` copy, and the whole weight in the compute dtype
+    (backends/default/ops.py `_gemm_4bit_default_impl`, backends/cuda/ops.py `_dequant_linear_fallback`). Not in the
+    dispatch-level replay; measured at the allocator on the CPU (peftcalc/measure/allocator.py)."""
+    n = out_features * in_features
+    absmax = 2 * 4 * _ceil_div(n, BLOCKSIZE_4BIT) if q.double_quant else 0
+    return absmax + n * compute_bytes
+
+
 def nf4_bytes(numel: int) -> int:
     """Packed NF4 with double quantization, absmax and nested absmax of one weight (the QLoRA paper's 4.127 bits
     per parameter), without the per-weight constants."""
