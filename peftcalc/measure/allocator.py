@@ -77,7 +77,8 @@ class AllocatorProfile:
 
 
 def _scratch(events: Any, times: list[int], running: list[int], top: int) -> tuple[OpScratch, ...]:
-    """Per operator name: the most allocated inside one call above what the call left allocated at its end."""
+    """Per operator name: the most allocated inside one call above what the call left allocated at its end; the
+    `top` largest, and every bitsandbytes operator."""
     import bisect
 
     best: dict[str, tuple[int, int]] = {}
@@ -95,7 +96,8 @@ def _scratch(events: Any, times: list[int], running: list[int], top: int) -> tup
         held, calls = best.get(name, (0, 0))
         best[name] = (max(held, scratch), calls + 1)
     ranked = sorted(((n, s, c) for n, (s, c) in best.items() if s > 0), key=lambda x: -x[1])
-    return tuple(OpScratch(n, s, c) for n, s, c in ranked[:top])
+    kept = ranked[:top] + [r for r in ranked[top:] if r[0].startswith("bitsandbytes::")]  # always bitsandbytes'
+    return tuple(OpScratch(n, s, c) for n, s, c in kept)
 
 
 def uses_bitsandbytes(adaptation: Any, setup: Any) -> bool:
