@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation
-from peftcalc.precision import get_precision
 from peftcalc.kbit import kbit_preparation_applies
 from peftcalc.quant import kbit_prepared, keeps_4bit_input, python_dequant_forward
 from peftcalc.setup import Setup
@@ -54,16 +53,18 @@ class Activations:
 BATCH_SENSITIVE = frozenset({"gpt2", "bert", "roberta", "t5", "mt5", "falcon", "bloom", "opt", "gpt_neox"})
 
 
-def step_config(setup: Setup, family: str | None = None, adaptation: Adaptation | None = None) -> StepConfig:
-    """What of the setup changes the replayed step (batch and sequence stay symbols). With a quantized base:
-    peft's kbit preparation (fp32 parameters, quant.kbit_prepared) and what the bitsandbytes release keeps."""
-    loaded = p = get_precision(setup.precision)
+def step_config(setup: Setup, family: str | None = None, accumulating: bool = False,
+                adaptation: Adaptation | None = None) -> StepConfig:
+    """What of the setup changes the replayed step (batch and sequence stay symbols). `accumulating`: a later
+    micro-batch of gradient accumulation, whose parameters already hold gradients. With a quantized base: peft's
+    kbit preparation (fp32 parameters, quant.kbit_prepared) and what the bitsandbytes release keeps."""
+    loaded = p = setup.recipe
     quantized = adaptation is not None and adaptation.quantized_base
     if adaptation is not None and kbit_preparation_applies(adaptation, setup):
         p = kbit_prepared(p)
     batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
     return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
-                      batch1, quant_dtype=loaded.param_dtype if quantized else "",
+                      batch1, accumulating, quant_dtype=loaded.param_dtype if quantized else "",
                       bnb_compute_dtype=loaded.compute_dtype if quantized else "",
                       bnb_keeps_input=quantized and keeps_4bit_input(setup.bitsandbytes_version),
                       bnb_python_dequant=quantized and python_dequant_forward(setup.bitsandbytes_version),
@@ -78,9 +79,14 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
 
 
 @lru_cache(maxsize=8192)
-def activation_bytes(adaptation: Adaptation, setup: Setup) -> Activations:
-    """The replayed step's activations and transient peaks for this batch and sequence length."""
-    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, adaptation))
+def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = False) -> Activations:
+    """The replayed step's activations and transient peaks for this batch and sequence length.
+
+    `accumulating`: a later micro-batch of gradient accumulation. Every trainable parameter already holds its
+    gradient from the micro-batches before; torch adds each new gradient into it in place and frees the new one.
+    The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
+    gradients left out (`gradient_bytes` is 0)."""
+    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, adaptation))
     v = sizes(adaptation, setup)
     return Activations(
         after_forward_bytes=evaluate(r.after_forward, v),

@@ -31,7 +31,6 @@ from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
 from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
                                stage_spec)
-from peftcalc.precision import get_precision
 from peftcalc.kbit import kbit_preparation_applies, prepared_setup, quantized_base_notes
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
@@ -60,6 +59,7 @@ class MemoryBreakdown:
     input_bytes: int = 0  # the batch: token ids and labels
     communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
     in_flight_activation_bytes: int = 0  # pipeline parallel: saved activations of the other micro-batches in flight
+    accumulated_gradient_bytes: int = 0  # gradients held between micro-batches of gradient accumulation
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
     backward_peak_bytes: int = 0  # the most live during backward (absolute)
     optimizer_peak_bytes: int = 0  # the most live during the optimizer step (absolute)
@@ -149,7 +149,7 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
                     overhead: OverheadSpec = OverheadSpec()) -> MethodEstimate:
     """One method's estimate. `overhead_bytes` (an int) replaces the overhead lines by one given total;
     `overhead` overrides single lines."""
-    precision = get_precision(setup.precision)
+    precision = setup.recipe
     get_optimizer(setup.optimizer)
     whole = adapt(spec, method)
     kbit = kbit_preparation_applies(whole, setup)
@@ -165,7 +165,8 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         acts = activation_bytes(adaptation, setup)
     states = model_states(adaptation, precision, setup.optimizer, kbit)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
+    later = activation_bytes(adaptation, setup, accumulating=True) if setup.gradient_accumulation > 1 else None
+    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
     if in_flight:
         memory = replace(memory, in_flight_activation_bytes=in_flight)
     full = adapt(spec, Full())
@@ -175,8 +176,10 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,
-            overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec()) -> MemoryBreakdown:
-    """The phases of one step on one GPU from model states, their placement and the replayed activations."""
+            overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec(),
+            later: Activations | None = None) -> MemoryBreakdown:
+    """The phases of one step on one GPU from model states, their placement and the replayed activations.
+    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`)."""
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
     parallel = setup.num_gpus > 1
     # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
@@ -193,6 +196,9 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     # backward while the root's stay whole until the end (reduced last)
     shortfall = grad_shortfall if setup.zero_stage == 2 else block_shortfall
     backward = start + acts.backward_peak_bytes - shortfall + gathered
+    kept = placed.gradient_bytes if later is not None else 0
+    if later is not None:
+        forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
     temps = optimizer_temporary_bytes(states, setup, ranks)
     if setup.offload:
         opt_grads = placed.gradient_bytes
@@ -201,13 +207,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         opt_grads = -(-states.master_gradient_bytes // (setup.num_gpus if setup.zero_stage >= 2 else 1))
         cast = states.last_cast_gradient_bytes
     optimizer = start + opt_grads + max(temps, cast)
-    peak = max(forward, backward, optimizer)
-    if overhead_bytes is not None:
-        lines: tuple[OverheadLine, ...] = (OverheadLine("user", int(overhead_bytes), "given"),)
-    else:
-        rounding = rounding_bytes(adaptation, get_precision(setup.precision), True,
-                                  2 if setup.optimizer == "adamw" else 0)
-        lines = overhead_lines(overhead, peak, rounding)
+    lines = _overhead(adaptation, setup, max(forward, backward, optimizer), overhead_bytes, overhead)
     return MemoryBreakdown(
         weight_bytes=placed.weight_bytes,
         gradient_bytes=placed.gradient_bytes,
@@ -220,6 +220,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         buffer_bytes=states.buffer_bytes,
         input_bytes=input_bytes(setup),
         communication_bytes=comm,
+        accumulated_gradient_bytes=kept,
         forward_peak_bytes=forward,
         backward_peak_bytes=backward,
         optimizer_peak_bytes=optimizer,
@@ -239,10 +240,30 @@ def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]
     under-estimates that phase; the forward phase, exact, then bounds the error (measured: within 2.1 %)."""
     if setup.num_gpus == 1 or setup.zero_stage < 3:
         return 0, 0
-    units = fsdp_units(adaptation, get_precision(setup.precision), 1)
+    units = fsdp_units(adaptation, setup.recipe, 1)
     block_grads = sum(u.gradient_bytes * u.count for u in units[1:])
     return (units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0),
             block_grads - -(-block_grads // setup.num_gpus))
+
+
+def _overhead(adaptation: Adaptation, setup: Setup, peak: int, overhead_bytes: int | None,
+              overhead: OverheadSpec) -> tuple[OverheadLine, ...]:
+    """The overhead lines: one given total, or the stated lines (overhead.py) at this tensor peak."""
+    if overhead_bytes is not None:
+        return (OverheadLine("user", int(overhead_bytes), "given"),)
+    rounding = rounding_bytes(adaptation, setup.recipe, True, 2 if setup.optimizer == "adamw" else 0)
+    return overhead_lines(overhead, peak, rounding)
+
+
+def accumulation_peaks(forward: int, backward: int, start: int, later: Activations, gathered: int
+                       ) -> tuple[int, int]:
+    """Gradient accumulation: micro-batches 2..k start with the gradients of the ones before still held (each
+    rank's share under ZeRO-2/3, whole under DDP), and torch adds each new gradient into them in place
+    (AccumulateGrad: `grad += new_grad`, the new one freed). `start` includes those gradients; `later` is the
+    replay of such a micro-batch (its peaks leave the held gradients out). The step's forward and backward peaks
+    are the larger of the first micro-batch's and a later one's."""
+    return (max(forward, start + later.forward_peak_bytes + gathered),
+            max(backward, start + later.backward_peak_bytes + gathered))
 
 
 def estimate(spec: ModelSpec, setup: Setup, methods: tuple[str, ...] = DEFAULT_TABLE,

@@ -107,14 +107,19 @@ class Evaluator:
         return total
 
 
-def limiting_component(memory: MemoryBreakdown) -> str:
-    """The largest part of the peak: what to shrink first."""
+def largest_part(memory: MemoryBreakdown) -> tuple[str, int]:
+    """The largest part of the peak, with its bytes: what to shrink first."""
     transient = ("activations", memory.activation_bytes) if memory.activation_bytes >= memory.temporary_bytes \
         else ("optimizer temporaries", memory.temporary_bytes)
     parts = [("weights", memory.weight_bytes), ("gradients", memory.gradient_bytes),
              ("optimizer states", memory.optimizer_state_bytes), ("master weights", memory.master_weight_bytes),
              transient, ("overhead", memory.overhead_bytes)]
-    return max(parts, key=lambda p: p[1])[0]
+    return max(parts, key=lambda p: p[1])
+
+
+def limiting_component(memory: MemoryBreakdown) -> str:
+    """The largest part of the peak: what to shrink first."""
+    return largest_part(memory)[0]
 
 
 # ---- searches ------------------------------------------------------------------------------------------
@@ -431,6 +436,7 @@ class PlanRequest:
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
     nodes: tuple[Node, ...] = ()  # node types chosen with --node (at most one per GPU)
     node_catalogue: tuple[Node, ...] = ()  # the node types to default from (--node-file added); () = built-in
+    steps: int | None = None  # optimizer steps instead of tokens x epochs
 
     def node_of(self, gpu: Gpu) -> Node:
         """The node type `gpu` sits in: the one chosen for it, else the catalogue's default (nodes.node_for)."""
@@ -438,6 +444,24 @@ class PlanRequest:
         if mine:
             return mine[0]
         return node_for(gpu, {n.id: n for n in self.node_catalogue} if self.node_catalogue else None)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on at the setup asked: micro-batch x accumulation x GPUs x sequence."""
+        return self.setup.tokens_per_step
+
+    @property
+    def run_tokens(self) -> tuple[int, float]:
+        """(tokens, epochs) of the run: `steps` optimizer steps of the setup asked (the global batch is the
+        run's, so other GPU counts train the same tokens), else tokens x epochs."""
+        if self.steps is not None:
+            return self.steps * self.tokens_per_step, 1.0
+        return self.tokens, self.epochs
+
+    @property
+    def optimizer_steps(self) -> float:
+        tokens, epochs = self.run_tokens
+        return tokens * epochs / self.tokens_per_step
 
 
 @dataclass(frozen=True)
@@ -467,7 +491,10 @@ class Plan:
 
 
 def validate(request: PlanRequest) -> None:
-    check_run(request.tokens, request.epochs)
+    if request.steps is not None and (isinstance(request.steps, bool) or not isinstance(request.steps, int)
+                                      or request.steps <= 0):
+        raise PeftcalcError(f"--steps must be a positive integer, got {request.steps!r}")
+    check_run(*request.run_tokens)
     if request.mfu is not None:
         check_mfu(request.mfu)
     if isinstance(request.max_gpus, bool) or not isinstance(request.max_gpus, int) or request.max_gpus < 1:
@@ -511,7 +538,7 @@ def rent_of(node: Node, gpu: Gpu, num_gpus: int, hours: float) -> float | None:
 def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: str, run: Setup) -> Cost:
     """Time (one optimizer step by part, times the steps of the run), rent and purchase of `run` on its GPUs."""
     flops = flops_of(ev, method, run)
-    total = run_flops(flops, request.tokens, request.epochs)
+    total = run_flops(flops, *request.run_tokens)
     mfu = mfu_for(gpu, ev.adaptation(method).quantized_base, request.mfu)
     dtype = get_precision(run.precision).compute_dtype
     peak = gpu.flops_per_s(dtype)
@@ -523,7 +550,8 @@ def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: s
         step = step_time(ev.adaptation(method), run, node, flops, peak, mfu.value, gpu.memory_bandwidth_bytes_per_s)
     except PeftcalcError as e:
         return Cost(flops, total, mfu, None, None, purchase, None, str(e), None, estimated)
-    steps = request.tokens * request.epochs / step.tokens_per_step
+    tokens, epochs = request.run_tokens
+    steps = tokens * epochs / step.tokens_per_step
     hours = steps * step.step_seconds / SECONDS_PER_HOUR
     rent = rent_of(node, gpu, run.gpus, hours)
     be = break_even_runs(purchase, rent) if purchase is not None and rent is not None else None

@@ -11,6 +11,7 @@ from peftcalc.methods.base import Adaptation, Method, ParamCount, TensorGroup
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import dora, lora, qlora
+from peftcalc.methods.modules_to_save import ModulesToSave
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 
@@ -32,6 +33,7 @@ class MethodOptions:
     quant_type: str = "nf4"  # QLoRA 4-bit: nf4 or fp4
     double_quant: bool = True  # QLoRA 4-bit: quantize the absmax again (the paper's recipe)
     quant_storage: str = "uint8"  # QLoRA 4-bit: the dtype the packed codes are stored in
+    modules_to_save: tuple[str, ...] = ()  # peft's modules_to_save: trainable full copies (not for full)
 
 
 @dataclass(frozen=True)
@@ -89,4 +91,7 @@ def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
         info = METHODS[name]
     except KeyError:
         raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
-    return info.build(options)
+    method = info.build(options)
+    if options.modules_to_save and name != "full":  # full fine-tuning trains those modules already
+        method = ModulesToSave(method, options.modules_to_save)
+    return method

@@ -22,13 +22,12 @@ def verdict_text(o: Option) -> str:
     return o.verdict.value
 
 
-def plan_assumptions(p: Plan) -> dict[str, str]:
+def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
     """What every number of the plan rests on: the estimate's assumptions plus the planner's."""
     r = p.request
-    out = assumptions(Estimate(r.spec, r.setup, r.options, ()))
+    out = assumptions(Estimate(r.spec, r.setup, r.options, ()), files)
     out.pop("checkpoints", None)
-    out["training"] = (f"{r.tokens:,} tokens per epoch x {r.epochs:g} epoch(s) = {round(r.tokens * r.epochs):,} "
-                       f"tokens (--tokens, --epochs)")
+    out["training"] = training_line(r)
     out["FLOPs"] = ("full fine-tuning 6N + 12·L·H·Q·T per token (Kaplan et al. 2020 arXiv:2001.08361 C≈6N; "
                     "PaLM appendix B, Chowdhery et al. 2022 arXiv:2204.02311, the MFU convention); frozen-base "
                     "methods 4N + 12·L·H·Q·T + 6 x trainable params (no weight gradients for frozen weights); "
@@ -113,6 +112,20 @@ def _step_dict(o: Option) -> dict[str, Any]:
     }
 
 
+def training_line(r: Any) -> str:
+    """How much the run trains: tokens x epochs, or optimizer steps; and the tokens of one optimizer step."""
+    s = r.setup
+    per_step = (f"{r.tokens_per_step:,} tokens per optimizer step ({s.batch_size} x {s.seq_len} tokens x "
+                f"{s.gradient_accumulation} micro-batch(es) x {s.num_gpus} GPU(s))")
+    if r.steps is not None:
+        tokens, _ = r.run_tokens
+        return (f"{r.steps:,} optimizer steps (--steps) x {per_step} = {tokens:,} tokens; other GPU counts keep this "
+                "global batch (accumulation adjusted)")
+    total = round(r.tokens * r.epochs)
+    return (f"{r.tokens:,} tokens per epoch x {r.epochs:g} epoch(s) = {total:,} tokens (--tokens, --epochs); "
+            f"{per_step}: {r.optimizer_steps:,.0f} optimizer steps")
+
+
 def _option_dict(o: Option) -> dict[str, Any]:
     c = o.cost
     run = o.run_setup
@@ -164,7 +177,7 @@ def _ref(o: Option) -> dict[str, Any]:
             "step_seconds": o.step_seconds, "rent_usd": o.rent_usd}
 
 
-def plan_dict(p: Plan) -> dict[str, Any]:
+def plan_dict(p: Plan, files: Any = None) -> dict[str, Any]:
     """The JSON contract (issue 5): every option evaluated, fitting or not; nulls where not applicable."""
     return {
         "options": [_option_dict(o) for o in p.options],
@@ -172,7 +185,10 @@ def plan_dict(p: Plan) -> dict[str, Any]:
                        "per_gpu_bytes": s.per_gpu_bytes, "cpu_bytes_per_node": s.cpu_bytes_per_node}
                       for s in p.scale_out],
         "shortlist": {k: [_ref(o) for o in v] for k, v in p.shortlist().items()},
-        "assumptions": plan_assumptions(p),
+        "training": {"tokens": p.request.run_tokens[0], "epochs": p.request.run_tokens[1],
+                     "steps": p.request.steps, "tokens_per_step": p.request.tokens_per_step,
+                     "optimizer_steps": p.request.optimizer_steps},
+        "assumptions": plan_assumptions(p, files),
     }
 
 
@@ -228,10 +244,12 @@ def step_table(p: Plan) -> list[str]:
                    "tokens/step", "links"], rows, align_left=4)]
 
 
-def plan_text(p: Plan, unit: Unit) -> str:
+def plan_text(p: Plan, unit: Unit, files: Any = None) -> str:
     r, s = p.request, p.request.setup
     out = [f"Plan: {r.spec.name} ({r.spec.total_params:,} params), {s.precision}, {s.optimizer}, micro-batch "
-           f"{s.batch_size} x {s.seq_len} tokens, {r.tokens:,} tokens x {r.epochs:g} epoch(s), up to {r.max_gpus} GPUs",
+           f"{s.batch_size} x {s.seq_len} tokens, " + (f"{r.steps:,} optimizer steps" if r.steps is not None else
+                                                          f"{r.tokens:,} tokens x {r.epochs:g} epoch(s)") +
+           f", up to {r.max_gpus} GPUs",
            ""]
     rows = []
     for o in p.options:
@@ -280,6 +298,6 @@ def plan_text(p: Plan, unit: Unit) -> str:
         out.append("  no runnable option with a known peak FLOP/s (see the verdicts above)")
 
     out += ["", "Assumptions"]
-    out += [f"  {k}: {v}" for k, v in plan_assumptions(p).items()]
+    out += [f"  {k}: {v}" for k, v in plan_assumptions(p, files).items()]
     out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
     return "\n".join(out)
