@@ -40,8 +40,8 @@ def quantized_base_notes(adaptation: Adaptation, setup: Setup) -> tuple[str, ...
         notes.append("peft's prepare_model_for_kbit_training (--no-kbit-preparation to leave it out): every "
                      f"non-quantized parameter in fp32, activations in fp32 unless autocast, {ckpt}")
         if adaptation.spec.arch.num_experts:
-            notes.append("prepare_model_for_kbit_training upcasts the fused MoE experts to fp32, which transformers 5's "
-                         "grouped_mm refuses (bf16 only): such a run fails; estimated as if it ran, "
+            notes.append("prepare_model_for_kbit_training upcasts the fused MoE experts to fp32, which "
+                         "transformers 5's grouped_mm refuses (bf16 only): such a run fails; estimated as if it ran, "
                          "--no-kbit-preparation is what runs")
     version = setup.bitsandbytes_version
     release = f"bitsandbytes {version}" if version else f"today's bitsandbytes ({CURRENT_BITSANDBYTES})"

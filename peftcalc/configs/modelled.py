@@ -27,12 +27,8 @@ FALLBACKS: tuple[Fallback, ...] = (
              "computed with the standard loss over full logits (an over-estimate of the loss peak)"),
     Fallback("packing", (True,), False, "computed as rows of --seq tokens without packing's position ids"),
     Fallback("reentrant_checkpointing", (True,), False, "computed as non-reentrant checkpointing"),
-    Fallback("kbit_preparation", None, None, "its fp32 upcast of the weights left unquantized is left out"),
     Fallback("optimizer_state_dtype", None, None, "states counted in the parameter's dtype"),
     Fallback("offload_params", (True,), False, "parameters counted on the GPU (optimizer offload only)"),
-    Fallback("quant_type", ("fp4",), None, "counted as nf4"),
-    Fallback("double_quant", (False,), None, "counted with double quantization"),
-    Fallback("quant_storage", ("bf16", "fp16", "fp32"), None, "counted in uint8 storage (the same bytes for the codes)"),
     Fallback("lora_dropout", None, None, "the dropout's kept input is left out"),
     Fallback("padded", (True,), None, "counted as full rows without an attention mask"),
 )
