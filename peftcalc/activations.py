@@ -31,7 +31,8 @@ from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.stepsim.model import StepConfig
 from peftcalc.stepsim.poly import Poly
-from peftcalc.stepsim.replay import SimResult, simulate
+from peftcalc.errors import PeftcalcError
+from peftcalc.stepsim.replay import FAMILY_MODULES, SimResult, replayable, simulate
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ def _value(p: Poly, v: dict[str, int]) -> int:
 def activation_bytes(adaptation: Adaptation, setup: Setup, compute_dtype: str | None = None) -> Activations:
     """The replayed step's activations and transient peaks for this batch and sequence length.
     (`compute_dtype` is accepted for older callers; the setup's precision recipe decides.)"""
+    if not replayable(adaptation):
+        spec = adaptation.spec
+        raise PeftcalcError(f"no activation model yet for {spec.family} with {adaptation.method}: the hand-written replay "
+                            "covers " + ", ".join(sorted(FAMILY_MODULES)) + " with peftcalc's own methods (the traced "
+                            "per-layer profile for every other architecture and peft method is issue 10, part 3)")
     r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
     v = sizes(adaptation, setup)
     return Activations(

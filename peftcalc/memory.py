@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation, TensorGroup
-from peftcalc.model.spec import ModelSpec
+from peftcalc.model.spec import ModelSpec, layer_indices, resolve_dtype
 from peftcalc.optim import get_optimizer
 from peftcalc.precision import Precision
 from peftcalc.quant import int8_bytes, nf4_bytes
@@ -54,20 +54,41 @@ class ModelStates:
         return self.weight_bytes + self.gradient_bytes + self.master_weight_bytes + self.optimizer_state_bytes
 
 
+def stored_dtype(g: TensorGroup, precision: Precision) -> str:
+    """The dtype one tensor of the group is stored in: the recipe's, unless the group's rule fixes it
+    (transformers' keep-in-fp32 modules, a method's tensors that follow the model dtype)."""
+    return resolve_dtype(g.dtype, precision.param_dtype, precision.stored_dtype(g.added))
+
+
+def has_master(g: TensorGroup, precision: Precision) -> bool:
+    """An fp32 master copy backs the tensor (mixed precision, for tensors not already stored in fp32)."""
+    return precision.master and stored_dtype(g, precision) != "fp32"
+
+
+def state_dtype(g: TensorGroup, precision: Precision) -> str:
+    """The optimizer states' dtype: the master copy's (fp32) when there is one, else the tensor's."""
+    return "fp32" if has_master(g, precision) else stored_dtype(g, precision)
+
+
 def tensor_bytes(g: TensorGroup, precision: Precision) -> int:
     """Bytes of one tensor of the group as stored."""
     if g.format == "nf4":
         return nf4_bytes(g.numel)
     if g.format == "int8":
         return int8_bytes(g.numel, g.shape[0] if g.shape else 1)
-    return g.numel * dtype_bytes(precision.stored_dtype(g.added))
+    return g.numel * dtype_bytes(stored_dtype(g, precision))
 
 
 def buffer_bytes(adaptation: Adaptation, precision: Precision) -> int:
-    """Buffers of the transformers model (measured on the meta device, transformers 5) and of QLoRA's
-    quantized weights."""
+    """Buffers of the transformers model (measured on the meta device, transformers 5), those a method adds
+    (VeRA's shared projections ...) and the constants of QLoRA's quantized weights."""
     spec = adaptation.spec
-    total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
+    if spec.derivation is not None:  # the derived inventory lists every buffer with its dtype rule
+        total = sum(p.numel * p.count * dtype_bytes(resolve_dtype(p.dtype, precision.param_dtype, precision.param_dtype))
+                    for p in spec.buffers)
+    else:
+        total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
+    total += sum(g.total * dtype_bytes(stored_dtype(g, precision)) for g in adaptation.buffers)
     for g in adaptation.tensors:
         if g.format == "nf4":
             total += NF4_CONSTANT_BYTES * g.count
@@ -114,26 +135,18 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
     embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
     norms = {p.name for p in spec.others if p.kind == "norm"}
     last_cast = head_cast = block_cast = 0
-    prefixes = [prefix.replace("{i}", "") for prefix, _ in spec.layer_prefixes()]
-    per_layer = dict.fromkeys(prefixes, 0)
-    root = 0
     for g in adaptation.tensors:
         one = tensor_bytes(g, precision)
         weights += one * g.count
-        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
-        if stack is None:
-            root += one * g.count
-        else:
-            per_layer[stack] += one
         if not g.trainable:
             continue
         trainable_w += one * g.count
         largest = max(largest, one)
         grads += one * g.count  # a gradient has its parameter's dtype and shape
-        state_bytes = g.numel * dtype_bytes(precision.state_dtype(g.added))
+        state_bytes = g.numel * dtype_bytes(state_dtype(g, precision))
         stepped += state_bytes * g.count
         (first if g.name in embeddings else last if g.name in heads else middle).extend([state_bytes] * min(g.count, 2))
-        if precision.has_master(g.added):
+        if has_master(g, precision):
             master += g.numel * 4 * g.count
             master_grads += g.numel * 4 * g.count
             # MasterWeightOptimizer casts gradients in model.parameters() order, each fp32 copy made while its
@@ -145,14 +158,33 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
                 block_cast = one
         else:
             master_grads += one * g.count
-        states += opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
+        states += opt.state_bytes(g, state_dtype(g, precision)) * g.count
         if torch_adamw:
-            # one step per tensor; a norm group holds numel / hidden_size tensors (weight, and bias for LayerNorm)
-            per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1
+            # one step per tensor; a hand-written family's norm group holds numel / hidden_size tensors (weight,
+            # and bias for LayerNorm); a derived inventory lists every tensor on its own
+            per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms and spec.derivation is None else 1
             states += ADAM_STEP_BYTES * g.count * per
             scalars += ADAM_STEP_BYTES * g.count * per
     last_cast = head_cast or block_cast
+    block, root = block_weight_bytes(adaptation, precision)
     return ModelStates(weights, grads, master, states, largest, trainable_w, buffer_bytes(adaptation, precision), stepped,
                        forloop_scratch(first + middle + last), master_grads, last_cast,
-                       layer_weight_bytes=max(per_layer.values(), default=0), root_weight_bytes=root,
-                       scalar_state_bytes=scalars)
+                       layer_weight_bytes=block, root_weight_bytes=root, scalar_state_bytes=scalars)
+
+
+def block_weight_bytes(adaptation: Adaptation, precision: Precision) -> tuple[int, int]:
+    """The largest transformer block's weights (what FSDP/ZeRO-3 gathers at a time), and the weights outside
+    every block (embeddings, final norm, head). Blocks of a hybrid stack differ: each block sums the templates
+    present at its index."""
+    prefixes = [prefix.replace("{i}", "") for prefix, _ in adaptation.spec.layer_prefixes()]
+    per_block: dict[tuple[str, int], int] = {}
+    root = 0
+    for g in adaptation.tensors:
+        one = tensor_bytes(g, precision)
+        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
+        if stack is None:
+            root += one * g.count
+            continue
+        for i in layer_indices(g.layers, g.count):
+            per_block[(stack, i)] = per_block.get((stack, i), 0) + one
+    return max(per_block.values(), default=0), root

@@ -31,3 +31,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = params.get("name")
         if isinstance(name, str) and item.get_closest_marker("catalogue") is not None and name not in fast_models():
             item.add_marker(pytest.mark.slow)
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Derived inventories and adaptations go to a cache of the test session (set before collection, which
+    already reads models), never the user's; nothing asks the Hugging Face Hub."""
+    import os
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="peftcalc-test-cache-")
+    os.environ["HF_HUB_OFFLINE"] = "1"

@@ -20,15 +20,10 @@ from peftcalc.setup import Setup
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _expand(template: str, count: int) -> list[str]:
-    return [template.replace("{i}", str(i)) for i in range(count)] if "{i}" in template else [template]
-
-
 def quantized_modules(adaptation: Adaptation) -> tuple[str, set[str]]:
     """The weight format and the module names of the base weights a QLoRA adaptation quantizes."""
     formats = {g.format for g in adaptation.tensors if g.format != "dense"}
-    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.format != "dense"
-             for n in _expand(g.name, g.count)}
+    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.format != "dense" for n in g.names()}
     return (formats.pop() if formats else "dense"), names
 
 

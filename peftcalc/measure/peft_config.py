@@ -45,7 +45,10 @@ def module_regex(templates: tuple[str, ...] | list[str]) -> str:
     return "|".join(re.escape(t).replace(re.escape("{i}"), r"\d+") for t in templates)
 
 
-def _targets(targets: tuple[str, ...]) -> list[str] | str:
+def _targets(targets: tuple[str, ...] | str) -> list[str] | str:
+    """peft's target_modules: "all-linear", a regex (a plain string), or a list of name suffixes."""
+    if isinstance(targets, str):
+        return targets
     return ALL_LINEAR if targets == (ALL_LINEAR,) else list(targets)
 
 

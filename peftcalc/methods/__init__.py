@@ -11,11 +11,13 @@ from peftcalc.methods.base import Adaptation, Method, ParamCount, TensorGroup
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import dora, lora, qlora
+from peftcalc.methods.peft_catalogue import ALIASES, PEFT_METHODS, REFUSED
+from peftcalc.methods.peft_derived import PeftMethod
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 
 __all__ = ["Adaptation", "Method", "ParamCount", "TensorGroup", "MethodOptions", "METHODS", "make_method",
-           "DEFAULT_TABLE", "RANKED"]
+           "DEFAULT_TABLE", "RANKED", "ALL_METHOD_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class MethodOptions:
     adapter_variant: str = "houlsby"
     prefix_projection: bool = False
     quant_bits: int = 4
+    rank_given: bool = False  # --rank was given (peft-derived methods otherwise keep peft's own default `r`)
+    peft_options: tuple[tuple[str, str], ...] = ()  # --peft-option KEY=VALUE, for methods derived from peft
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,27 @@ RANKED = tuple(name for name, info in METHODS.items() if info.ranked)
 DEFAULT_TABLE = ("full", "lora", "qlora", "dora", "adapter", "prompt", "prefix", "ptuning", "ia3")
 
 
+# Every name --method takes: peftcalc's own methods, peft's other tuners (derived from peft itself, see
+# methods/peft_derived.py) and peft's names for peftcalc's own methods.
+ALL_METHOD_NAMES = tuple(METHODS) + tuple(sorted(PEFT_METHODS)) + tuple(sorted(ALIASES))
+
+
+def method_title(name: str) -> str:
+    """The method's human name: peftcalc's own, or the peft tuner's."""
+    name = ALIASES.get(name, name)
+    return METHODS[name].title if name in METHODS else PEFT_METHODS[name].title if name in PEFT_METHODS else name
+
+
 def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
-    try:
-        info = METHODS[name]
-    except KeyError:
-        raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
-    return info.build(options)
+    name = ALIASES.get(name, name)
+    if name in METHODS:
+        if options.peft_options:
+            raise PeftcalcError(f"--peft-option applies to methods derived from peft; {name} is peftcalc's own "
+                                "(its options are the flags in `peftcalc methods`)")
+        return METHODS[name].build(options)
+    if name in PEFT_METHODS:
+        return PeftMethod(name, options.rank if options.rank_given else None, options.targets, options.peft_options,
+                          options.virtual_tokens)
+    if name in REFUSED:
+        raise PeftcalcError(f"peft's {name} cannot be sized from a config: {REFUSED[name]}")
+    raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(ALL_METHOD_NAMES)} (`peftcalc methods`)")
