@@ -109,7 +109,7 @@ def _apply(model_fn: Any, cfg: Any) -> nn.Module:
             with torch.device("meta"):
                 return get_peft_model(model_fn(), cfg)
         except (RuntimeError, NotImplementedError) as e:
-            if "meta" not in str(e):
+            if "meta" not in str(e).lower():
                 raise
         return get_peft_model(model_fn(), cfg)
 
@@ -129,16 +129,15 @@ def build_peft(method: PeftRequest, spec: ModelSpec) -> tuple[tuple[dict[int, st
 
     def make(kw: dict[str, Any]) -> Any:
         try:
-            return cls(task_type="CAUSAL_LM" if spec.arch.kind == "decoder" else "SEQ_2_SEQ_LM"
-                       if spec.arch.kind == "encoder-decoder" else "FEATURE_EXTRACTION", **kw)
+            cfg = cls(task_type="CAUSAL_LM" if spec.arch.kind == "decoder" else "SEQ_2_SEQ_LM"
+                      if spec.arch.kind == "encoder-decoder" else "FEATURE_EXTRACTION", **kw)
         except (ValueError, TypeError) as e:
             raise PeftcalcError(f"{cls.__name__}: {str(e).splitlines()[0]}") from None
+        if method.peft_type == "shira" and cfg.mask_type == "random":
+            cfg.mask_fn = _cpu_random_mask(cfg.random_seed)
+        return cfg
 
-    if method.peft_type == "shira" and "mask_type" not in kwargs:
-        kwargs["mask_type"] = "random"
     cfg = make(kwargs)
-    if method.peft_type == "shira" and cfg.mask_type == "random":
-        cfg.mask_fn = _cpu_random_mask(cfg.random_seed)
     try:
         model = _apply(fresh, cfg)
     except ValueError as e:
@@ -205,6 +204,17 @@ def _base_trainable(spec: ModelSpec, names: list[str]) -> list[str]:
     return sorted({groups[n] for n in names})
 
 
+def saved_state(model: nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
+    """get_peft_model_state_dict. A prompt-learning method saves the prompt its encoder computes, which peft copies
+    to the CPU: its encoder (small) and prompt token ids are given uninitialised CPU storage first, which leaves every
+    shape and dtype as they were."""
+    if cfg.is_prompt_learning:
+        model.prompt_encoder.to_empty(device="cpu")
+        model.prompt_tokens = {k: torch.arange(v.numel(), dtype=v.dtype).reshape(v.shape)
+                               for k, v in model.prompt_tokens.items()}
+    return get_peft_model_state_dict(model)
+
+
 def derive_adaptation(method: PeftRequest, spec: ModelSpec, model_key: str) -> dict[str, Any]:
     """The derived adaptation (JSON, ADAPTATION_FORMAT) of `method` on `spec` (`model_key` names the model)."""
     (base_params, base_buffers), model, cfg, notes = build_peft(method, spec)
@@ -217,7 +227,7 @@ def derive_adaptation(method: PeftRequest, spec: ModelSpec, model_key: str) -> d
         added.append((_strip(name), tuple(p.shape), _rule(p.dtype), p.requires_grad))
     buffers = [(_strip(n), tuple(b.shape), _rule(b.dtype), False) for n, b in model.named_buffers()
                if id(b) not in base_buffers]
-    saved = [(k, tuple(v.shape), _rule(v.dtype), True) for k, v in get_peft_model_state_dict(model).items()]
+    saved = [(k, tuple(v.shape), _rule(v.dtype), True) for k, v in saved_state(model, cfg).items()]
     adapted = sorted({template(_strip(n))[0] for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)})
     trainable, total = model.get_nb_trainable_parameters()
     virtual = int(getattr(cfg, "num_virtual_tokens", 0) or 0) if cfg.is_prompt_learning else 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from peftcalc.errors import ConfigError
+from peftcalc.model.bounds import check_config, check_params
 from peftcalc.model.derived import derived_spec
 from peftcalc.model.families import FAMILIES
 from peftcalc.model.spec import ModelSpec, Scope
@@ -19,18 +20,22 @@ def supported_families() -> list[str]:
 
 
 def spec_from_config(cfg: Mapping[str, Any], name: str, source: str, scope: Scope = "text",
-                     shipped: str | None = None) -> ModelSpec:
+                     shipped: str | None = None, bounded: bool = True) -> ModelSpec:
     """Build the ModelSpec of a config dict (the contents of a config.json). `scope` matters for multimodal
     checkpoints only (text: the language model and its head; full: every tower); `shipped` names the catalogue
-    entry whose derived inventory ships with the package."""
+    entry whose derived inventory ships with the package. `bounded`: refuse sizes no real model has (model/bounds.py);
+    off only for shapes peftcalc makes itself (model/infer.py checks the user's numbers)."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{source}: expected a JSON object, got {type(cfg).__name__}")
     family = cfg.get("model_type")
     if not family or not isinstance(family, str):
         raise ConfigError(f"{source}: no 'model_type' key; is this a Hugging Face config.json?")
-    if family in FAMILIES:
-        return FAMILIES[family](cfg, name, source)
-    return derived_spec(cfg, name, source, scope, shipped)
+    if bounded:
+        check_config(cfg, source)
+    spec = FAMILIES[family](cfg, name, source) if family in FAMILIES else derived_spec(cfg, name, source, scope, shipped)
+    if bounded:
+        check_params(spec.total_params, f"{source}: a model of")
+    return spec
 
 
 def load_config(path: str | Path, scope: Scope = "text") -> ModelSpec:
