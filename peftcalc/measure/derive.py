@@ -330,8 +330,33 @@ def inventory(cfg: Mapping[str, Any], scope: Scope = "text") -> dict[str, Any]:
         "linears": linears,
         "params": params,
         "buffers": buffers,
+        "notes": inventory_notes(cfg, top, scope),
         "config": json.loads(json.dumps(model.config.to_dict(), sort_keys=True, default=str)),
     }
+
+
+MTP_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_layers")
+
+
+def inventory_notes(cfg: Mapping[str, Any], top: PretrainedConfig, scope: Scope) -> list[str]:
+    """What the inventory leaves out or assumes, said in every estimate of the model."""
+    notes = []
+    if is_multimodal(top):
+        notes.append("multimodal checkpoint: every tower counted (--full-model)" if scope == "full" else
+                     "multimodal checkpoint: text-only fine-tuning, the language model and its head "
+                     "(--full-model for every tower)")
+    q = cfg.get("quantization_config")
+    if isinstance(q, Mapping):
+        method = q.get("quant_method") or q.get("quant_type") or "quantized"
+        notes.append(f"the checkpoint ships {method} weights (quantization_config); fine-tuning holds them "
+                     "dequantized, in the precision recipe's dtype, as counted here")
+    text = top.get_text_config(decoder=True) if is_multimodal(top) else top
+    mtp = next((int(getattr(text, k)) for k in MTP_KEYS if isinstance(getattr(text, k, None), int)
+                and getattr(text, k) > 0), 0)
+    if mtp:
+        notes.append(f"transformers does not build the checkpoint's {mtp} multi-token-prediction layer(s); they are "
+                     "not counted (they do not train in a transformers fine-tuning run)")
+    return notes
 
 
 def apply_dtype_plan(model: nn.Module, dtype: torch.dtype) -> None:

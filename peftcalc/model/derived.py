@@ -66,7 +66,7 @@ def spec_from_inventory(inv: Mapping[str, Any], name: str, source: str, cfg: Map
         key=inventory_key(inv["config_sha256"], inv["scope"], inv["transformers_version"]),
         config_sha256=inv["config_sha256"], scope=inv["scope"], model_class=inv["model_class"],
         model_type=inv["model_type"], transformers_version=inv["transformers_version"],
-        multimodal=inv["multimodal"], config=inv["config"])
+        multimodal=inv["multimodal"], notes=tuple(inv.get("notes", ())), config=inv["config"])
     return ModelSpec(name, Architecture(**inv["arch"]), tuple(_linear(e) for e in inv["linears"]),
                      tuple(_params(e) for e in inv["params"]), source, dict(cfg),
                      buffers=tuple(_params(e) for e in inv["buffers"]), derivation=derivation)

@@ -156,6 +156,7 @@ class Derivation:
     model_type: str  # of the config built (the text config's for a text-only multimodal build)
     transformers_version: str
     multimodal: bool  # the config has towers besides the language model
+    notes: tuple[str, ...] = ()  # what the inventory leaves out or assumes (scope, quantized checkpoints, MTP layers)
     # The config transformers built from, class defaults filled in (PretrainedConfig.to_dict()).
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 

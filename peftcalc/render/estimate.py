@@ -77,6 +77,11 @@ def assumptions(est: Estimate) -> dict[str, Any]:
                        "checkpointing) in the committed validation history",
         "checkpoints": "safetensors files: adapter weights in fp32 (peft's default), full copies in the weight dtype",
     }
+    if est.spec.derivation is not None:
+        d = est.spec.derivation
+        out["inventory"] = (f"derived: transformers {d.transformers_version} built {d.model_class} from the config on "
+                            "the meta device (every weight, buffer and dtype as it builds them)"
+                            + "".join(f"; {n}" for n in d.notes))
     if est.spec.is_inferred:
         out["inferred shape"] = (f"total held at exactly {est.spec.total_params:,}; the shape itself has "
                                  f"{est.spec.shape_params:,} ({est.spec.source}); override with --hidden/--layers/...")

@@ -37,11 +37,8 @@ def origin_line(spec: ModelSpec) -> str:
     if d is None:
         return "inventory: the hand-written family builder (peftcalc/model/families/)" if not spec.is_inferred else \
             f"inventory: inferred from --params ({spec.source})"
-    scope = ("every tower of the multimodal checkpoint (--full-model)" if d.scope == "full" else
-             "the language model and its head (text-only; --full-model for every tower)") if d.multimodal else \
-        "the whole model"
     return (f"inventory: derived: transformers {d.transformers_version} built {d.model_class} from the config on the "
-            f"meta device; {scope}; key {d.key}")
+            f"meta device; key {d.key}" + "".join(f"\n  {n}" for n in d.notes))
 
 
 def inventory_text(spec: ModelSpec) -> str:

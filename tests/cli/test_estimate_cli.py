@@ -75,8 +75,13 @@ def test_models_and_methods():
     assert all(m["source"] for m in data)
     r = run("methods")
     assert r.exit_code == 0 and "Houlsby" in r.output
-    assert {m["name"] for m in json.loads(run("methods", "--json").output)} >= {"full", "lora", "qlora", "dora", "adapter",
-                                                                               "prompt", "prefix", "ptuning", "ia3"}
+    methods = json.loads(run("methods", "--json").output)
+    assert {m["name"] for m in methods} >= {"full", "lora", "qlora", "dora", "adapter", "prompt", "prefix", "ptuning",
+                                            "ia3", "loha", "lokr", "vera", "oft", "boft", "adalora", "ln_tuning",
+                                            "vblora", "fourierft", "hra", "miss", "randlora", "shira", "c3a",
+                                            "trainable_tokens", "adaption_prompt", "road", "bone"}
+    assert all(m["source"] for m in methods if m["kind"] in ("peftcalc", "peft"))
+    assert {m["name"] for m in methods if m["kind"] == "refused"} == {"adamss", "frod", "xlora"}
 
 
 @pytest.mark.parametrize("args, message", [

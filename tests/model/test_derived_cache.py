@@ -58,7 +58,9 @@ def test_every_derived_catalogue_entry_ships_its_inventories() -> None:
         assert shipped_path(name, "full").is_file() == text["multimodal"]
 
 
-def test_the_second_estimate_of_an_uncatalogued_model_needs_no_torch(tmp_path: Path) -> None:
+def test_the_second_estimate_of_an_uncatalogued_model_needs_no_torch(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # empty: nothing derived yet
     cfg = TINY["olmo2"]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
