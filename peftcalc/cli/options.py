@@ -8,7 +8,8 @@ from typing import Any, Callable
 import click
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.methods import ALL_METHOD_NAMES, METHODS, MethodOptions
+from peftcalc.methods import ALL_METHOD_NAMES, MethodOptions
+from peftcalc.methods.peft_catalogue import REFUSED
 from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
@@ -116,7 +117,8 @@ units_option = click.option("--units", type=click.Choice(["GB", "GiB"]), default
 format_options = _compose(json_option, csv_option)
 output_options = _compose(units_option, json_option, csv_option)
 
-METHOD_NAMES = list(ALL_METHOD_NAMES)
+# Every name --method takes, and peft's tuners that cannot be sized from a config (refused with the reason).
+METHOD_NAMES = list(ALL_METHOD_NAMES) + sorted(REFUSED)
 one_method_option = click.option("--method", type=click.Choice(METHOD_NAMES), metavar="NAME",
                                  help="One method, peftcalc's or any of peft's by peft's name (loha, vera, oft ...; "
                                       "`peftcalc methods` lists them; default: compare peftcalc's own).")

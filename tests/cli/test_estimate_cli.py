@@ -143,3 +143,16 @@ def test_python_dash_m_and_no_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert '"total_params": 7000000000' in out
     assert out.strip().endswith("HEAVY []")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "qwen3-8b", "--method", "loha", "--peft-option", "r"], "expected KEY=VALUE"),
+    (["--model", "qwen3-8b", "--method", "adamss"], "cannot be sized from a config"),
+    (["--model", "qwen3-8b", "--method", "lora", "--peft-option", "r=4"], "applies to methods derived from peft"),
+    (["--params", "7e9", "--full-model"], "--full-model applies to a multimodal"),
+    (["--params", "7e9", "--method", "loha"], "a bare --params count does not have"),
+    (["--model", "not/in-the-cache"], "pass --config PATH"),
+])
+def test_method_and_model_errors_are_one_line(args, message):
+    r = run("estimate", *args)
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output
