@@ -298,7 +298,6 @@ def architecture(model: nn.Module, config: PretrainedConfig, kind: str, linears:
         "max_positions": first_attr(text, ("max_position_embeddings", "n_positions")),
         "embed_dim": int(width) if width != hidden else None,
         "attention_layers": attention_layers(linears),
-        "kv_heads_in_config": "num_key_value_heads" in model.config.to_dict(),
     }
 
 

@@ -131,7 +131,6 @@ class Architecture:
     # Layers with softmax attention over the keys (full, sliding or chunked); None: every layer. Hybrid
     # models (linear attention, Mamba) have fewer, and attention FLOPs scale with these only.
     attention_layers: int | None = None
-    kv_heads_in_config: bool = False  # the config names num_key_value_heads (peft's prefix width uses it)
 
     @property
     def token_dim(self) -> int:
