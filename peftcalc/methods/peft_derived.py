@@ -18,7 +18,7 @@ from typing import Mapping
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
 from peftcalc.methods.peft_catalogue import PeftRequest
-from peftcalc.model.derived import cache_dir, installed_transformers
+from peftcalc.model.derived import cache_dir, installed_transformers, installed_version
 from peftcalc.model.inventory import config_sha256, parse_layers
 from peftcalc.model.spec import ModelSpec
 
@@ -48,12 +48,7 @@ def model_key(spec: ModelSpec) -> str:
 
 
 def installed_peft() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("peft")
-    except PackageNotFoundError:
-        return None
+    return installed_version("peft")
 
 
 def adaptation_key(method: PeftMethod, spec: ModelSpec) -> str:
