@@ -36,11 +36,17 @@ class CheckpointSize:
         return self.full_copy_bytes * self.num_tasks
 
 
+# safetensors' dtype order (its Dtype enum); it writes tensors by dtype, largest first, then by name (measured:
+# I64, F32, BF16, U8 in that order, names sorted as strings), which decides the offsets and so the header's length.
+SAFETENSORS_ORDER = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64",
+                     "I64", "U64")
+
+
 def _header_bytes(entries: list[tuple[str, str, tuple[int, ...], int]]) -> int:
     """Size of the JSON header safetensors writes for (name, dtype, shape, nbytes) entries, padded to 8."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, dtype, shape, nbytes in entries:
+    for name, dtype, shape, nbytes in sorted(entries, key=lambda e: (-SAFETENSORS_ORDER.index(e[1]), e[0])):
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     n = len(json.dumps(header, separators=(",", ":")).encode())

@@ -18,6 +18,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3, is_feedforward
 from peftcalc.methods.lora import Lora
+from peftcalc.methods.peft_derived import PeftMethod
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 from peftcalc.methods.targets import ALL_LINEAR, default_ia3_targets, default_lora_targets
@@ -65,6 +66,10 @@ def peft_config(method: Any, spec: ModelSpec) -> PeftConfig | None:
         raise TypeError("peft_config needs the method object (e.g. make_method(...)), not its Adaptation")
     if isinstance(method, (Full, BottleneckAdapter)):
         return None
+    if isinstance(method, PeftMethod):
+        from peftcalc.measure.peft_derive import peft_config_of
+
+        return peft_config_of(method, spec)
     task = task_type(spec)
     if isinstance(method, Lora):
         # QLoRA's quantization belongs to how the base model is loaded (BitsAndBytesConfig), not to the

@@ -242,3 +242,18 @@ def derive_adaptation(method: PeftRequest, spec: ModelSpec, model_key: str) -> d
         "notes": notes + ([method.info.note] if method.info.note and not method.info.required else []),
         "peft_counts": [trainable, total],
     }
+
+
+def peft_config_of(method: PeftRequest, spec: ModelSpec) -> Any:
+    """The peft config a derived adaptation was read with, to apply it to a real or traced model: the same fields,
+    and the targets peftcalc chose where peft has no default for the model type (said in the adaptation's notes)."""
+    cls = config_class(method.peft_type)
+    kwargs, _ = config_kwargs(method, cls, spec)
+    adaptation = method.adapt(spec)  # type: ignore[attr-defined]  # (a PeftMethod: cached after the first time)
+    if "target_modules" not in kwargs and any("peftcalc chose" in n for n in adaptation.notes):
+        kwargs.update(fallback(method.peft_type, spec)[0])
+    task = {"decoder": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM"}.get(spec.arch.kind, "FEATURE_EXTRACTION")
+    cfg = cls(task_type=task, **kwargs)
+    if method.peft_type == "shira" and cfg.mask_type == "random":
+        cfg.mask_fn = _cpu_random_mask(cfg.random_seed)
+    return cfg

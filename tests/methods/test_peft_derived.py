@@ -1,6 +1,7 @@
 """Every peft tuner peftcalc derives from peft (`--method loha`, `vera`, `oft` ...), checked against peft applied by
 the test itself to the real model with real CPU weights (peftcalc derives on the meta device): the same trainable
-and total counts (get_nb_trainable_parameters), the same checkpoint keys and shapes (get_peft_model_state_dict).
+and total counts (get_nb_trainable_parameters), the same checkpoint keys and shapes (get_peft_model_state_dict)
+and the same adapter_model.safetensors size, to the byte (save_pretrained).
 Also: the method list covers every peft tuner type (derived, an alias of peftcalc's own, or refused with a reason),
 options are validated against the peft config class, and a second derivation is read from the cache.
 """
@@ -18,11 +19,13 @@ from peft import PeftType, get_peft_model, get_peft_model_state_dict
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from peftcalc.checkpoint import checkpoint_bytes
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods import METHODS, MethodOptions, make_method
 from peftcalc.methods.peft_catalogue import ALIASES, PEFT_METHODS, REFUSED
 from peftcalc.model.hf_config import spec_from_config
-from peftcalc.model.spec import ModelSpec, expand_name
+from peftcalc.model.spec import ModelSpec
+from peftcalc.precision import get_precision
 
 # Wide enough for every method's default sizes (VB-LoRA's vector length 256, C3A's block 256, RoAd's group 64).
 ARCHS = {
@@ -76,7 +79,7 @@ def ours(name: str, arch: str) -> Any:
 
 
 @pytest.mark.parametrize("name,arch", cases())
-def test_counts_and_checkpoint_keys_equal_peft(name: str, arch: str) -> None:
+def test_counts_and_checkpoint_equal_peft(name: str, arch: str, tmp_path: Path) -> None:
     try:
         a = ours(name, arch)
     except PeftcalcError as e:
@@ -91,6 +94,8 @@ def test_counts_and_checkpoint_keys_equal_peft(name: str, arch: str) -> None:
     saved = {n: tuple(g.shape or (g.numel,)) for g in a.saved for n in g.names()}
     real = {k: tuple(v.shape) or (1,) for k, v in get_peft_model_state_dict(pm).items()}
     assert saved == real
+    pm.save_pretrained(tmp_path)  # the file peft writes, to the byte (fp32 model: adapters in fp32 too)
+    assert checkpoint_bytes(a, get_precision("fp32")) == (tmp_path / "adapter_model.safetensors").stat().st_size
 
 
 def test_every_peft_tuner_type_is_derived_aliased_or_refused_with_a_reason() -> None:
