@@ -62,7 +62,7 @@ def config_object(cfg: Mapping[str, Any]) -> PretrainedConfig:
                           f"{transformers.__version__}; peftcalc builds any model type transformers knows")
     try:
         return AutoConfig.for_model(cfg["model_type"], **rest)
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - config classes validate with their own exception types
         raise ConfigError(f"transformers {transformers.__version__} cannot read this config: {str(e).splitlines()[0]}") from None
 
 
@@ -71,38 +71,43 @@ def is_multimodal(config: PretrainedConfig) -> bool:
     return "text_config" in dict(getattr(config, "sub_configs", None) or {})
 
 
-def build_plan(config: PretrainedConfig, scope: Scope) -> tuple[Any, PretrainedConfig, str]:
-    """The auto class, the config it builds from, and the kind of model (decoder, encoder-decoder, encoder)."""
+def build_plan(config: PretrainedConfig, scope: Scope) -> tuple[Any, PretrainedConfig, str, Scope]:
+    """The auto class, the config it builds from, the kind of model (decoder, encoder-decoder, encoder) and the scope
+    built: a multimodal checkpoint whose language model has no causal-LM class of its own (Qwen2.5-VL, Llama 3.2
+    Vision ...) is built whole, as fine-tuning it loads it."""
     if is_multimodal(config):
-        if scope == "full":
+        text = config.get_text_config(decoder=True)
+        if scope == "full" or text.model_type not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             if config.model_type in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-                return AutoModelForImageTextToText, config, "decoder"
-            return AutoModelForCausalLM, config, "decoder"
-        config = config.get_text_config(decoder=True)
+                return AutoModelForImageTextToText, config, "decoder", "full"
+            if config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+                return AutoModelForCausalLM, config, "decoder", "full"
+        config = text
     if getattr(config, "is_encoder_decoder", False) and \
             config.model_type in modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
-        return AutoModelForSeq2SeqLM, config, "encoder-decoder"
+        return AutoModelForSeq2SeqLM, config, "encoder-decoder", scope
     if config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return AutoModelForCausalLM, config, "decoder"
+        return AutoModelForCausalLM, config, "decoder", scope
     if config.model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return AutoModelForMaskedLM, config, "encoder"
+        return AutoModelForMaskedLM, config, "encoder", scope
     raise ConfigError(f"model_type {config.model_type!r}: transformers {transformers.__version__} has no causal-LM, "
                       "seq2seq or masked-LM class for it, so peftcalc cannot build it")
 
 
 def build_meta(cfg: Mapping[str, Any], scope: Scope = "text", dtype: torch.dtype = BUILD_DTYPE,
-               **overrides: Any) -> tuple[nn.Module, PretrainedConfig, str]:
-    """The model of a config.json dict on the meta device (no memory, any size), its config and its kind."""
-    auto, config, kind = build_plan(config_object(cfg), scope)
+               **overrides: Any) -> tuple[nn.Module, PretrainedConfig, str, Scope]:
+    """The model of a config.json dict on the meta device (no memory, any size), its config, its kind and the scope
+    built."""
+    auto, config, kind, built = build_plan(config_object(cfg), scope)
     for k, v in overrides.items():
         setattr(config, k, v)
     with torch.device("meta"):
         try:
             model = auto.from_config(config, dtype=dtype)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever transformers raises on this config: one line for the user
             raise ConfigError(f"transformers could not build {config.model_type} from this config: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return model, config, kind
+    return model, config, kind, built
 
 
 def template(name: str) -> tuple[str, int | None]:
@@ -233,10 +238,16 @@ def _block(name: str, kind: str) -> str:
 
 
 def first_attr(config: PretrainedConfig, names: tuple[str, ...], default: Any = None) -> Any:
-    """The first of `names` the config sets to a value (configs name the same number differently)."""
+    """The first of `names` the config sets to a number (configs name the same number differently); a per-layer
+    list gives its largest value; an attribute the config refuses to give globally (per-layer configs) is skipped."""
     for n in names:
-        v = getattr(config, n, None)
-        if v is not None and not isinstance(v, bool):
+        try:
+            v = getattr(config, n, None)
+        except Exception:  # noqa: BLE001 - e.g. transformers' AmbiguousGlobalPerLayerAttributeError
+            continue
+        if isinstance(v, (list, tuple)) and v and all(isinstance(x, int) for x in v):
+            v = max(v)
+        if isinstance(v, int) and not isinstance(v, bool):
             return v
     return default
 
@@ -267,17 +278,18 @@ def attention_layers(linears: list[dict[str, Any]]) -> int | None:
 def architecture(model: nn.Module, config: PretrainedConfig, kind: str, linears: list[dict]) -> dict[str, Any]:
     """The Architecture numbers the formulas need, read from the (text) config transformers filled in."""
     text = config.get_text_config(decoder=True) if is_multimodal(config) else config
-    hidden = int(text.hidden_size)
+    embedding = model.get_input_embeddings()
+    hidden = int(first_attr(text, ("hidden_size", "d_model", "n_embd"), getattr(embedding, "embedding_dim", 0)))
     heads = int(first_attr(text, ("num_attention_heads", "n_head", "num_heads"), 1))
     kv = int(first_attr(text, ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"), heads))
     head_dim = first_attr(text, ("qk_head_dim", "head_dim", "attention_head_dim", "d_kv")) or hidden // heads
-    layers = int(text.num_hidden_layers)
+    layers = int(first_attr(text, ("num_hidden_layers", "num_layers", "n_layer"), 0)) or len(
+        {(l["name"].split("{i}")[0], i) for l in linears if "layers" in l for i in parse_layers(l["layers"])})
     decoder_layers = first_attr(text, ("num_decoder_layers", "decoder_layers")) if kind == "encoder-decoder" else None
     experts = int(first_attr(text, ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"), 0) or 0)
     if not any(".experts." in f"{n}." for n, _ in model.named_parameters()):
         experts = 0  # a MoE config whose layers hold no experts (a hybrid pattern without MoE layers)
     top_k = int(first_attr(text, ("num_experts_per_tok", "moe_topk", "num_experts_per_token", "top_k"), 0) or 0)
-    embedding = model.get_input_embeddings()
     width = getattr(embedding, "embedding_dim", hidden)
     names = " ".join(l["name"] for l in linears)
     gated = bool(re.search(r"gate_proj|gate_up_proj|\.w1\b|wi_0|\.w3\b", names)) or any(
@@ -290,7 +302,8 @@ def architecture(model: nn.Module, config: PretrainedConfig, kind: str, linears:
         "ffn_size": int(first_attr(text, ("intermediate_size", "ffn_dim", "d_ff", "n_inner", "ffn_hidden_size",
                                           "decoder_ffn_dim"),
                                    4 * hidden)),
-        "vocab_size": int(text.vocab_size), "gated_mlp": gated,
+        "vocab_size": int(first_attr(text, ("vocab_size",), getattr(embedding, "num_embeddings", 0))),
+        "gated_mlp": gated,
         "tie_embeddings": any(l.get("head") and l.get("tied") for l in linears),
         "norm": "rmsnorm" if rms else "layernorm",
         "num_encoder_layers": layers if kind == "encoder-decoder" else 0,
@@ -306,7 +319,7 @@ def inventory(cfg: Mapping[str, Any], scope: Scope = "text") -> dict[str, Any]:
     if not isinstance(cfg, Mapping) or not cfg.get("model_type"):
         raise ConfigError("expected a Hugging Face config.json object with a 'model_type' key")
     sha = config_sha256(cfg)
-    model, config, kind = build_meta(cfg, scope)
+    model, config, kind, built = build_meta(cfg, scope)
     canonical: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         canonical.setdefault(id(p), name)
@@ -319,7 +332,7 @@ def inventory(cfg: Mapping[str, Any], scope: Scope = "text") -> dict[str, Any]:
     return {
         "format": INVENTORY_FORMAT,
         "config_sha256": sha,
-        "scope": scope,
+        "scope": scope,  # as asked: build_plan builds the same model from it again (measure/hf_model.py)
         "multimodal": is_multimodal(top),
         "model_class": type(model).__name__,
         "model_type": config.model_type,
@@ -329,7 +342,7 @@ def inventory(cfg: Mapping[str, Any], scope: Scope = "text") -> dict[str, Any]:
         "linears": linears,
         "params": params,
         "buffers": buffers,
-        "notes": inventory_notes(cfg, top, scope),
+        "notes": inventory_notes(cfg, top, scope, built),
         "config": json.loads(json.dumps(model.config.to_dict(), sort_keys=True, default=str)),
     }
 
@@ -337,10 +350,13 @@ def inventory(cfg: Mapping[str, Any], scope: Scope = "text") -> dict[str, Any]:
 MTP_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_layers")
 
 
-def inventory_notes(cfg: Mapping[str, Any], top: PretrainedConfig, scope: Scope) -> list[str]:
+def inventory_notes(cfg: Mapping[str, Any], top: PretrainedConfig, scope: Scope, built: Scope) -> list[str]:
     """What the inventory leaves out or assumes, said in every estimate of the model."""
     notes = []
-    if is_multimodal(top):
+    if is_multimodal(top) and built != scope:
+        notes.append(f"multimodal checkpoint whose language model has no causal-LM class of its own in transformers: "
+                     f"the whole {top.model_type} is counted, its other towers loaded as fine-tuning loads them")
+    elif is_multimodal(top):
         notes.append("multimodal checkpoint: every tower counted (--full-model)" if scope == "full" else
                      "multimodal checkpoint: text-only fine-tuning, the language model and its head "
                      "(--full-model for every tower)")

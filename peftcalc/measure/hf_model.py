@@ -56,7 +56,7 @@ def _build_derived(spec: ModelSpec, device: str, **config_overrides: Any) -> tor
     from peftcalc.measure.derive import apply_dtype_plan, build_plan, config_object
 
     assert spec.derivation is not None
-    auto, cfg, _ = build_plan(config_object(spec.hf_config), spec.derivation.scope)
+    auto, cfg, _, _ = build_plan(config_object(spec.hf_config), spec.derivation.scope)
     dtype = config_overrides.pop("dtype", torch.float32)
     for k, v in config_overrides.items():
         setattr(cfg, k, v)

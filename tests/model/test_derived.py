@@ -1,6 +1,7 @@
-"""Every architecture of tests/data/tiny_architectures.json (36 transformers model types, built from transformers'
-own config classes at tiny sizes) through peftcalc's real resolution path (a hand-written family where one exists,
-else the derived inventory), checked against transformers and peft themselves:
+"""Every architecture of tests/data/tiny_architectures.json (37 transformers model types, built from transformers'
+own config classes at tiny sizes; Qwen2.5-VL among them, a multimodal checkpoint whose language model has no
+causal-LM class of its own) through peftcalc's real resolution path (a hand-written family where one exists, else the
+derived inventory), checked against transformers and peft themselves:
 
 - the parameter total and every parameter name equal the model transformers builds (named_parameters, tied
   weights once), the buffers' bytes equal its buffers';
@@ -20,7 +21,8 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import ParamWrapper
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_LORA
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from peftcalc.memory import buffer_bytes
 from peftcalc.methods import MethodOptions, make_method
@@ -36,12 +38,17 @@ ARCHS: dict[str, dict[str, Any]] = {k: v for k, v in json.loads(
 
 def transformers_model(cfg: dict[str, Any]) -> torch.nn.Module:
     """The model as transformers builds it: the causal LM (of the text config, for a multimodal checkpoint's
-    default text-only scope) or the seq2seq LM, on the meta device, in fp32."""
+    default text-only scope; the image-text-to-text model when the language model has no causal-LM class of its
+    own, as Qwen2.5-VL's) or the seq2seq LM, on the meta device, in fp32."""
     rest = {k: v for k, v in cfg.items() if k != "model_type"}
     config = AutoConfig.for_model(cfg["model_type"], **json.loads(json.dumps(rest)))
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     if "text_config" in config.sub_configs:
-        config = config.get_text_config(decoder=True)
+        text = config.get_text_config(decoder=True)
+        if text.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            config = text
+        else:
+            cls = AutoModelForImageTextToText
     with torch.device("meta"):
         return cls.from_config(config)
 
