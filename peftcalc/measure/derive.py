@@ -90,6 +90,8 @@ def build_plan(config: PretrainedConfig, scope: Scope) -> tuple[Any, PretrainedC
         return AutoModelForCausalLM, config, "decoder", scope
     if config.model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return AutoModelForMaskedLM, config, "encoder", scope
+    if config.model_type in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:  # one config for every tower
+        return AutoModelForImageTextToText, config, "decoder", "full"
     raise ConfigError(f"model_type {config.model_type!r}: transformers {transformers.__version__} has no causal-LM, "
                       "seq2seq or masked-LM class for it, so peftcalc cannot build it")
 
@@ -175,7 +177,10 @@ def _grouped(entries: list[tuple[tuple, int | None]]) -> list[tuple[tuple, list[
 
 def linear_entries(model: nn.Module, plan: DtypePlan, canonical: dict[int, str], kind: str) -> list[dict[str, Any]]:
     """Every nn.Linear and transformers Conv1D (what peft's all-linear sees), grouped into templates."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    try:
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        head = None
     rows: list[tuple[tuple, int | None]] = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, Conv1D)):
@@ -278,7 +283,10 @@ def attention_layers(linears: list[dict[str, Any]]) -> int | None:
 def architecture(model: nn.Module, config: PretrainedConfig, kind: str, linears: list[dict]) -> dict[str, Any]:
     """The Architecture numbers the formulas need, read from the (text) config transformers filled in."""
     text = config.get_text_config(decoder=True) if is_multimodal(config) else config
-    embedding = model.get_input_embeddings()
+    try:
+        embedding = model.get_input_embeddings()
+    except NotImplementedError:  # models that do not name their input embeddings
+        embedding = None
     hidden = int(first_attr(text, ("hidden_size", "d_model", "n_embd"), getattr(embedding, "embedding_dim", 0)))
     heads = int(first_attr(text, ("num_attention_heads", "n_head", "num_heads"), 1))
     kv = int(first_attr(text, ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"), heads))

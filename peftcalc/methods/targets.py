@@ -65,7 +65,8 @@ IA3_FEEDFORWARD: dict[str, tuple[str, ...]] = {
 
 # Where peft has no default: the attention's query and value projections, as the first pair the model has
 # (separate projections, MLA's up-projections, BERT-style, T5-style), else a fused qkv projection.
-QUERY_VALUE_PAIRS = (("q_proj", "v_proj"), ("q_b_proj", "kv_b_proj"), ("query", "value"), ("q", "v"))
+QUERY_VALUE_PAIRS = (("q_proj", "v_proj"), ("q_b_proj", "kv_b_proj"), ("q_proj", "kv_b_proj"), ("query", "value"),
+                     ("q", "v"))
 FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "qkv")
 FEEDFORWARD_OUT = ("down_proj", "fc2", "w2", "dense_4h_to_h", "c_proj", "fc_out", "wo")
 
