@@ -77,7 +77,10 @@ def installed_version(package: str) -> str | None:
     (importlib.metadata would cost ~80 ms on every estimate); importlib.metadata for other layouts."""
     import importlib.util
 
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     site = Path(next(iter(spec.submodule_search_locations))).parent
