@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation
-from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.stepsim.model import StepConfig
 from peftcalc.errors import PeftcalcError
@@ -53,12 +52,13 @@ class Activations:
 BATCH_SENSITIVE = frozenset({"gpt2", "bert", "roberta", "t5", "mt5", "falcon", "bloom", "opt", "gpt_neox"})
 
 
-def step_config(setup: Setup, family: str | None = None) -> StepConfig:
-    """What of the setup changes the replayed step (batch and sequence stay symbols)."""
-    p = get_precision(setup.precision)
+def step_config(setup: Setup, family: str | None = None, accumulating: bool = False) -> StepConfig:
+    """What of the setup changes the replayed step (batch and sequence stay symbols). `accumulating`: a later
+    micro-batch of gradient accumulation, whose parameters already hold gradients."""
+    p = setup.recipe
     batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
     return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
-                      batch1)
+                      batch1, accumulating)
 
 
 def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
@@ -69,14 +69,19 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
 
 
 @lru_cache(maxsize=8192)
-def activation_bytes(adaptation: Adaptation, setup: Setup) -> Activations:
-    """The replayed step's activations and transient peaks for this batch and sequence length."""
+def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = False) -> Activations:
+    """The replayed step's activations and transient peaks for this batch and sequence length.
+
+    `accumulating`: a later micro-batch of gradient accumulation. Every trainable parameter already holds its
+    gradient from the micro-batches before; torch adds each new gradient into it in place and frees the new one.
+    The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
+    gradients left out (`gradient_bytes` is 0)."""
     if not replayable(adaptation):
         spec = adaptation.spec
         raise PeftcalcError(f"no activation model yet for {spec.family} with {adaptation.method}: the hand-written replay "
                             "covers " + ", ".join(sorted(FAMILY_MODULES)) + " with peftcalc's own methods (the traced "
                             "per-layer profile for every other architecture and peft method is issue 10, part 3)")
-    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
+    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating))
     v = sizes(adaptation, setup)
     return Activations(
         after_forward_bytes=evaluate(r.after_forward, v),

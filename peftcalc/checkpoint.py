@@ -18,6 +18,10 @@ from peftcalc.precision import Precision
 
 SAFETENSORS_DTYPE = {"fp32": "F32", "bf16": "BF16", "fp16": "F16", "int8": "I8", "uint8": "U8", "int32": "I32",
                      "int64": "I64", "bool": "BOOL"}
+# The writer orders tensors by dtype (descending in safetensors' Dtype enum order), then by name; the offsets,
+# and so the header's length, follow that order (safetensors/src/tensor.rs `prepare`).
+SAFETENSORS_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
+                     "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64")
 PEFT_PREFIX = "base_model.model."
 
 
@@ -34,12 +38,6 @@ class CheckpointSize:
     @property
     def full_copies_bytes(self) -> int:
         return self.full_copy_bytes * self.num_tasks
-
-
-# safetensors' dtype order (its Dtype enum); it writes tensors by dtype, largest first, then by name (measured:
-# I64, F32, BF16, U8 in that order, names sorted as strings), which decides the offsets and so the header's length.
-SAFETENSORS_ORDER = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64",
-                     "I64", "U64")
 
 
 def _header_bytes(entries: list[tuple[str, str, tuple[int, ...], int]]) -> int:

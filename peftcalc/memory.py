@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation, TensorGroup
-from peftcalc.model.spec import ModelSpec, layer_indices, resolve_dtype
+from peftcalc.model.spec import ModelSpec, resolve_dtype
 from peftcalc.optim import get_optimizer
 from peftcalc.precision import Precision
 from peftcalc.quant import int8_bytes, nf4_bytes
@@ -43,9 +43,7 @@ class ModelStates:
     forloop_temporary_bytes: int = 0  # the for-loop AdamW's largest scratch (see forloop_scratch)
     master_gradient_bytes: int = 0  # gradients as the optimizer step sees them (fp32 copies for master weights)
     last_cast_gradient_bytes: int = 0  # the last low-precision gradient turned into fp32 (mixed precision)
-    layer_weight_bytes: int = 0  # the largest transformer block's weights (what FSDP/ZeRO-3 gathers at a time)
     scalar_state_bytes: int = 0  # AdamW's step / Adafactor's RMS: 0-dim, every rank keeps them whole
-    root_weight_bytes: int = 0  # weights outside the blocks (embeddings, final norm, head)
 
     @property
     def total(self) -> int:
@@ -162,25 +160,5 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
             states += ADAM_STEP_BYTES * g.count * per
             scalars += ADAM_STEP_BYTES * g.count * per
     last_cast = head_cast or block_cast
-    block, root = block_weight_bytes(adaptation, precision)
     return ModelStates(weights, grads, master, states, buffer_bytes(adaptation, precision), stepped,
-                       forloop_scratch(first + middle + last), master_grads, last_cast,
-                       layer_weight_bytes=block, root_weight_bytes=root, scalar_state_bytes=scalars)
-
-
-def block_weight_bytes(adaptation: Adaptation, precision: Precision) -> tuple[int, int]:
-    """The largest transformer block's weights (what FSDP/ZeRO-3 gathers at a time), and the weights outside
-    every block (embeddings, final norm, head). Blocks of a hybrid stack differ: each block sums the templates
-    present at its index."""
-    prefixes = [prefix.replace("{i}", "") for prefix, _ in adaptation.spec.layer_prefixes()]
-    per_block: dict[tuple[str, int], int] = {}
-    root = 0
-    for g in adaptation.tensors:
-        one = tensor_bytes(g, precision)
-        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
-        if stack is None:
-            root += one * g.count
-            continue
-        for i in layer_indices(g.layers, g.count):
-            per_block[(stack, i)] = per_block.get((stack, i), 0) + one
-    return max(per_block.values(), default=0), root
+                       forloop_scratch(first + middle + last), master_grads, last_cast, scalar_state_bytes=scalars)

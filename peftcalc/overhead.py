@@ -104,7 +104,7 @@ def _size(text: str, fraction_ok: bool) -> float | int:
 def rounding_bytes(adaptation: Adaptation, precision: Precision, has_master: bool, states_per_tensor: int) -> int:
     """Padding the caching allocator adds to each model-state tensor: weight, gradient, master copy and
     optimizer states, each rounded up to 512 bytes."""
-    from peftcalc.memory import tensor_bytes
+    from peftcalc.memory import has_master as master_backed, state_dtype, tensor_bytes
     from peftcalc.units import dtype_bytes
 
     def pad(n: int) -> int:
@@ -116,9 +116,9 @@ def rounding_bytes(adaptation: Adaptation, precision: Precision, has_master: boo
         total += pad(one) * g.count
         if g.trainable:
             total += pad(one) * g.count  # gradient
-            if has_master and precision.has_master(g.added):
+            if has_master and master_backed(g, precision):
                 total += pad(g.numel * 4) * g.count
-            state = g.numel * dtype_bytes(precision.state_dtype(g.added))
+            state = g.numel * dtype_bytes(state_dtype(g, precision))
             total += states_per_tensor * (pad(state) + pad(4)) * g.count
     return total
 

@@ -8,10 +8,11 @@ versions whose behaviour changed what is kept), and how the step is spread over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from peftcalc.errors import PeftcalcError
+from peftcalc.precision import Precision, get_precision
 
 Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 AdamWImpl = Literal["forloop", "foreach", "fused"]
@@ -20,11 +21,13 @@ AdamWImpl = Literal["forloop", "foreach", "fused"]
 # "fused" (a fused linear + cross-entropy kernel that never materialises the logits: Liger, Cut Cross-Entropy).
 Loss = Literal["standard", "chunked", "fused"]
 StateDtype = Literal["fp32", "bf16"]
+AdapterDtype = Literal["fp32", "bf16", "fp16"]
 
 ATTENTIONS: tuple[str, ...] = Attention.__args__  # type: ignore[attr-defined]
 ADAMW_IMPLS: tuple[str, ...] = AdamWImpl.__args__  # type: ignore[attr-defined]
 LOSSES: tuple[str, ...] = Loss.__args__  # type: ignore[attr-defined]
 STATE_DTYPES: tuple[str, ...] = StateDtype.__args__  # type: ignore[attr-defined]
+ADAPTER_DTYPES: tuple[str, ...] = AdapterDtype.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class Setup:
     packing: bool = False  # several sequences per row (no padding; position ids restart per sequence)
     adamw_impl: AdamWImpl = "foreach"  # torch's default on CUDA
     optimizer_state_dtype: StateDtype | None = None  # None: the parameter's dtype, as torch's AdamW keeps them
+    # None: the recipe's (fp32, peft's autocast_adapter_dtype); bf16 where a framework casts adapters down (TRL's
+    # QLoRA, torchtune, DeepSpeed's bf16 engine)
+    adapter_dtype: AdapterDtype | None = None
     kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
     bitsandbytes_version: str | None = None  # None: today's release; older ones kept more for backward
     # several GPUs
@@ -80,11 +86,24 @@ class Setup:
                 raise PeftcalcError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
         if self.optimizer_state_dtype not in (None, *STATE_DTYPES):
             raise PeftcalcError(f"--optimizer-state-dtype must be fp32 or bf16, got {self.optimizer_state_dtype!r}")
+        if self.adapter_dtype not in (None, *ADAPTER_DTYPES):
+            raise PeftcalcError(f"--adapter-dtype must be fp32, bf16 or fp16, got {self.adapter_dtype!r}")
+
+    @property
+    def recipe(self) -> Precision:
+        """The precision recipe, with the adapter dtype this setup asks for."""
+        p = get_precision(self.precision)
+        return replace(p, adapter_dtype=self.adapter_dtype) if self.adapter_dtype else p
 
     @property
     def tokens(self) -> int:
         """Tokens of one micro-batch on one GPU."""
         return self.batch_size * self.seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over every data-parallel GPU: micro-batch x accumulation x GPUs."""
+        return self.tokens * self.gradient_accumulation * self.num_gpus
 
     @property
     def gpus(self) -> int:

@@ -72,6 +72,9 @@ def report_cmd(ctx: click.Context, **kw: Any) -> None:
         return
     if not kw["out"]:
         raise PeftcalcError("give --out DIR: the report folder to write (or --all)")
+    from peftcalc.report.page import check_out
+
+    check_out(kw["out"])
     path = write_one(kw, _command(ctx))
     click.echo(f"wrote {path}/index.html and report.md")
 

@@ -39,12 +39,18 @@ def _bytes_check(c: Any, key: str) -> str:
 @click.option("--share", type=float, default=95.0, show_default=True,
               help="Percentage of runs that must be within --tolerance.")
 @click.option("--worst", type=int, default=None, metavar="N", help="Show only the N largest peak errors.")
+@click.option("--throughput", is_flag=True,
+              help="Check TIME instead: predict each published throughput record (bench/published/throughput, or "
+                   "RESULTS) and compare with what its source printed.")
+@click.option("--target", type=float, default=25.0, show_default=True,
+              help="With --throughput: the median |error| of predicted time (%%) to reach (exit status 1 if not).")
 @click.option("--write-history", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
               help="Write the error per kind of setup to PATH (the estimate's band; the committed copy is "
                    "peftcalc/data/validation_history.json in a checkout).")
 @json_option
 def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: float, max_tolerance: float,
-                 share: float, worst: int | None, write_history: str | None, as_json: bool) -> None:
+                 share: float, worst: int | None, throughput: bool, target: float, write_history: str | None,
+                 as_json: bool) -> None:
     """Compare the analytic estimate with measured training steps: per run, the relative error of the peak and
     of the activations, and whether weights, gradients and optimizer states agree to the byte; then the
     median, 90th percentile and largest peak error. Exits with status 1 unless at least --share % of the runs
@@ -61,9 +67,13 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
       peftcalc validate --trace bench/suites/cpu-accuracy.toml --tolerance 1
       peftcalc validate --write-history peftcalc/data/validation_history.json
       peftcalc validate --json > validation.json
+      peftcalc validate --throughput                      # predicted vs published tokens/s and train times
     """
     from peftcalc.validation import compare_all, history, summarize
 
+    if throughput:
+        _throughput(results, target, as_json)
+        return
     if tolerance <= 0 or max_tolerance <= 0 or not 0 < share <= 100:
         raise PeftcalcError("--tolerance and --max-tolerance must be positive and --share in (0, 100]")
     comparisons = compare_all(_records(results, trace_suite))
@@ -78,6 +88,24 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
     shown = ordered[:worst] if worst else sorted(comparisons, key=lambda c: (c.source, c.label))
     click.echo(json.dumps(_as_json(s, shown), indent=2) if as_json else _as_text(s, shown))
     if not s.passed:
+        raise SystemExit(1)
+
+
+def _throughput(paths: tuple[str, ...], target: float, as_json: bool) -> None:
+    from peftcalc.render.throughput import throughput_dict, throughput_text
+    from peftcalc.throughput import THROUGHPUT_DIR, compare, load_records, summarize
+
+    if len(paths) > 1:
+        raise PeftcalcError("--throughput reads one folder or file of records (default bench/published/throughput)")
+    if not paths and not THROUGHPUT_DIR.is_dir():
+        raise PeftcalcError(f"no published throughput records at {THROUGHPUT_DIR}: give a folder or a .jsonl file")
+    comparisons = [compare(r) for r in load_records(Path(paths[0]) if paths else THROUGHPUT_DIR)]
+    summary = summarize(comparisons)
+    if summary.points == 0:
+        raise PeftcalcError("no published record could be predicted (see the reasons with --json)")
+    click.echo(json.dumps(throughput_dict(comparisons, summary, target), indent=2) if as_json
+               else throughput_text(comparisons, summary, target))
+    if summary.median_abs_percent is not None and summary.median_abs_percent > target:
         raise SystemExit(1)
 
 

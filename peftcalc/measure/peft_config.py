@@ -18,6 +18,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3, is_feedforward
 from peftcalc.methods.lora import Lora
+from peftcalc.methods.modules_to_save import ModulesToSave
 from peftcalc.methods.peft_derived import PeftMethod
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
@@ -64,6 +65,11 @@ def peft_config(method: Any, spec: ModelSpec) -> PeftConfig | None:
     """
     if isinstance(method, Adaptation):
         raise TypeError("peft_config needs the method object (e.g. make_method(...)), not its Adaptation")
+    if isinstance(method, ModulesToSave):
+        cfg = peft_config(method.inner, spec)
+        if cfg is not None:
+            cfg.modules_to_save = list(method.modules)
+        return cfg
     if isinstance(method, (Full, BottleneckAdapter)):
         return None
     if isinstance(method, PeftMethod):

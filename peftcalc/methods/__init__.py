@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,6 +12,7 @@ from peftcalc.methods.base import Adaptation, Method, ParamCount, TensorGroup
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import dora, lora, qlora
+from peftcalc.methods.modules_to_save import ModulesToSave
 from peftcalc.methods.peft_catalogue import ALIASES, PEFT_METHODS, REFUSED
 from peftcalc.methods.peft_derived import PeftMethod
 from peftcalc.methods.prefix import PrefixTuning
@@ -33,6 +35,7 @@ class MethodOptions:
     quant_bits: int = 4
     rank_given: bool = False  # --rank was given (peft-derived methods otherwise keep peft's own default `r`)
     peft_options: tuple[tuple[str, str], ...] = ()  # --peft-option KEY=VALUE, for methods derived from peft
+    modules_to_save: tuple[str, ...] = ()  # peft's modules_to_save: trainable full copies (not for full)
 
 
 @dataclass(frozen=True)
@@ -97,14 +100,20 @@ def method_title(name: str) -> str:
 
 def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
     name = ALIASES.get(name, name)
-    if name in METHODS:
-        if options.peft_options:
-            raise PeftcalcError(f"--peft-option applies to methods derived from peft; {name} is peftcalc's own "
-                                "(its options are the flags in `peftcalc methods`)")
-        return METHODS[name].build(options)
     if name in PEFT_METHODS:
-        return PeftMethod(name, options.rank if options.rank_given else None, options.targets, options.peft_options,
+        peft_options = options.peft_options
+        if options.modules_to_save:  # peft's own field: peft wraps them as it does for any tuner
+            peft_options += (("modules_to_save", json.dumps(list(options.modules_to_save))),)
+        return PeftMethod(name, options.rank if options.rank_given else None, options.targets, peft_options,
                           options.virtual_tokens)
     if name in REFUSED:
         raise PeftcalcError(f"peft's {name} cannot be sized from a config: {REFUSED[name]}")
-    raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(ALL_METHOD_NAMES)} (`peftcalc methods`)")
+    if name not in METHODS:
+        raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(ALL_METHOD_NAMES)} (`peftcalc methods`)")
+    if options.peft_options:
+        raise PeftcalcError(f"--peft-option applies to methods derived from peft; {name} is peftcalc's own "
+                            "(its options are the flags in `peftcalc methods`)")
+    method = METHODS[name].build(options)
+    if options.modules_to_save and name != "full":  # full fine-tuning trains those modules already
+        method = ModulesToSave(method, options.modules_to_save)
+    return method

@@ -7,7 +7,6 @@ from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate, MethodEstimate
 from peftcalc.methods import RANKED
-from peftcalc.precision import get_precision
 from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent, table, to_csv
 from peftcalc.uncertainty import Uncertainty
 from peftcalc.units import Unit
@@ -50,8 +49,8 @@ def _band(u: Uncertainty | None) -> str:
     return "-" if u is None else u.short()
 
 
-def assumptions(est: Estimate) -> dict[str, Any]:
-    s, a, p = est.setup, est.spec.arch, get_precision(est.setup.precision)
+def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
+    s, a, p = est.setup, est.spec.arch, est.setup.recipe
     shape = (f"hidden {a.hidden_size}, {a.num_layers} layers, {a.num_heads} heads ({a.num_kv_heads} kv), "
              f"head dim {a.head_dim}, FFN {a.ffn_size}{' gated' if a.gated_mlp else ''}, vocab {a.vocab_size}"
              + (f", {a.num_experts} experts (top {a.experts_per_token})" if a.num_experts else ""))
@@ -60,10 +59,18 @@ def assumptions(est: Estimate) -> dict[str, Any]:
         "shape": shape,
         "precision": f"{p.name}: {p.description}; adapters in {p.adapter_dtype}",
         "optimizer": f"{s.optimizer}, AdamW implementation {s.adamw_impl}",
-        "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU",
+        "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU" + (
+            f", {s.gradient_accumulation} micro-batches per optimizer step (their gradients kept between them)"
+            if s.gradient_accumulation > 1 else ""),
         "attention kernel": s.attention,
         "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
-        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else ""),
+        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else "")
+        + (f"; x {s.tensor_parallel} tensor x {s.pipeline_parallel} pipeline parallel = {s.gpus} GPUs: one GPU holds one "
+           "stage's tensor shard (Megatron layout: heads, MLP width and vocabulary / tp, ceil(layers / pp) blocks, "
+           "every stage given the embedding and the head, an upper bound), 1F1B keeps pp micro-batches in flight on "
+           "the first stage (Narayanan et al. 2021)"
+           + (", sequence parallel: activations / tp (Korthikanti et al. 2022)" if s.sequence_parallel else "")
+           + " (peftcalc/parallel.py)" if s.tensor_parallel > 1 or s.pipeline_parallel > 1 else ""),
         "activations": ("replayed: the transformers + peft step of this family, operator by operator, as it runs on "
                         "the CPU (peftcalc/stepsim; checked against traced steps by `peftcalc validate`); the peak is "
                         "the largest of the forward, backward and optimizer phases"),
@@ -75,25 +82,32 @@ def assumptions(est: Estimate) -> dict[str, Any]:
                    "so a GPU holds less there"),
         "uncertainty": "the largest |error| of the analytic peak against traced steps of the same kind (method, "
                        "checkpointing) in the committed validation history",
-        "checkpoints": "safetensors files: adapter weights in fp32 (peft's default), full copies in the weight dtype",
+        "checkpoints": f"safetensors files: adapter weights in {p.adapter_dtype} (peft's default fp32 unless "
+                       "--adapter-dtype), modules_to_save copies and full copies in the weight dtype",
     }
     if est.spec.derivation is not None:
         d = est.spec.derivation
         out["inventory"] = (f"derived: transformers {d.transformers_version} built {d.model_class} from the config on "
                             "the meta device (every weight, buffer and dtype as it builds them)"
                             + "".join(f"; {n}" for n in d.notes))
+    if files is not None:
+        from peftcalc.render.from_files import not_modelled_summary
+
+        summary = not_modelled_summary(files)
+        out["from files"] = f"{', '.join(files.paths)}" + (f"; {summary}" if summary else "; every field read is "
+                                                           "modelled or has no effect")
     if est.spec.is_inferred:
         out["inferred shape"] = (f"total held at exactly {est.spec.total_params:,}; the shape itself has "
                                  f"{est.spec.shape_params:,} ({est.spec.source}); override with --hidden/--layers/...")
     return out
 
 
-def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None) -> str:
+def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None, files: Any = None) -> str:
     rows = _estimate_rows(est, unit, bands or {})
     out = [table(["", *[r.method for r in est.results]], [(k, *v) for k, v in rows])]
     out.append("")
     out.append("Assumptions")
-    out += [f"  {k}: {v}" for k, v in assumptions(est).items()]
+    out += [f"  {k}: {v}" for k, v in assumptions(est, files).items()]
     h, r = est.spec.arch.hidden_size, est.options.rank
     if any(x.method in RANKED for x in est.results) and r <= h:
         full, low = h * h, r * (h + h)
@@ -103,11 +117,15 @@ def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None) -> str:
     if notes:
         out += ["", "Notes", *notes]
     out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
+    if files is not None:
+        from peftcalc.render.from_files import from_text
+
+        out += ["", from_text(files)]
     return "\n".join(out)
 
 
-def estimate_dict(est: Estimate, bands: Bands | None = None) -> dict[str, Any]:
-    """The JSON contract: integers for bytes and parameter counts."""
+def estimate_dict(est: Estimate, bands: Bands | None = None, files: Any = None) -> dict[str, Any]:
+    """The JSON contract: integers for bytes and parameter counts; `from` when --from files were read."""
     a, s = est.spec.arch, est.setup
     return {
         "model": {"name": est.spec.name, "family": a.family, "total_params": est.spec.total_params,
@@ -116,9 +134,11 @@ def estimate_dict(est: Estimate, bands: Bands | None = None) -> dict[str, Any]:
         "setup": {"precision": s.precision, "optimizer": s.optimizer, "batch_size": s.batch_size,
                   "seq_len": s.seq_len, "gradient_checkpointing": s.gradient_checkpointing,
                   "attention": s.attention, "num_gpus": s.num_gpus, "zero_stage": s.zero_stage,
-                  "offload": s.offload, "adamw_impl": s.adamw_impl},
+                  "offload": s.offload, "adamw_impl": s.adamw_impl,
+                  "gradient_accumulation": s.gradient_accumulation, "adapter_dtype": p_adapter(est)},
         "results": [_method_dict(r, (bands or {}).get(r.method)) for r in est.results],
-        "assumptions": assumptions(est),
+        "assumptions": assumptions(est, files),
+        **({"from": files.to_dict()} if files is not None else {}),
     }
 
 
@@ -146,8 +166,12 @@ def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
     }
 
 
-def estimate_json(est: Estimate, bands: Bands | None = None) -> str:
-    return json.dumps(estimate_dict(est, bands), indent=2)
+def p_adapter(est: Estimate) -> str:
+    return est.setup.recipe.adapter_dtype
+
+
+def estimate_json(est: Estimate, bands: Bands | None = None, files: Any = None) -> str:
+    return json.dumps(estimate_dict(est, bands, files), indent=2)
 
 
 def estimate_csv(est: Estimate) -> str:

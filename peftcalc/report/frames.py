@@ -21,7 +21,6 @@ from peftcalc.hardware.catalogue import Gpu
 from peftcalc.hardware.planner import Option, Plan
 from peftcalc.methods import RANKED, MethodOptions, method_title
 from peftcalc.model.spec import ModelSpec
-from peftcalc.precision import get_precision
 from peftcalc.results.files import Record
 from peftcalc.results.predict import repredict, request_of
 from peftcalc.results.record import BYTE_KEYS, Bytes
@@ -66,7 +65,7 @@ def describe_setup(spec: ModelSpec, setup: Setup, options: MethodOptions | None 
                    vary: str | None = None) -> str:
     """The setup a figure assumes, in one line a reader can check; `vary` names the field (seq_len or
     batch_size) that the figure sweeps instead."""
-    p = get_precision(setup.precision)
+    p = setup.recipe
     batch = "varies" if vary == "batch_size" else str(setup.batch_size)
     seq = "varies" if vary == "seq_len" else str(setup.seq_len)
     parts = [
@@ -223,7 +222,7 @@ class PlanRow:
 
     @classmethod
     def of(cls, o: Option) -> "PlanRow":
-        return cls(o.gpu.id, o.num_gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
+        return cls(o.gpu.id, o.setup.gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
                    tuple(o.remedies), o.limiting_component, o.max_batch_size, o.max_seq_len, o.hours, o.rent_usd,
                    o.purchase_usd)
 

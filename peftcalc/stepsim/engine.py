@@ -153,6 +153,9 @@ class Sim:
         self.op = ""
         self.params: list[Param] = []
         self.debug: dict[int, tuple] | None = None  # id(storage) -> (op, size, tag) of live storages
+        # A later micro-batch of gradient accumulation: every parameter already has its .grad (counted by the
+        # caller, not here); AccumulateGrad adds each new gradient into it in place and the new one is freed.
+        self.accumulating = False
 
     # -- storages ---------------------------------------------------------------------------------------
     def _alloc(self, s: Storage) -> None:
@@ -340,6 +343,11 @@ class Sim:
             p.pending = None
         if p.received < p.uses:
             p.pending = g
+            return
+        if self.accumulating and not p.capture:
+            # torch's AccumulateGrad with an existing .grad and grad mode off: `variable.grad += new_grad` (in
+            # place); new_grad dies here. The existing gradients are the caller's to count.
+            p.grad = Tensor(g.shape, g.dtype, None)
             return
         p.grad = g if p.grad is None else self.accumulate(p.grad, g)
 

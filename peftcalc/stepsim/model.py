@@ -29,11 +29,13 @@ class StepConfig:
     checkpointing: bool
     adapter_dtype: str = "fp32"
     batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
+    accumulating: bool = False  # a later micro-batch of gradient accumulation (gradients exist; new ones add in place)
 
 
 class Model:
     def __init__(self, sim: Sim, adaptation: Adaptation, cfg: StepConfig) -> None:
         self.sim = sim
+        sim.accumulating = cfg.accumulating
         self.f = Ops(sim)
         if cfg.compute_dtype != cfg.param_dtype:  # amp: the forward runs under torch.autocast(compute dtype)
             self.f.autocast = cfg.compute_dtype
@@ -58,6 +60,10 @@ class Model:
             elif g.format != "dense":
                 self.quantized[g.name[: -len(".weight")]] = g.format
         self.dora = adaptation.weight_decomposed
+        # peft's modules_to_save: the forward runs a trainable copy of each such module (the original is kept,
+        # frozen, and unused); by the original parameter's name
+        self.copied = {g.name.replace(".modules_to_save.default.", ".") for g in adaptation.tensors
+                       if ".modules_to_save.default." in g.name}
         self.adapter_sites = {g.name.split(".")[-3] for g in adaptation.tensors
                               if g.added and g.name.endswith(".down.weight")}
         self.adapter_width = next((g.shape[0] for g in adaptation.tensors if g.added and g.name.endswith(".down.weight")), 0)
@@ -83,8 +89,19 @@ class Model:
     # -- parameters -----------------------------------------------------------------------------------
     def weight(self, name: str, shape: tuple[int, ...], dtype: str | None = None, trainable: bool | None = None
                ) -> Tensor:
-        """A base-model parameter: trainable in full fine-tuning only."""
-        return self.sim.param(name, shape, dtype or self.dtype, self.full if trainable is None else trainable)
+        """A base-model parameter: trainable in full fine-tuning, or as a modules_to_save copy."""
+        if trainable is None:
+            trainable = self.full or name in self.copied
+        return self.sim.param(name, shape, dtype or self.dtype, trainable)
+
+    def tied_head(self, embedding: str, emb_w: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The weight a head tied to the input embedding multiplies by. modules_to_save unties it (peft deep-copies
+        the module): a trainable copy of lm_head, or, when only the embedding was copied, the frozen original."""
+        if "lm_head.weight" in self.copied:
+            return self.weight("lm_head.weight", shape, trainable=True)
+        if embedding in self.copied:
+            return self.weight(embedding, shape, trainable=False)
+        return emb_w
 
     def added(self, name: str, shape: tuple[int, ...], dtype: str = "fp32") -> Tensor:
         """A parameter the method adds: trainable, in the adapter dtype (peft keeps adapters in fp32)."""

@@ -114,7 +114,7 @@ def forward(m: Model) -> Tensor:
     del mask, pos
     x = layer_norm(m, x, "gpt_neox.final_layer_norm")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head("gpt_neox.embed_in.weight", wte, (V, h)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)

@@ -314,7 +314,7 @@ def forward(m: Model) -> Tensor:
     x = rms_norm(m, x, "model.norm.weight")
     m.end_model()  # LlamaModel.forward returns: its locals (mask, position ids) go
     if a.tie_embeddings:
-        logits = f.linear(x, emb_w, None, V)
+        logits = f.linear(x, m.tied_head("model.embed_tokens.weight", emb_w, (V, h)), None, V)
     else:
         logits = m.linear(x, "lm_head")
     m.outer.append(x)  # the model output holds the last hidden state until forward returns

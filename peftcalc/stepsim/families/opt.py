@@ -100,7 +100,7 @@ def forward(m: Model) -> Tensor:
     if e != h:
         x = m.linear(x, D + "project_out")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head(D + "embed_tokens.weight", wte, (V, e)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)
