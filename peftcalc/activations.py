@@ -31,8 +31,9 @@ from peftcalc.kbit import kbit_preparation_applies
 from peftcalc.quant import kbit_prepared, keeps_4bit_input, python_dequant_forward
 from peftcalc.setup import Setup, version_tuple
 from peftcalc.stepsim.model import StepConfig
+from peftcalc.errors import PeftcalcError
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.replay import SimResult, simulate
+from peftcalc.stepsim.replay import FAMILY_MODULES, SimResult, replayable, simulate
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = 
     gradient from the micro-batches before; torch adds each new gradient into it in place and frees the new one.
     The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
     gradients left out (`gradient_bytes` is 0)."""
+    if not replayable(adaptation):
+        spec = adaptation.spec
+        raise PeftcalcError(f"no activation model yet for {spec.family} with {adaptation.method}: the hand-written replay "
+                            "covers " + ", ".join(sorted(FAMILY_MODULES)) + " with peftcalc's own methods (the traced "
+                            "per-layer profile for every other architecture and peft method is issue 10, part 3)")
     r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device,
                                                     adaptation))
     v = sizes(adaptation, setup)

@@ -12,11 +12,12 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from peftcalc.memory import tensor_bytes
+from peftcalc.memory import stored_dtype, tensor_bytes
 from peftcalc.methods.base import Adaptation
 from peftcalc.precision import Precision
 
-SAFETENSORS_DTYPE = {"fp32": "F32", "bf16": "BF16", "fp16": "F16", "int8": "I8"}
+SAFETENSORS_DTYPE = {"fp32": "F32", "bf16": "BF16", "fp16": "F16", "int8": "I8", "uint8": "U8", "int32": "I32",
+                     "int64": "I64", "bool": "BOOL"}
 # The writer orders tensors by dtype (descending in safetensors' Dtype enum order), then by name; the offsets,
 # and so the header's length, follow that order (safetensors/src/tensor.rs `prepare`).
 SAFETENSORS_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
@@ -55,14 +56,16 @@ def checkpoint_bytes(adaptation: Adaptation, precision: Precision) -> int:
     """Bytes of the safetensors file one task saves (header + data; adapter_config.json not counted)."""
     entries = []
     for g in adaptation.saved:
-        dtype = SAFETENSORS_DTYPE[precision.stored_dtype(g.added)]
+        dtype = SAFETENSORS_DTYPE[stored_dtype(g, precision)]
         nbytes = tensor_bytes(g, precision, adaptation)
         shape = g.shape or (g.numel,)
+        if adaptation.saved_keys_exact:  # the keys get_peft_model_state_dict returned, as they are
+            entries += [(name, dtype, shape, nbytes) for name in g.names()]
+            continue
         # peft prefixes module paths; our bottleneck adapters and full models save plain module names
         prefix = PEFT_PREFIX if adaptation.saved_by_peft and not g.name.startswith("prompt") else ""
         suffix = "" if g.name.endswith(("weight", "bias", "embeddings", "ia3_l", "vector")) else ".weight"
-        for i in range(g.count):
-            entries.append((prefix + g.name.replace("{i}", str(i)) + suffix, dtype, shape, nbytes))
+        entries += [(prefix + name + suffix, dtype, shape, nbytes) for name in g.names()]
     data = sum(e[3] for e in entries)
     return 8 + _header_bytes(entries) + data
 

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from peftcalc.methods.base import Adaptation, TensorGroup
-from peftcalc.memory import buffer_bytes, tensor_bytes
+from peftcalc.memory import buffer_bytes, stored_dtype, tensor_bytes
+from peftcalc.model.spec import layer_indices
 from peftcalc.precision import Precision, get_precision
 from peftcalc.setup import Setup
 from peftcalc.units import dtype_bytes
@@ -122,7 +123,7 @@ class CommVolume:
 # ---- what a unit of the model holds --------------------------------------------------------------------------
 
 def _stored_bytes(g: TensorGroup, precision: Precision) -> int:
-    return dtype_bytes(precision.stored_dtype(g.added))
+    return dtype_bytes(stored_dtype(g, precision))
 
 
 def padded_numel(g: TensorGroup, ranks: int) -> int:
@@ -143,24 +144,30 @@ class Unit:
 
 
 def fsdp_units(adaptation: Adaptation, precision: Precision, ranks: int) -> tuple[Unit, ...]:
-    """The root and one unit per block stack (dense weights; quantized bases are not sharded by FSDP here)."""
-    prefixes = [(p.replace("{i}", ""), c) for p, c in adaptation.spec.layer_prefixes()]
-    blocks = {p: [0, 0, c] for p, c in prefixes}
+    """The root and the blocks of each stack (dense weights; quantized bases are not sharded by FSDP here); blocks
+    of a hybrid stack differ, so each distinct block is a unit with its count."""
+    prefixes = [p.replace("{i}", "") for p, _ in adaptation.spec.layer_prefixes()]
+    blocks: dict[tuple[str, int], list[int]] = {}
     root = [0, 0]
     for g in adaptation.tensors:
         if g.format == "dense":
             size = padded_numel(g, ranks) * _stored_bytes(g, precision)
         else:  # a quantized base weight: its packed bytes (FSDP2 over bitsandbytes weights is not modelled further)
             size = tensor_bytes(g, precision, adaptation)
-        stack = next((p for p, _ in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
+        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
         if stack is None:
             root[0] += size * g.count
             root[1] += size * g.count if g.trainable else 0
-        else:
-            blocks[stack][0] += size
-            blocks[stack][1] += size if g.trainable else 0
+            continue
+        for i in layer_indices(g.layers, g.count):
+            block = blocks.setdefault((stack, i), [0, 0])
+            block[0] += size
+            block[1] += size if g.trainable else 0
+    kinds: dict[tuple[str, int, int], int] = {}
+    for (stack, _), (w, gr) in blocks.items():
+        kinds[(stack, w, gr)] = kinds.get((stack, w, gr), 0) + 1
     units = [Unit("root", root[0], root[1], 1)]
-    units += [Unit(p.rstrip("."), w, gr, c) for p, (w, gr, c) in blocks.items()]
+    units += [Unit(stack.rstrip("."), w, gr, c) for (stack, w, gr), c in kinds.items()]
     return tuple(units)
 
 

@@ -77,8 +77,12 @@ def attention_dim(spec: ModelSpec) -> int:
 # ---- FLOPs per position (one token position of one sequence) -------------------------------------------
 
 def attention_forward_flops(spec: ModelSpec, keys: int) -> int:
-    """QK^T and AV per query position, forward: 2·d_attn·T each, over L layers (PaLM appendix B)."""
-    return 4 * spec.arch.num_layers * attention_dim(spec) * keys
+    """QK^T and AV per query position, forward: 2·d_attn·T each, over the L layers with softmax attention (PaLM
+    appendix B; hybrid models' linear-attention and Mamba layers have no T-long attention; sliding windows are
+    counted at full length, an upper bound)."""
+    a = spec.arch
+    layers = a.attention_layers if a.attention_layers is not None else a.num_layers
+    return 4 * layers * attention_dim(spec) * keys
 
 
 def full_training_flops_per_position(spec: ModelSpec, keys: int) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation, TensorGroup
-from peftcalc.model.spec import ModelSpec
+from peftcalc.model.spec import ModelSpec, resolve_dtype
 from peftcalc.optim import get_optimizer
 from peftcalc.precision import Precision
 from peftcalc.quant import kbit_prepared, quantized_bias_dtype, quantized_bytes
@@ -49,6 +49,22 @@ class ModelStates:
         return self.weight_bytes + self.gradient_bytes + self.master_weight_bytes + self.optimizer_state_bytes
 
 
+def stored_dtype(g: TensorGroup, precision: Precision) -> str:
+    """The dtype one tensor of the group is stored in: the recipe's, unless the group's rule fixes it
+    (transformers' keep-in-fp32 modules, a method's tensors that follow the model dtype)."""
+    return resolve_dtype(g.dtype, precision.param_dtype, precision.stored_dtype(g.added))
+
+
+def has_master(g: TensorGroup, precision: Precision) -> bool:
+    """An fp32 master copy backs the tensor (mixed precision, for tensors not already stored in fp32)."""
+    return precision.master and stored_dtype(g, precision) != "fp32"
+
+
+def state_dtype(g: TensorGroup, precision: Precision) -> str:
+    """The optimizer states' dtype: the master copy's (fp32) when there is one, else the tensor's."""
+    return "fp32" if has_master(g, precision) else stored_dtype(g, precision)
+
+
 def tensor_bytes(g: TensorGroup, precision: Precision, adaptation: Adaptation | None = None) -> int:
     """Bytes of one tensor of the group as stored (a quantized weight: packed codes and absmax)."""
     if g.format != "dense":
@@ -57,14 +73,20 @@ def tensor_bytes(g: TensorGroup, precision: Precision, adaptation: Adaptation | 
             raise ValueError(f"{g.name} is stored as {g.format} but the adaptation names no quantization")
         b = quantized_bytes(g.numel, g.shape[0] if g.shape else 1, q)
         return b.packed + b.scales
-    return g.numel * dtype_bytes(precision.stored_dtype(g.added))
+    return g.numel * dtype_bytes(stored_dtype(g, precision))
 
 
 def buffer_bytes(adaptation: Adaptation, precision: Precision) -> int:
     """Buffers of the transformers model (measured on the meta device, transformers 5; in the dtype it was
-    loaded in, which kbit preparation does not change) and the constants of each quantized weight."""
+    loaded in, which kbit preparation does not change), those a method adds (VeRA's shared projections ...) and
+    the constants of each quantized weight."""
     spec = adaptation.spec
-    total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
+    if spec.derivation is not None:  # the derived inventory lists every buffer with its dtype rule
+        total = sum(p.numel * p.count * dtype_bytes(resolve_dtype(p.dtype, precision.param_dtype, precision.param_dtype))
+                    for p in spec.buffers)
+    else:
+        total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
+    total += sum(g.total * dtype_bytes(stored_dtype(g, precision)) for g in adaptation.buffers)
     q = adaptation.quantization
     for g in adaptation.tensors:
         if g.format != "dense" and q is not None:
@@ -103,9 +125,9 @@ def forloop_scratch(sizes: list[int]) -> int:
 
 @lru_cache(maxsize=4096)
 def model_states(adaptation: Adaptation, precision: Precision, optimizer: str, kbit: bool = False,
-                 state_dtype: str | None = None) -> ModelStates:
+                 state_dtype_override: str | None = None) -> ModelStates:
     """`precision` is the recipe the model was loaded with; `kbit`: peft's prepare_model_for_kbit_training ran
-    on the quantized base (every other parameter in fp32 from then on). `state_dtype` ("fp32", "bf16") keeps
+    on the quantized base (every other parameter in fp32 from then on). `state_dtype_override` ("fp32", "bf16") keeps
     every optimizer state in that dtype (Setup.optimizer_state_dtype: an optimizer built with its own state dtype,
     e.g. torchao's AdamW with bf16 states); None: the recipe's."""
     loaded = precision
@@ -128,11 +150,11 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str, k
         if not g.trainable:
             continue
         grads += one * g.count  # a gradient has its parameter's dtype and shape
-        sdt = state_dtype or precision.state_dtype(g.added)
+        sdt = state_dtype_override or state_dtype(g, precision)
         state_bytes = g.numel * dtype_bytes(sdt)
         stepped += state_bytes * g.count
         (first if g.name in embeddings else last if g.name in heads else middle).extend([state_bytes] * min(g.count, 2))
-        if precision.has_master(g.added):
+        if has_master(g, precision):
             master += g.numel * 4 * g.count
             master_grads += g.numel * 4 * g.count
             # MasterWeightOptimizer casts gradients in model.parameters() order, each fp32 copy made while its
@@ -146,8 +168,9 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str, k
             master_grads += one * g.count
         states += opt.state_bytes(g, sdt) * g.count
         if torch_adamw:
-            # one step per tensor; a norm group holds numel / hidden_size tensors (weight, and bias for LayerNorm)
-            per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1
+            # one step per tensor; a hand-written family's norm group holds numel / hidden_size tensors (weight,
+            # and bias for LayerNorm); a derived inventory lists every tensor on its own
+            per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms and spec.derivation is None else 1
             states += ADAM_STEP_BYTES * g.count * per
             scalars += ADAM_STEP_BYTES * g.count * per
     last_cast = head_cast or block_cast

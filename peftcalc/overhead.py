@@ -139,7 +139,7 @@ def workspace_bytes(compute_capability_major: int | None) -> int:
 def _state_tensor_sizes(adaptation: Adaptation, precision: Precision, states_per_tensor: int) -> list[tuple[int, int]]:
     """(bytes of one tensor, how many) for every model-state tensor: weights, gradients, master copies,
     optimizer states (and AdamW's 4-byte step)."""
-    from peftcalc.memory import tensor_bytes
+    from peftcalc.memory import has_master as master_backed, state_dtype, tensor_bytes
     from peftcalc.units import dtype_bytes
 
     out = []
@@ -148,9 +148,9 @@ def _state_tensor_sizes(adaptation: Adaptation, precision: Precision, states_per
         out.append((one, g.count))
         if g.trainable:
             out.append((one, g.count))  # gradient
-            if precision.has_master(g.added):
+            if master_backed(g, precision):
                 out.append((g.numel * 4, g.count))
-            state = g.numel * dtype_bytes(precision.state_dtype(g.added))
+            state = g.numel * dtype_bytes(state_dtype(g, precision))
             if states_per_tensor:
                 out += [(state, g.count * states_per_tensor), (4, g.count)]  # exp_avg, exp_avg_sq; AdamW's step
     return [(n, k) for n, k in out if n > 0 and k > 0]

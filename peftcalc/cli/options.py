@@ -8,7 +8,8 @@ from typing import Any, Callable
 import click
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.methods import METHODS, MethodOptions
+from peftcalc.methods import ALL_METHOD_NAMES, MethodOptions
+from peftcalc.methods.peft_catalogue import REFUSED
 from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
@@ -56,8 +57,12 @@ def _compose(*decorators: Callable) -> Callable:
 
 model_options = _compose(
     click.option("--params", type=Count(), help="A bare parameter count, e.g. 7e9 (a Llama-style shape is inferred)."),
-    click.option("--model", "model_name", metavar="NAME", help="A catalogue model (see `peftcalc models`)."),
+    click.option("--model", "model_name", metavar="NAME",
+                 help="A catalogue model (see `peftcalc models`) or a Hugging Face id (Qwen/Qwen3-8B: the catalogue, "
+                      "the local Hugging Face cache, then the Hub)."),
     click.option("--config", "config_path", type=click.Path(dir_okay=True), help="A local Hugging Face config.json."),
+    click.option("--full-model", is_flag=True,
+                 help="Multimodal checkpoints: fine-tune every tower (default: the language model and its head)."),
     click.option("--hidden", type=int, help="With --params: hidden size."),
     click.option("--layers", type=int, help="With --params: number of layers."),
     click.option("--heads", type=int, help="With --params: attention heads."),
@@ -67,7 +72,8 @@ model_options = _compose(
 )
 
 method_options = _compose(
-    click.option("--rank", type=int, default=8, show_default=True, help="LoRA/DoRA/QLoRA rank."),
+    click.option("--rank", type=int, default=None,
+                 help="LoRA/DoRA/QLoRA rank (default 8); for methods derived from peft, peft's `r` (default: peft's)."),
     click.option("--targets", help="Modules to adapt: q_proj,v_proj or all-linear (default: peft's per family)."),
     click.option("--virtual-tokens", type=int, default=20, show_default=True, help="Prompt/prefix/p-tuning length."),
     click.option("--bottleneck", type=int, default=64, show_default=True, help="Adapter bottleneck width."),
@@ -83,6 +89,9 @@ method_options = _compose(
     click.option("--quant-storage", type=click.Choice(["uint8", "bf16", "fp16", "fp32"]), default="uint8",
                  show_default=True, help="QLoRA 4-bit: the dtype the packed codes are stored in "
                                          "(bnb_4bit_quant_storage; bf16 for FSDP-QLoRA)."),
+    click.option("--peft-option", "peft_options", multiple=True, metavar="KEY=VALUE",
+                 help="A field of the peft config of a method derived from peft (repeatable), e.g. "
+                      "--method vera --peft-option vera_dropout=0.1; VALUE is read as JSON when it parses."),
     click.option("--modules-to-save", metavar="NAMES",
                  help="Modules trained in full beside the adapter, as peft's modules_to_save: embed_tokens,lm_head."),
     click.option("--lora-dropout", type=float, default=0.0, show_default=True,
@@ -168,11 +177,13 @@ units_option = click.option("--units", type=click.Choice(["GB", "GiB"]), default
 format_options = _compose(json_option, csv_option)
 output_options = _compose(units_option, json_option, csv_option)
 
-METHOD_NAMES = list(METHODS)
-one_method_option = click.option("--method", type=click.Choice(METHOD_NAMES),
-                                 help="One method (default: compare them all).")
-methods_option = click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
-                              help="A method (repeatable; default: every method).")
+# Every name --method takes, and peft's tuners that cannot be sized from a config (refused with the reason).
+METHOD_NAMES = list(ALL_METHOD_NAMES) + sorted(REFUSED)
+one_method_option = click.option("--method", type=click.Choice(METHOD_NAMES), metavar="NAME",
+                                 help="One method, peftcalc's or any of peft's by peft's name (loha, vera, oft ...; "
+                                      "`peftcalc methods` lists them; default: compare peftcalc's own).")
+methods_option = click.option("--method", "methods", multiple=True, type=click.Choice(METHOD_NAMES), metavar="NAME",
+                              help="A method, peftcalc's or peft's (repeatable; default: peftcalc's own).")
 tasks_option = click.option("--tasks", type=int, default=10, show_default=True,
                             help="Tasks for the storage comparison.")
 gpu_file_option = click.option("--gpu-file", "gpu_files", multiple=True, metavar="PATH",
@@ -219,6 +230,8 @@ def resolve_spec(kw: dict[str, Any]) -> ModelSpec:
         raise PeftcalcError("name the model exactly one way: --params N, --model NAME or --config PATH"
                             + (f" (got {', '.join('--' + g.split('_')[0] for g in given)})" if given else ""))
     shape = {SHAPE_OPTIONS[k]: kw.get(k) for k in SHAPE_OPTIONS}
+    if kw.get("full_model") and kw.get("params") is not None:
+        raise PeftcalcError("--full-model applies to a multimodal --model or --config, not to --params")
     if any(v is not None for v in shape.values()) and kw.get("params") is None:
         raise PeftcalcError("--hidden/--layers/--heads/--kv-heads/--ffn/--vocab shape a bare --params count; "
                             "a --model or --config already has its shape")
@@ -226,13 +239,14 @@ def resolve_spec(kw: dict[str, Any]) -> ModelSpec:
         from peftcalc.model.infer import infer_spec
 
         return infer_spec(kw["params"], **shape)
+    scope = "full" if kw.get("full_model") else "text"
     if kw.get("model_name") is not None:
-        from peftcalc.model.catalogue import get_model
+        from peftcalc.model.hub import resolve_model
 
-        return get_model(kw["model_name"])
+        return resolve_model(kw["model_name"], scope)
     from peftcalc.model.hf_config import load_config
 
-    return load_config(kw["config_path"])
+    return load_config(kw["config_path"], scope)
 
 
 # Setup field -> the keyword its flag fills. Keywords a command has no flag for (yet) may still be set by a
@@ -262,13 +276,25 @@ def resolve_overhead(kw: dict[str, Any]) -> Any:
     return OverheadSpec.parse(kw.get("overhead"))
 
 
+def parse_peft_options(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise PeftcalcError(f"--peft-option {item!r}: expected KEY=VALUE, e.g. vera_dropout=0.1")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
 def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
-    return MethodOptions(rank=kw["rank"], targets=parse_targets(kw.get("targets")),
+    rank = kw.get("rank")
+    return MethodOptions(rank=8 if rank is None else rank, targets=parse_targets(kw.get("targets")),
                          virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
                          adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
                          quant_bits=int(kw["quant_bits"]), lora_dropout=float(kw.get("lora_dropout") or 0.0),
                          quant_type=kw.get("quant_type", "nf4"), double_quant=kw.get("double_quant", True),
-                         quant_storage=kw.get("quant_storage", "uint8"),
+                         quant_storage=kw.get("quant_storage", "uint8"), rank_given=rank is not None,
+                         peft_options=parse_peft_options(kw.get("peft_options") or ()),
                          modules_to_save=parse_modules(kw.get("modules_to_save")))
 
 

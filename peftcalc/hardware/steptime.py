@@ -43,6 +43,7 @@ from peftcalc.collectives import Collective, CommVolume, Group, Phase, step_volu
 from peftcalc.compute import Flops
 from peftcalc.errors import PeftcalcError
 from peftcalc.hardware.nodes import Node
+from peftcalc.memory import has_master, state_dtype, stored_dtype
 from peftcalc.methods.base import Adaptation
 from peftcalc.optim import get_optimizer
 from peftcalc.precision import get_precision
@@ -139,9 +140,9 @@ def optimizer_seconds(adaptation: Adaptation, setup: Setup, memory_bytes_per_s: 
     for g in adaptation.tensors:
         if not g.trainable:
             continue
-        weight = g.total * dtype_bytes(precision.stored_dtype(g.added))
-        master = g.total * 4 if precision.has_master(g.added) else 0
-        states = opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
+        weight = g.total * dtype_bytes(stored_dtype(g, precision))
+        master = g.total * 4 if has_master(g, precision) else 0
+        states = opt.state_bytes(g, state_dtype(g, precision)) * g.count
         traffic += 2 * (weight + master + states) + weight
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
     return traffic / (ranks * setup.tensor_parallel * setup.pipeline_parallel) / memory_bytes_per_s
@@ -186,7 +187,7 @@ def _offload(adaptation: Adaptation, setup: Setup, node: Node, c: Compute) -> tu
     shard = setup.num_gpus * setup.tensor_parallel * setup.pipeline_parallel  # ZeRO-Offload needs stage >= 1
     trainable = [g for g in adaptation.tensors if g.trainable]
     params = -(-sum(g.total for g in trainable) // shard)
-    grads = -(-sum(g.total * dtype_bytes(precision.stored_dtype(g.added)) for g in trainable) // shard)
+    grads = -(-sum(g.total * dtype_bytes(stored_dtype(g, precision)) for g in trainable) // shard)
     host = node.host_link.bytes_per_s_per_gpu
     if host is None:
         raise PeftcalcError(f"node {node.id} has no sourced host link bandwidth: offload cannot be timed")
@@ -195,7 +196,7 @@ def _offload(adaptation: Adaptation, setup: Setup, node: Node, c: Compute) -> tu
     total = down + adam + up
     exposed = max(0.0, down - c.backward_seconds) + adam + up
     if setup.offload_params:
-        weights = -(-sum(g.total * dtype_bytes(precision.stored_dtype(g.added)) for g in adaptation.tensors
+        weights = -(-sum(g.total * dtype_bytes(stored_dtype(g, precision)) for g in adaptation.tensors
                          if g.format == "dense") // shard)
         fetch = 2 * setup.gradient_accumulation * setup.num_gpus * weights / host  # every rank gathers all shards
         total += fetch

@@ -27,7 +27,11 @@ def hf_config(spec: ModelSpec) -> Any:
 
 
 def build_model(spec: ModelSpec, device: str = "meta", **config_overrides: Any) -> torch.nn.Module:
-    """The transformers model for `spec`, created on `device` (meta: no memory, any size)."""
+    """The transformers model for `spec`, created on `device` (meta: no memory, any size). A derived spec is
+    built as its inventory was (measure/derive.py: the same class and scope), with the keep-in-fp32 plan
+    from_pretrained applies."""
+    if spec.derivation is not None:
+        return _build_derived(spec, device, **config_overrides)
     cfg = hf_config(spec)
     for k, v in config_overrides.items():
         setattr(cfg, k, v)
@@ -46,3 +50,17 @@ def _untie_heads(spec: ModelSpec, model: torch.nn.Module) -> None:
             module = model.get_submodule(lin.name)
             if module.weight is embedding:
                 module.weight = torch.nn.Parameter(torch.empty_like(embedding))
+
+
+def _build_derived(spec: ModelSpec, device: str, **config_overrides: Any) -> torch.nn.Module:
+    from peftcalc.measure.derive import apply_dtype_plan, build_plan, config_object
+
+    assert spec.derivation is not None
+    auto, cfg, _, _ = build_plan(config_object(spec.hf_config), spec.derivation.scope)
+    dtype = config_overrides.pop("dtype", torch.float32)
+    for k, v in config_overrides.items():
+        setattr(cfg, k, v)
+    with torch.device(device):
+        model = auto.from_config(cfg, dtype=dtype)
+    apply_dtype_plan(model, dtype)
+    return model

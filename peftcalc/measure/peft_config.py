@@ -19,6 +19,7 @@ from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3, is_feedforward
 from peftcalc.methods.lora import Lora
 from peftcalc.methods.modules_to_save import ModulesToSave
+from peftcalc.methods.peft_derived import PeftMethod
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 from peftcalc.methods.targets import ALL_LINEAR, default_ia3_targets, default_lora_targets
@@ -46,7 +47,10 @@ def module_regex(templates: tuple[str, ...] | list[str]) -> str:
     return "|".join(re.escape(t).replace(re.escape("{i}"), r"\d+") for t in templates)
 
 
-def _targets(targets: tuple[str, ...]) -> list[str] | str:
+def _targets(targets: tuple[str, ...] | str) -> list[str] | str:
+    """peft's target_modules: "all-linear", a regex (a plain string), or a list of name suffixes."""
+    if isinstance(targets, str):
+        return targets
     return ALL_LINEAR if targets == (ALL_LINEAR,) else list(targets)
 
 
@@ -68,6 +72,10 @@ def peft_config(method: Any, spec: ModelSpec) -> PeftConfig | None:
         return cfg
     if isinstance(method, (Full, BottleneckAdapter)):
         return None
+    if isinstance(method, PeftMethod):
+        from peftcalc.measure.peft_derive import peft_config_of
+
+        return peft_config_of(method, spec)
     task = task_type(spec)
     if isinstance(method, Lora):
         # QLoRA's quantization belongs to how the base model is loaded (BitsAndBytesConfig), not to the

@@ -175,8 +175,7 @@ def quantized_modules(adaptation: Adaptation) -> set[str]:
     names: set[str] = set()
     for g in adaptation.tensors:
         if g.format != "dense":
-            base = g.name.removesuffix(".weight")
-            names |= {base.replace("{i}", str(i)) for i in range(g.count)} if "{i}" in base else {base}
+            names |= {n.removesuffix(".weight") for n in g.names()}  # each layer of the group's layer set
     return names
 
 

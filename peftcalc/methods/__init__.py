@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,11 +13,13 @@ from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import dora, lora, qlora
 from peftcalc.methods.modules_to_save import ModulesToSave
+from peftcalc.methods.peft_catalogue import ALIASES, PEFT_METHODS, REFUSED
+from peftcalc.methods.peft_derived import PeftMethod
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 
 __all__ = ["Adaptation", "Method", "ParamCount", "TensorGroup", "MethodOptions", "METHODS", "make_method",
-           "DEFAULT_TABLE", "RANKED"]
+           "DEFAULT_TABLE", "RANKED", "ALL_METHOD_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class MethodOptions:
     quant_type: str = "nf4"  # QLoRA 4-bit: nf4 or fp4
     double_quant: bool = True  # QLoRA 4-bit: quantize the absmax again (the paper's recipe)
     quant_storage: str = "uint8"  # QLoRA 4-bit: the dtype the packed codes are stored in
+    rank_given: bool = False  # --rank was given (peft-derived methods otherwise keep peft's own default `r`)
+    peft_options: tuple[tuple[str, str], ...] = ()  # --peft-option KEY=VALUE, for methods derived from peft
     modules_to_save: tuple[str, ...] = ()  # peft's modules_to_save: trainable full copies (not for full)
     lora_dropout: float = 0.0  # peft's lora_dropout (LoRA, DoRA, QLoRA)
 
@@ -88,12 +93,33 @@ RANKED = tuple(name for name, info in METHODS.items() if info.ranked)
 DEFAULT_TABLE = ("full", "lora", "qlora", "dora", "adapter", "prompt", "prefix", "ptuning", "ia3")
 
 
+# Every name --method takes: peftcalc's own methods, peft's other tuners (derived from peft itself, see
+# methods/peft_derived.py) and peft's names for peftcalc's own methods.
+ALL_METHOD_NAMES = tuple(METHODS) + tuple(sorted(PEFT_METHODS)) + tuple(sorted(ALIASES))
+
+
+def method_title(name: str) -> str:
+    """The method's human name: peftcalc's own, or the peft tuner's."""
+    name = ALIASES.get(name, name)
+    return METHODS[name].title if name in METHODS else PEFT_METHODS[name].title if name in PEFT_METHODS else name
+
+
 def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
-    try:
-        info = METHODS[name]
-    except KeyError:
-        raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
-    method = info.build(options)
+    name = ALIASES.get(name, name)
+    if name in PEFT_METHODS:
+        peft_options = options.peft_options
+        if options.modules_to_save:  # peft's own field: peft wraps them as it does for any tuner
+            peft_options += (("modules_to_save", json.dumps(list(options.modules_to_save))),)
+        return PeftMethod(name, options.rank if options.rank_given else None, options.targets, peft_options,
+                          options.virtual_tokens)
+    if name in REFUSED:
+        raise PeftcalcError(f"peft's {name} cannot be sized from a config: {REFUSED[name]}")
+    if name not in METHODS:
+        raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(ALL_METHOD_NAMES)} (`peftcalc methods`)")
+    if options.peft_options:
+        raise PeftcalcError(f"--peft-option applies to methods derived from peft; {name} is peftcalc's own "
+                            "(its options are the flags in `peftcalc methods`)")
+    method = METHODS[name].build(options)
     if options.modules_to_save and name != "full":  # full fine-tuning trains those modules already
         method = ModulesToSave(method, options.modules_to_save)
     return method

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Protocol
 
-from peftcalc.model.spec import ModelSpec
+from peftcalc.model.spec import ModelSpec, expand_name
 from peftcalc.quant import Quantization, kept_dense
 
 WeightFormat = Literal["dense", "nf4", "fp4", "int8"]  # how a weight is stored: dense, or bitsandbytes-quantized
@@ -29,10 +29,16 @@ class TensorGroup:
     added: bool  # created by the method (adapter weights), as opposed to a base-model weight
     format: WeightFormat = "dense"
     shape: tuple[int, ...] = ()  # 2-D or more for matrices (factored optimizers need it); () = 1-D
+    layers: tuple[int, ...] = ()  # the layer indices "{i}" takes when not 0 .. count-1 (model/spec.py)
+    dtype: str = ""  # a dtype rule (model/spec.py resolve_dtype); "" = the recipe's for base or added tensors
 
     @property
     def total(self) -> int:
         return self.numel * self.count
+
+    def names(self) -> list[str]:
+        """Every concrete tensor name of the group."""
+        return expand_name(self.name, self.layers, self.count)
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,19 @@ class Adaptation:
     saved_by_peft: bool = True  # checkpoint keys under peft's `base_model.model.` prefix (not: full, adapters)
     lora_dropout: float = 0.0  # peft's lora_dropout: an nn.Dropout on each adapted module's input to lora_A
     quantization: Quantization | None = None  # how bitsandbytes stores the quantized base (QLoRA)
+    # Methods derived from peft itself (methods/peft_derived.py): `saved` holds the exact keys of
+    # get_peft_model_state_dict (templated), `buffers` the non-parameter tensors the method adds (VeRA's
+    # shared projections ...), `peft_type` peft's name of the method.
+    saved_keys_exact: bool = False
+    buffers: tuple[TensorGroup, ...] = ()
+    peft_type: str | None = None
 
     def __hash__(self) -> int:
         # Adaptations key the memory and checkpoint caches: hash the tensor list once.
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens,
-                      self.lora_dropout, self.quantization))
+                      self.lora_dropout, self.quantization, self.buffers, self.peft_type))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -103,12 +115,16 @@ def base_tensors(spec: ModelSpec, trainable: bool, quantize: Quantization | None
     groups: list[TensorGroup] = []
     for lin in spec.linears:
         if not lin.tied:
-            converted = quantize is not None and not lin.head and not kept_dense(spec.arch.family, lin.name)
+            # a derived inventory carries the model's keep-in-fp32 rule on the linear itself (lin.dtype)
+            converted = quantize is not None and not lin.head and not kept_dense(spec.arch.family, lin.name) \
+                and not lin.dtype
             fmt: WeightFormat = quantize.format if quantize is not None and converted else "dense"  # type: ignore
             groups.append(TensorGroup(lin.name + ".weight", lin.weight_params, lin.count, trainable and fmt == "dense",
-                                      False, fmt, (lin.out_features, lin.in_features)))
+                                      False, fmt, (lin.out_features, lin.in_features), lin.layers, lin.dtype))
         if lin.bias:
-            groups.append(TensorGroup(lin.name + ".bias", lin.out_features, lin.count, trainable, False))
+            groups.append(TensorGroup(lin.name + ".bias", lin.out_features, lin.count, trainable, False,
+                                      layers=lin.layers, dtype=lin.dtype))
     for p in spec.others:
-        groups.append(TensorGroup(p.name, p.numel, p.count, trainable, False, shape=p.shape))
+        groups.append(TensorGroup(p.name, p.numel, p.count, trainable, False, shape=p.shape, layers=p.layers,
+                                  dtype=p.dtype))
     return tuple(groups)

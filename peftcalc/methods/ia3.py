@@ -49,4 +49,4 @@ class IA3:
     def _vector(lin: Linear, feedforward: bool) -> TensorGroup:
         """peft's ia3_l: (1, in_features) for feed-forward modules, (out_features, 1) otherwise."""
         shape = (1, lin.in_features) if feedforward else (lin.out_features, 1)
-        return TensorGroup(lin.name + ".ia3_l", shape[0] * shape[1], lin.count, True, True, shape=shape)
+        return TensorGroup(lin.name + ".ia3_l", shape[0] * shape[1], lin.count, True, True, shape=shape, layers=lin.layers)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from peftcalc.errors import PeftcalcError
 from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
-from peftcalc.methods.targets import ALL_LINEAR, all_linear_parameters, default_lora_targets, select, unmatched
+from peftcalc.methods.targets import (ALL_LINEAR, MOE_CONVERSION, PEFT_VERSION, check_mamba, default_lora_targets,
+                                     peft_model_type, moe_conversion, parameter_targets, select,
+                                     unmatched)
 from peftcalc.model.spec import Linear, ModelSpec, Params
 from peftcalc.quant import Quantization
 
@@ -43,22 +45,29 @@ class Lora:
             missing = unmatched(spec, targets)
             if missing:
                 notes.append(f"peft's default target(s) {', '.join(missing)} do not exist in {spec.name}; skipped as peft does")
-        adapted = select(spec, targets, strict)
-        for lin in adapted:
-            if self.rank > min(lin.in_features, lin.out_features):
-                raise PeftcalcError(
-                    f"--rank {self.rank} is larger than {lin.name.replace('{i}', 'N')} "
-                    f"({lin.out_features}x{lin.in_features}): a rank can be at most {min(lin.in_features, lin.out_features)}"
-                )
+            if note is None and peft_model_type(spec) in MOE_CONVERSION:
+                # peft 0.21: _convert_peft_config_moe turns target_modules=None into an empty set before the
+                # model type's default applies, and get_peft_model raises NoMatchingPeftModuleError
+                notes.append(f"peft {PEFT_VERSION} on transformers 5 cannot apply its own default targets to "
+                             f"{peft_model_type(spec)} (its MoE conversion empties them); give peft "
+                             f"target_modules={list(targets)} explicitly, as these counts assume")
+        modules, param_suffixes = moe_conversion(spec, targets)
+        if param_suffixes:
+            strict = strict and targets != (ALL_LINEAR,)
+        adapted = select(spec, modules, strict) if modules or not param_suffixes else ()
+        notes += self._check_rank(adapted)
+        check_mamba(spec, adapted)
         added = tuple(g for lin in adapted for g in self._adapter_tensors(lin))
-        moe = all_linear_parameters(spec) if targets == (ALL_LINEAR,) else ()
+        moe = parameter_targets(spec, param_suffixes)
         if moe:
             if self.magnitude:
                 raise PeftcalcError(f"peft cannot apply DoRA to {spec.name}'s router and fused experts, which "
-                                    "all-linear targets; pass --targets (e.g. q_proj,k_proj,v_proj,o_proj)")
+                                    "these targets reach; pass --targets without them (e.g. q_proj,k_proj,v_proj,o_proj)")
             added += tuple(g for p, k in moe for g in self._parameter_tensors(p, k))
-            notes.append("all-linear also adapts the MoE router and the fused expert tensors, as peft does on "
-                         "transformers 5 (rank 2r for gate_up_proj, which fuses w1 and w3)")
+            notes.append("the MoE router and fused expert tensors are adapted as parameters, as peft does on transformers "
+                         "5 (their v4 linear names map onto them; rank 2r for gate_up_proj, which fuses two)")
+        elif param_suffixes and not adapted:
+            raise PeftcalcError(f"targets {', '.join(targets)} match nothing in {spec.name}")
         q = self.quantization
         tensors = base_tensors(spec, trainable=False, quantize=q) + added
         if q is not None:
@@ -77,14 +86,29 @@ class Lora:
                           notes=tuple(notes), weight_decomposed=self.magnitude, quantization=q,
                           lora_dropout=0.0 if self.magnitude else self.dropout)
 
+    def _check_rank(self, adapted: tuple[Linear, ...]) -> list[str]:
+        """A rank above every adapted matrix's smaller side is surely a mistake: refused. peft itself accepts any
+        rank, so a rank above some modules' smaller side (a (1 x h) shared-expert gate) is only noted."""
+        if not adapted:
+            return []
+        widest = max(adapted, key=lambda l: min(l.in_features, l.out_features))
+        if self.rank > min(widest.in_features, widest.out_features):
+            raise PeftcalcError(
+                f"--rank {self.rank} is larger than {widest.name.replace('{i}', 'N')} "
+                f"({widest.out_features}x{widest.in_features}): a rank can be at most "
+                f"{min(widest.in_features, widest.out_features)}")
+        narrow = sorted({l.name.replace("{i}", "N") for l in adapted if self.rank > min(l.in_features, l.out_features)})
+        return [f"rank {self.rank} exceeds the smaller side of {', '.join(narrow)}; peft adapts them all the same"] \
+            if narrow else []
+
     def _adapter_tensors(self, lin: Linear) -> tuple[TensorGroup, ...]:
         r = self.rank
         groups = (
-            TensorGroup(lin.name + ".lora_A.weight", r * lin.in_features, lin.count, True, True, shape=(r, lin.in_features)),
-            TensorGroup(lin.name + ".lora_B.weight", lin.out_features * r, lin.count, True, True, shape=(lin.out_features, r)),
+            TensorGroup(lin.name + ".lora_A.weight", r * lin.in_features, lin.count, True, True, shape=(r, lin.in_features), layers=lin.layers),
+            TensorGroup(lin.name + ".lora_B.weight", lin.out_features * r, lin.count, True, True, shape=(lin.out_features, r), layers=lin.layers),
         )
         if self.magnitude:
-            groups += (TensorGroup(lin.name + ".lora_magnitude_vector", lin.out_features, lin.count, True, True),)
+            groups += (TensorGroup(lin.name + ".lora_magnitude_vector", lin.out_features, lin.count, True, True, layers=lin.layers),)
         return groups
 
     def _parameter_tensors(self, p: Params, fused: int) -> tuple[TensorGroup, ...]:
@@ -94,8 +118,8 @@ class Lora:
         experts, (out, inp) = (p.shape[0], p.shape[1:]) if len(p.shape) == 3 else (1, p.shape)
         r = self.rank * fused * experts
         return (
-            TensorGroup(p.name + ".lora_A.weight", r * inp, p.count, True, True, shape=(r, inp)),
-            TensorGroup(p.name + ".lora_B.weight", out * r, p.count, True, True, shape=(out, r)),
+            TensorGroup(p.name + ".lora_A.weight", r * inp, p.count, True, True, shape=(r, inp), layers=p.layers),
+            TensorGroup(p.name + ".lora_B.weight", out * r, p.count, True, True, shape=(out, r), layers=p.layers),
         )
 
 

@@ -9,6 +9,7 @@ output is saved.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
 from peftcalc.methods.prompt import check_virtual_tokens
@@ -20,7 +21,31 @@ KV_HEADS_CONFIGS = frozenset({"llama", "mistral", "mixtral", "qwen2", "gemma", "
 
 def prefix_token_dim(spec: ModelSpec) -> int:
     a = spec.arch
-    return a.num_kv_heads * a.head_dim if a.family in KV_HEADS_CONFIGS else a.hidden_size
+    if spec.derivation is None:
+        return a.num_kv_heads * a.head_dim if a.family in KV_HEADS_CONFIGS else a.hidden_size
+    return derived_token_dim(spec.derivation.config)
+
+
+def derived_token_dim(config: Mapping[str, Any]) -> int:
+    """peft's prefix width from the model's config dict (peft.utils.other._prepare_prompt_learning_config): the
+    hidden size, or with num_key_value_heads the key/value width of one layer, the widest for models whose layers
+    differ (global_head_dim, per_layer_config)."""
+    cfg = config.get("text_config") or config
+    hidden = next(cfg[k] for k in ("hidden_size", "n_embd", "d_model") if k in cfg)
+    if "num_key_value_heads" not in cfg:
+        return hidden
+    heads = next(cfg[k] for k in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads") if k in cfg)
+    kv = cfg["num_key_value_heads"]
+    if cfg.get("global_head_dim") is not None:
+        return cfg["global_head_dim"] * (cfg.get("num_global_key_value_heads") or kv)
+    if cfg.get("per_layer_config") is not None:
+        head_dim, best_kv = cfg.get("head_dim", hidden // heads), kv
+        for layer in cfg["per_layer_config"].values():
+            if layer.get("head_dim", head_dim) > head_dim:
+                head_dim, best_kv = layer["head_dim"], layer.get("num_key_value_heads", kv)
+        return head_dim * best_kv
+    head_dim = cfg["head_dim"] if cfg.get("head_dim") is not None else hidden // heads
+    return head_dim * kv
 
 
 def prefix_layers(spec: ModelSpec) -> int:

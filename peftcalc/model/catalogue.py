@@ -14,7 +14,7 @@ from pathlib import Path
 
 from peftcalc.errors import PeftcalcError
 from peftcalc.model.hf_config import spec_from_config
-from peftcalc.model.spec import ModelSpec
+from peftcalc.model.spec import ModelSpec, Scope
 
 CATALOGUE_DIR = Path(__file__).with_name("catalogue")
 
@@ -38,6 +38,18 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def find(name: str) -> str | None:
+    """The catalogue name of `name` (a catalogue name or a Hugging Face id, any case), or None."""
+    return _lookup_key(name)
+
+
+def unknown_model(name: str) -> PeftcalcError:
+    close = difflib.get_close_matches(name.lower(), model_names(), n=5, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return PeftcalcError(f"unknown model {name!r}{hint} (`peftcalc models` lists them all; a Hugging Face id "
+                         "such as Qwen/Qwen3-8B or --config PATH work too)")
+
+
 def _lookup_key(name: str) -> str | None:
     key = name.strip().lower()
     if "/" not in key and (CATALOGUE_DIR / f"{key}.json").is_file():
@@ -52,15 +64,14 @@ def _lookup_key(name: str) -> str | None:
 
 
 @lru_cache(maxsize=None)
-def get_model(name: str) -> ModelSpec:
-    """The catalogue model `name` (or its Hugging Face id); unknown names fail with the closest ones."""
+def get_model(name: str, scope: Scope = "text") -> ModelSpec:
+    """The catalogue model `name` (or its Hugging Face id); unknown names fail with the closest ones.
+    `scope` "full" takes every tower of a multimodal checkpoint (default: the language model and its head)."""
     key = _lookup_key(name)
     if key is None:
-        close = difflib.get_close_matches(name.lower(), model_names(), n=5, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise PeftcalcError(f"unknown model {name!r}{hint} (`peftcalc models` lists them all)")
+        raise unknown_model(name)
     e = _read(CATALOGUE_DIR / f"{key}.json")
-    return spec_from_config(e["config"], e["name"], e["source"])
+    return spec_from_config(e["config"], e["name"], e["source"], scope, shipped=e["name"])
 
 
 def entry(name: str) -> dict:

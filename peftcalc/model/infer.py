@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from peftcalc.errors import PeftcalcError
+from peftcalc.model.bounds import check_params, check_size
 from peftcalc.model.hf_config import spec_from_config
 from peftcalc.model.spec import ModelSpec, Params
 
@@ -32,6 +33,10 @@ MIN_PARAMS = 5 * 10**7
 
 OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "intermediate_size", "vocab_size")
+OVERRIDE_BOUNDS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
+                   "num_key_value_heads": "heads", "intermediate_size": "ffn", "vocab_size": "vocab"}
+OVERRIDE_FLAGS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
+                  "num_key_value_heads": "kv-heads", "intermediate_size": "ffn", "vocab_size": "vocab"}
 
 
 def _config(row: tuple[int, int, int, int, int, int, str]) -> dict[str, Any]:
@@ -44,10 +49,14 @@ def infer_spec(num_params: int, **overrides: int | None) -> ModelSpec:
     """A spec totalling exactly `num_params`, shaped like the nearest Llama; overrides replace shape numbers."""
     if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params <= 0:
         raise PeftcalcError(f"--params must be a positive number of parameters, got {num_params!r}")
+    check_params(num_params)
+    for key, value in overrides.items():
+        if value is not None and key in OVERRIDE_BOUNDS:
+            check_size(OVERRIDE_BOUNDS[key], value, f"--{OVERRIDE_FLAGS[key]}")
     if num_params < MIN_PARAMS:
         raise PeftcalcError(f"--params {num_params} is below {MIN_PARAMS:.0e}; peftcalc infers shapes for language models "
                             "of 50M parameters and up (give a --config for anything smaller)")
-    sizes = [(abs(math.log(num_params / spec_from_config(_config(r), "", "").inventory_params)), r) for r in LADDER]
+    sizes = [(abs(math.log(num_params / spec_from_config(_config(r), "", "", bounded=False).inventory_params)), r) for r in LADDER]
     row = min(sizes, key=lambda t: t[0])[1]
     cfg = _config(row)
     given = {k for k, v in overrides.items() if v is not None}
@@ -65,7 +74,8 @@ def infer_spec(num_params: int, **overrides: int | None) -> ModelSpec:
     if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
         raise PeftcalcError(f"--heads {cfg['num_attention_heads']} is not divisible by --kv-heads {cfg['num_key_value_heads']}")
     cfg = _fit(cfg, num_params, given)
-    shaped = spec_from_config(cfg, f"{num_params:.3g} params", f"inferred: Llama-style shape nearest {row[6]}")
+    shaped = spec_from_config(cfg, f"{num_params:.3g} params", f"inferred: Llama-style shape nearest {row[6]}",
+                              bounded=False)
     delta = num_params - shaped.inventory_params
     if delta < 0:
         raise PeftcalcError(f"the shape overrides give {shaped.inventory_params:,} parameters, more than --params "
@@ -75,7 +85,7 @@ def infer_spec(num_params: int, **overrides: int | None) -> ModelSpec:
 
 
 def _count(cfg: dict[str, Any]) -> int:
-    return spec_from_config(cfg, "", "").inventory_params
+    return spec_from_config(cfg, "", "", bounded=False).inventory_params
 
 
 def _fit(cfg: dict[str, Any], num_params: int, given: set[str]) -> dict[str, Any]:

@@ -91,6 +91,11 @@ def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
         "checkpoints": f"safetensors files: adapter weights in {p.adapter_dtype} (peft's default fp32 unless "
                        "--adapter-dtype), modules_to_save copies and full copies in the weight dtype",
     }
+    if est.spec.derivation is not None:
+        d = est.spec.derivation
+        out["inventory"] = (f"derived: transformers {d.transformers_version} built {d.model_class} from the config on "
+                            "the meta device (every weight, buffer and dtype as it builds them)"
+                            + "".join(f"; {n}" for n in d.notes))
     if files is not None:
         from peftcalc.render.from_files import not_modelled_summary
 

@@ -19,7 +19,7 @@ from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import Estimate, MethodEstimate, estimate
 from peftcalc.hardware.catalogue import Gpu
 from peftcalc.hardware.planner import Option, Plan
-from peftcalc.methods import METHODS, RANKED, MethodOptions
+from peftcalc.methods import RANKED, MethodOptions, method_title
 from peftcalc.model.spec import ModelSpec
 from peftcalc.results.files import Record
 from peftcalc.results.predict import repredict, request_of
@@ -90,7 +90,7 @@ def comparison_frame(est: Estimate) -> pd.DataFrame:
         m = r.memory
         rows.append({
             "method": r.method,
-            "title": METHODS[r.method].title,
+            "title": method_title(r.method),
             "trainable_params": r.params.trainable,
             "total_params": r.params.total,
             "trainable_percent": round(r.params.percent, 6),

@@ -77,8 +77,13 @@ def test_models_and_methods():
     assert all(m["source"] for m in data)
     r = run("methods")
     assert r.exit_code == 0 and "Houlsby" in r.output
-    assert {m["name"] for m in json.loads(run("methods", "--json").output)} >= {"full", "lora", "qlora", "dora", "adapter",
-                                                                               "prompt", "prefix", "ptuning", "ia3"}
+    methods = json.loads(run("methods", "--json").output)
+    assert {m["name"] for m in methods} >= {"full", "lora", "qlora", "dora", "adapter", "prompt", "prefix", "ptuning",
+                                            "ia3", "loha", "lokr", "vera", "oft", "boft", "adalora", "ln_tuning",
+                                            "vblora", "fourierft", "hra", "miss", "randlora", "shira", "c3a",
+                                            "trainable_tokens", "adaption_prompt", "road", "bone"}
+    assert all(m["source"] for m in methods if m["kind"] in ("peftcalc", "peft"))
+    assert {m["name"] for m in methods if m["kind"] == "refused"} == {"adamss", "frod", "xlora"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -120,9 +125,9 @@ def test_bad_configs(tmp_path):
     r = run("estimate", "--config", str(bad))
     assert r.exit_code != 0 and "not valid JSON" in r.output
     unsupported = tmp_path / "u.json"
-    unsupported.write_text(json.dumps({"model_type": "mamba"}))
+    unsupported.write_text(json.dumps({"model_type": "not_a_model_type"}))
     r = run("estimate", "--config", str(unsupported))
-    assert r.exit_code != 0 and "not supported" in r.output and "llama" in r.output
+    assert r.exit_code != 0 and "'not_a_model_type' is not an architecture of transformers" in r.output
     negative = tmp_path / "n.json"
     negative.write_text(json.dumps({"model_type": "llama", "hidden_size": -3}))
     r = run("estimate", "--config", str(negative))
@@ -181,3 +186,14 @@ def test_kbit_preparation_is_on_by_default_and_says_so():
 def test_a_bad_bitsandbytes_version_is_one_line(version):
     r = run("estimate", "--params", "7e9", "--method", "qlora", "--bitsandbytes-version", version)
     assert r.exit_code == 1 and "--bitsandbytes-version" in r.output and r.output.count("\n") == 1
+@pytest.mark.parametrize("args, message", [
+    (["--model", "qwen3-8b", "--method", "loha", "--peft-option", "r"], "expected KEY=VALUE"),
+    (["--model", "qwen3-8b", "--method", "adamss"], "cannot be sized from a config"),
+    (["--model", "qwen3-8b", "--method", "lora", "--peft-option", "r=4"], "applies to methods derived from peft"),
+    (["--params", "7e9", "--full-model"], "--full-model applies to a multimodal"),
+    (["--params", "7e9", "--method", "loha"], "a bare --params count does not have"),
+    (["--model", "not/in-the-cache"], "pass --config PATH"),
+])
+def test_method_and_model_errors_are_one_line(args, message):
+    r = run("estimate", *args)
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output

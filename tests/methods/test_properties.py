@@ -14,7 +14,7 @@ from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import Lora
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
-from peftcalc.methods.targets import matches
+from peftcalc.methods.targets import matches, moe_conversion
 from peftcalc.model.hf_config import spec_from_config
 from peftcalc.model.spec import Linear, ModelSpec
 
@@ -145,14 +145,35 @@ def test_qlora_counts_equal_lora(case: tuple[ModelSpec, tuple[str, ...]], data: 
         assert q.adapt(spec).params == Lora(r, targets).adapt(spec).params
 
 
+def widest_rank(spec: ModelSpec, targets: tuple[str, ...]) -> int:
+    return max(min(l.in_features, l.out_features) for l in adapted_linears(spec, targets))
+
+
 @SETTINGS
 @given(spec_and_targets(), st.data())
-def test_rank_larger_than_a_target_matrix_is_an_error(case: tuple[ModelSpec, tuple[str, ...]], data: Any) -> None:
+def test_rank_larger_than_every_target_matrix_is_an_error(case: tuple[ModelSpec, tuple[str, ...]], data: Any) -> None:
     spec, targets = case
-    too_big = max_rank(spec, targets) + data.draw(st.integers(1, 50), label="excess")
+    too_big = widest_rank(spec, targets) + data.draw(st.integers(1, 50), label="excess")
     for name in ("lora", "dora", "qlora"):  # (checked before DoRA's MoE refusal: the message says --rank)
         with pytest.raises(PeftcalcError, match="--rank"):
             make_method(name, MethodOptions(rank=too_big, targets=targets)).adapt(spec)
+
+
+@SETTINGS
+@given(spec_and_targets(), st.data())
+def test_rank_above_some_target_matrices_is_noted_as_peft_accepts_it(case: tuple[ModelSpec, tuple[str, ...]],
+                                                                     data: Any) -> None:
+    """peft builds lora_A (r x in) and lora_B (out x r) whatever r (a (1 x h) shared-expert gate under all-linear):
+    peftcalc counts them and says so."""
+    spec, targets = case
+    lo, hi = max_rank(spec, targets), widest_rank(spec, targets)
+    if lo == hi or moe_conversion(spec, targets)[1]:  # (MoE routers and experts add their own adapters)
+        return
+    r = data.draw(st.integers(lo + 1, hi), label="rank")
+    a = make_method("lora", MethodOptions(rank=r, targets=targets)).adapt(spec)
+    assert any("exceeds the smaller side" in n for n in a.notes)
+    assert a.params.trainable == sum(r * (l.in_features + l.out_features) * l.count
+                                     for l in adapted_linears(spec, targets))
 
 
 @SETTINGS

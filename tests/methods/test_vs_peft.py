@@ -25,9 +25,9 @@ from peftcalc.methods.adapter import BottleneckAdapter
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import Lora
 from peftcalc.methods.prefix import KV_HEADS_CONFIGS
-from peftcalc.methods.targets import all_linear_parameters, matches
+from peftcalc.methods.targets import MAMBA_MODEL_TYPES, matches, moe_conversion, peft_model_type
 from peftcalc.model.catalogue import get_model, model_names
-from peftcalc.model.spec import ModelSpec
+from peftcalc.model.spec import ModelSpec, expand_name
 
 pytestmark = pytest.mark.catalogue
 
@@ -59,10 +59,11 @@ def apply_peft(method: Any, spec: ModelSpec) -> Any:
 
 
 def expand(spec: ModelSpec, templates: tuple[str, ...]) -> set[str]:
-    """Module name templates ("model.layers.{i}.q_proj", count n) -> every module name."""
-    counts = {l.name: l.count for l in spec.linears}
-    return {t.replace("{i}", str(i)) for t in templates for i in range(counts[t])} | {
-        t for t in templates if "{i}" not in t}
+    """Module name templates ("model.layers.{i}.q_proj" over its layers) -> every module name."""
+    names: dict[str, set[str]] = {}
+    for l in spec.linears:
+        names.setdefault(l.name, set()).update(expand_name(l.name, l.layers, l.count))
+    return set().union(*(names[t] for t in templates)) if templates else set()
 
 
 def peft_adapted(peft_model: Any) -> set[str]:
@@ -107,6 +108,12 @@ def test_lora_all_linear_and_qlora(name: str) -> None:
     LoraConfig QLoRA maps to."""
     spec = get_model(name)
     lora, q = method("lora", rank=16, targets=("all-linear",)), method("qlora", rank=16)
+    if peft_model_type(spec) in MAMBA_MODEL_TYPES:  # peft refuses LoRA on a Mamba model's out_proj/conv1d
+        with pytest.raises(PeftcalcError, match="peft refuses LoRA"):
+            lora.adapt(spec)
+        with pytest.raises(ValueError, match="incompatible with Mamba"):
+            apply_peft(lora, spec)
+        return
     config = peft_config(q, spec)
     assert config.target_modules == "all-linear" and config.r == 16 and not config.use_dora
     assert config == peft_config(lora, spec)
@@ -172,7 +179,13 @@ def test_lora_explicit_targets(name: str, targets: tuple[str, ...]) -> None:
 def test_dora_and_qlora_explicit_targets(name: str) -> None:
     spec = get_model(name)
     targets = explicit_target_lists(spec)[1]
-    check(method("dora", rank=2, targets=targets), spec)
+    if moe_conversion(spec, targets)[1]:  # the targets reach fused experts: peft has no DoRA for parameters
+        with pytest.raises(PeftcalcError, match="DoRA"):
+            method("dora", rank=2, targets=targets).adapt(spec)
+        with pytest.raises(ValueError, match="(?i)dora"):
+            apply_peft(method("dora", rank=2, targets=targets), spec)
+    else:
+        check(method("dora", rank=2, targets=targets), spec)
     check(method("qlora", rank=2, targets=targets), spec)
 
 
@@ -261,7 +274,7 @@ def test_prefix_with_kv_heads_uses_grouped_width() -> None:
     assert tuple(weight.shape) == (3, a.num_layers * 2 * a.num_kv_heads * a.head_dim)
 
 
-MOE_MODELS = [n for n in MODELS if all_linear_parameters(get_model(n))]
+MOE_MODELS = [n for n in MODELS if moe_conversion(get_model(n), ("all-linear",))[1]]
 
 
 @pytest.mark.parametrize("name", MOE_MODELS)
