@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import import_module
 
 from peftcalc.methods.base import Adaptation
-from peftcalc.stepsim.engine import Sim
+from peftcalc.stepsim.engine import Sim, extrapolated_moments
 from peftcalc.stepsim.model import Model, StepConfig
 from peftcalc.stepsim.poly import Poly, add_into, plus, prune, scale
 
@@ -62,21 +62,7 @@ def simulate(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
     extra = {name: max(0, st.count - 3) for name, st in sim.stacks.items()}
     held = {name: st.held for name, st in sim.stacks.items()}
     names = list(sim.stacks)
-
-    def extrapolate(e) -> Poly | None:
-        if e.tag is not None and e.tag[1] == "mid":
-            return None
-        out = dict(e.live)
-        for name, state in zip(names, e.states):
-            if extra[name] and state:
-                add_into(out, scale(held[name].get(state, {}), extra[name]))
-        return out
-
-    fwd, bwd = [], []
-    for e in sim.events:
-        p = extrapolate(e)
-        if p is not None:
-            (fwd if e.phase == "forward" else bwd).append(p)
+    fwd, bwd = extrapolated_moments(sim)
     after_all = dict(after)
     for name in names:
         add_into(after_all, scale(held[name].get(2, {}), extra[name]))

@@ -155,8 +155,7 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     flat = f.view(lf, ("B", "T", vocab))
     del lf
     logp = f.log_softmax(flat)
-    del flat
-    return f.nll_loss(logp, shifted)
+    return f.nll_loss(logp, shifted)  # `logits` is a local of ForCausalLMLoss: alive until the loss exists
 
 
 def prefix_cache(m: Model, stack: str, count: int, kv_heads: int, head_dim: int) -> None:

@@ -33,7 +33,7 @@ def gelu_new(m: Model, x: Tensor) -> Tensor:
     x^3))): pow (saves x), tanh (saves its result), and the final product (saves both factors)."""
     f = m.f
     half = f.scale(x)  # 0.5 * input
-    cube = f.unary_saves_input(x, "PowBackward0", "pow")
+    cube = f.pow(x)
     t = f.scale(cube)
     del cube
     t2 = f.add(x, t)
@@ -71,9 +71,11 @@ def sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout
     """torch's `_scaled_dot_product_attention_math`, the CPU path when dropout is on: bf16/fp16 inputs are
     upcast to fp32 first (q, k, v copies; the output is cast back), q * sqrt(scale), k^T * sqrt(scale) (both
     saved by the matmul), the causal mask (ones().tril(), then a float `where`, per call), scores, + mask,
-    `_safe_softmax` (saved), dropout (noise saved), @ v."""
+    `_safe_softmax` (saved), dropout (noise saved), @ v; the output and the probabilities cast back (the
+    latter dropped)."""
     f, sim = m.f, m.sim
-    q, k, v = f.cast(q), f.cast(k), f.cast(v)  # sdpa is an autocast op: under amp its inputs are cast first
+    v, k = f.cast(v), f.cast(k)  # sdpa is an autocast op: under amp its inputs are cast first (right to left)
+    q = f.cast(q)
     autocast, f.autocast = f.autocast, None  # ... and the composite's own operators run below autocast
     try:
         return _sdpa_math(m, q, k, v, H, d, dropout, causal, q_len, k_len, mask, strided, kv_strided)
@@ -108,9 +110,14 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
     del scores
     probs = f.dropout(probs, dropout)
     vm = _bmm_operand(m, v, kv_strided)
+    # `return make_tuple(matmul(attn, v).to(origin_dtype), attn.to(origin_dtype))`: arguments evaluated right
+    # to left, so the probabilities' low-precision copy (dropped by the caller) comes first; every local
+    # (the fp32 q, k, v, the scaled query, the mask) lives until the function returns
+    probs_low = f.to(probs, dtype)
     out = f.matmul(probs, vm, ("B", H, q_len, d))
-    del probs, fmask, q, k, v, qs, vm
-    return f.to(out, dtype)
+    result = f.to(out, dtype)
+    del out, probs_low, probs, fmask, q, k, v, qs, vm
+    return result
 
 
 def eager_softmax_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float,

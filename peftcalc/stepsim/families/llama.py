@@ -23,9 +23,10 @@ def rms_norm(m: Model, x: Tensor, weight: str) -> Tensor:
     f, h = m.f, m.arch.hidden_size
     dtype = x.dtype
     x32 = f.to(x, "fp32")
-    var = f.mean_last(f.pow2(x32))
-    r = f.unary_saves_output(f.add(var), "RsqrtBackward0", "rsqrt")
-    del var
+    var = f.mean_last(f.pow(x32))
+    r = f.rsqrt(f.add(var))
+    if m.arch.family in ("gemma", "gemma2"):
+        del var  # GemmaRMSNorm._norm computes it inside one expression; Llama's is a local until the return
     y = f.mul(x32, r)
     del x32, r
     w = m.weight(weight, (h,))
