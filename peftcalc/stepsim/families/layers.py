@@ -120,6 +120,22 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
     return result
 
 
+def sdpa_flash_masked(m: Model, q: Tensor, k: Tensor, v: Tensor, out_shape: tuple, lse_shape: tuple,
+                      mask: Tensor) -> Tensor:
+    """F.scaled_dot_product_attention with a boolean mask and no dropout on the CPU: the flash kernel, after
+    sdpa turns the mask into a float one (convert_boolean_attn_mask: logical_not, where), which the kernel
+    saves."""
+    f, sim = m.f, m.sim
+    v, k = f.cast(v), f.cast(k)  # under amp the autocast wrapper casts first (right to left) ...
+    q = f.cast(q)
+    sim.op = "logical_not"  # ... then sdpa converts the mask to the query's dtype
+    inv = sim.new(mask.shape, "bool")
+    sim.op = "where"
+    fmask = sim.new(mask.shape, q.dtype)
+    del inv
+    return f.sdpa_flash_cpu(q, k, v, out_shape, lse_shape, fmask)
+
+
 def eager_softmax_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float,
                             mask: Tensor | None, q_len: str = "T", k_len: str = "T", upcast: bool = False,
                             strided: bool = True, kv_strided: bool | None = None) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
+from peftcalc.stepsim.families.layers import sdpa_flash_masked
 from peftcalc.stepsim.model import Model
 
 ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "mixtral": "silu", "phi3": "silu",
@@ -123,12 +124,7 @@ def attend(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, c
         # boolean mask into a float one (convert_boolean_attn_mask: logical_not, where), which the kernel saves
         if H != KV:  # expand + reshape: a view when there is one key/value head, else a copy
             k, v = repeat_kv(m, k, KV, H, keys, d), repeat_kv(m, v, KV, H, keys, d)
-        sim.op = "logical_not"
-        inv = sim.new(mask.shape, "bool")
-        sim.op = "where"
-        fmask = sim.new(mask.shape, q.dtype)
-        del inv
-        return f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"), fmask)
+        return sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask)
     return eager(m, q, k, v, H, KV, d, keys, dropout, mask)
 
 
