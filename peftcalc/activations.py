@@ -30,7 +30,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.stepsim.model import StepConfig
-from peftcalc.stepsim.poly import Poly
+from peftcalc.stepsim.poly import evaluate
 from peftcalc.stepsim.replay import SimResult, simulate
 
 
@@ -67,24 +67,14 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
             "P": adaptation.prefix_tokens}
 
 
-def _value(p: Poly, v: dict[str, int]) -> int:
-    total = 0
-    for mono, c in p.items():
-        for s in mono:
-            c *= v[s]
-        total += c
-    return total
-
-
 @lru_cache(maxsize=8192)
-def activation_bytes(adaptation: Adaptation, setup: Setup, compute_dtype: str | None = None) -> Activations:
-    """The replayed step's activations and transient peaks for this batch and sequence length.
-    (`compute_dtype` is accepted for older callers; the setup's precision recipe decides.)"""
+def activation_bytes(adaptation: Adaptation, setup: Setup) -> Activations:
+    """The replayed step's activations and transient peaks for this batch and sequence length."""
     r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
     v = sizes(adaptation, setup)
     return Activations(
-        after_forward_bytes=_value(r.after_forward, v),
-        forward_peak_bytes=max(_value(p, v) for p in r.forward_peaks),
-        backward_peak_bytes=max(_value(p, v) for p in r.backward_peaks),
-        gradient_bytes=_value(r.gradients, v),
+        after_forward_bytes=evaluate(r.after_forward, v),
+        forward_peak_bytes=max(evaluate(p, v) for p in r.forward_peaks),
+        backward_peak_bytes=max(evaluate(p, v) for p in r.backward_peaks),
+        gradient_bytes=evaluate(r.gradients, v),
     )

@@ -38,8 +38,6 @@ class ModelStates:
     gradient_bytes: int
     master_weight_bytes: int
     optimizer_state_bytes: int  # includes AdamW's per-tensor step
-    largest_trainable_bytes: int  # the biggest single trainable tensor, as stored
-    trainable_weight_bytes: int  # bytes of the trainable weights, as stored
     buffer_bytes: int = 0  # non-parameter tensors of the model (rotary frequencies, position ids, QLoRA constants)
     stepped_bytes: int = 0  # what the optimizer steps, in its state dtype (foreach AdamW makes one such copy)
     forloop_temporary_bytes: int = 0  # the for-loop AdamW's largest scratch (see forloop_scratch)
@@ -107,7 +105,7 @@ def forloop_scratch(sizes: list[int]) -> int:
 def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -> ModelStates:
     opt = get_optimizer(optimizer)
     torch_adamw = optimizer in SCALAR_STATE_OPTIMIZERS
-    weights = grads = master = states = largest = trainable_w = stepped = master_grads = scalars = 0
+    weights = grads = master = states = stepped = master_grads = scalars = 0
     first, middle, last = [], [], []  # trainable tensor sizes in model.parameters() order, roughly
     spec = adaptation.spec
     heads = {l.name + ".weight" for l in spec.linears if l.head}
@@ -127,8 +125,6 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
             per_layer[stack] += one
         if not g.trainable:
             continue
-        trainable_w += one * g.count
-        largest = max(largest, one)
         grads += one * g.count  # a gradient has its parameter's dtype and shape
         state_bytes = g.numel * dtype_bytes(precision.state_dtype(g.added))
         stepped += state_bytes * g.count
@@ -152,7 +148,7 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
             states += ADAM_STEP_BYTES * g.count * per
             scalars += ADAM_STEP_BYTES * g.count * per
     last_cast = head_cast or block_cast
-    return ModelStates(weights, grads, master, states, largest, trainable_w, buffer_bytes(adaptation, precision), stepped,
+    return ModelStates(weights, grads, master, states, buffer_bytes(adaptation, precision), stepped,
                        forloop_scratch(first + middle + last), master_grads, last_cast,
                        layer_weight_bytes=max(per_layer.values(), default=0), root_weight_bytes=root,
                        scalar_state_bytes=scalars)

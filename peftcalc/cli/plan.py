@@ -11,7 +11,6 @@ from peftcalc.cli.options import (method_options, methods_option, model_options,
                                   planning_setup_options, resolve_gpus, resolve_method_options, resolve_setup,
                                   resolve_spec, resolve_unit)
 from peftcalc.errors import PeftcalcError
-from peftcalc.units import Unit
 
 
 @click.command("plan")

@@ -21,7 +21,6 @@ from enum import Enum
 from itertools import combinations
 from typing import Callable, Iterable, Sequence
 
-from peftcalc.activations import activation_bytes
 from peftcalc.compute import Flops, break_even_runs, check_mfu, check_run, purchase_usd, rent_usd, run_flops, \
     run_seconds, training_flops_per_seq, SECONDS_PER_HOUR
 from peftcalc.errors import PeftcalcError
@@ -190,7 +189,6 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("zero-2+offload", 2, True, "ZeRO-Offload: ZeRO-2 with optimizer states in CPU memory"),
     Strategy("zero-3+offload", 3, True, "ZeRO-3 / FSDP with optimizer states in CPU memory"),
 )
-STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
 
 def strategy_name(zero_stage: int, offload: bool) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from peftcalc.stepsim.engine import FLOATS, Node, Sim, Tensor, promote
-from peftcalc.stepsim.poly import Dim, numel
+from peftcalc.stepsim.poly import Dim
 
 
 def _broadcast(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:

@@ -13,7 +13,7 @@ from importlib import import_module
 from peftcalc.methods.base import Adaptation
 from peftcalc.stepsim.engine import Sim, extrapolated_moments
 from peftcalc.stepsim.model import Model, StepConfig
-from peftcalc.stepsim.poly import Poly, add_into, plus, prune, scale
+from peftcalc.stepsim.poly import Poly, add_into, prune, scale
 
 FAMILY_MODULES = {
     "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from peftcalc.stepsim.engine import Event, Sim, Tensor, layer_indices
+from peftcalc.stepsim.engine import Sim, Tensor, layer_indices
 from peftcalc.stepsim.model import Model
 
 

@@ -11,7 +11,7 @@ from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
 from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, layer_norm, sdpa_flash_masked
-from peftcalc.stepsim.families.llama import causal_mask, rotate
+from peftcalc.stepsim.families.llama import causal_mask
 from peftcalc.stepsim.model import Model
 
 
