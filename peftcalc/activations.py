@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from peftcalc.methods.base import Adaptation
+from peftcalc.methods.base import Adaptation, Method
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
 from peftcalc.stepsim.model import StepConfig
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.replay import SimResult, simulate
+from peftcalc.stepsim.replay import SimResult, replayable, simulate
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,15 @@ class Activations:
     forward_peak_bytes: int  # the most live during forward
     backward_peak_bytes: int  # the most live during backward (gradients included)
     gradient_bytes: int  # parameter gradients when backward ends (equals memory.py's, a consistency check)
+    source: str = ""  # how they were obtained: the replay, or a traced profile (and which)
 
     @property
     def total(self) -> int:
         """The activations proper: what the forward leaves alive for backward."""
         return self.after_forward_bytes
 
+
+REPLAY_SOURCE = "replayed (peftcalc/stepsim)"
 
 # Families whose sdpa attention runs ATen matmuls on (B, H, ...) views (the CPU math composite, BLOOM's baddbmm):
 # a batch of one views what a larger batch copies. Eager attention does this in every family.
@@ -68,13 +71,26 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
 
 
 @lru_cache(maxsize=8192)
-def activation_bytes(adaptation: Adaptation, setup: Setup) -> Activations:
-    """The replayed step's activations and transient peaks for this batch and sequence length."""
-    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
+def activation_bytes(adaptation: Adaptation, setup: Setup, method: Method | None = None) -> Activations:
+    """The step's activations and transient peaks for this batch and sequence length: replayed where the
+    hand-written replay covers the family and the method, else from a traced profile (`method` is needed to
+    trace one)."""
     v = sizes(adaptation, setup)
-    return Activations(
-        after_forward_bytes=evaluate(r.after_forward, v),
-        forward_peak_bytes=max(evaluate(p, v) for p in r.forward_peaks),
-        backward_peak_bytes=max(evaluate(p, v) for p in r.backward_peaks),
-        gradient_bytes=evaluate(r.gradients, v),
+    if replayable(adaptation):
+        r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
+        polys = (r.after_forward, r.forward_peaks, r.backward_peaks, r.gradients)
+        source = REPLAY_SOURCE
+    else:
+        from peftcalc.profile import profile_for
+
+        prof = profile_for(adaptation, setup, method)
+        polys = (prof.after_forward, prof.forward_peaks, prof.backward_peaks, prof.gradients)
+        source = f"traced profile ({prof.source})"
+    after, forward, backward, grads = polys
+    return Activations(  # (int: a profile's rational coefficients give whole bytes in its residue class)
+        after_forward_bytes=int(evaluate(after, v)),
+        forward_peak_bytes=int(max(evaluate(p, v) for p in forward)),
+        backward_peak_bytes=int(max(evaluate(p, v) for p in backward)),
+        gradient_bytes=int(evaluate(grads, v)),
+        source=source,
     )

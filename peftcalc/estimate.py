@@ -150,7 +150,7 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     adaptation = adapt(spec, method)
     states = model_states(adaptation, precision, setup.optimizer)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    acts = activation_bytes(adaptation, setup)
+    acts = activation_bytes(adaptation, setup, method)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, adaptation.params, memory, acts,

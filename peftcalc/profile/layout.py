@@ -19,10 +19,21 @@ LEADING_COUNTS = ("first_k_dense_replace", "num_dense_layers")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
-def layer_count_key(cfg: Mapping[str, Any]) -> str:
-    for k in LAYER_COUNT_KEYS:
-        if isinstance(cfg.get(k), int):
-            return k
+# Per-layer lists whose length is the number of layers where the config has no count (Nemotron-H).
+LAYER_LISTS = ("layers_block_type", "layer_types")
+
+
+def layer_count_key(cfg: Mapping[str, Any]) -> str | None:
+    return next((k for k in LAYER_COUNT_KEYS if isinstance(cfg.get(k), int)), None)
+
+
+def layer_count(cfg: Mapping[str, Any]) -> int:
+    key = layer_count_key(cfg)
+    if key is not None:
+        return int(cfg[key])
+    for k in LAYER_LISTS:
+        if isinstance(cfg.get(k), (list, tuple)):
+            return len(cfg[k])
     raise ValueError("the config names no number of layers")
 
 
@@ -102,11 +113,11 @@ def representative(types: Sequence[Hashable], layout: Layout) -> list[int]:
 def reduce_config(cfg: Mapping[str, Any], layout: Layout) -> dict[str, Any]:
     """The config of a model with only the layout's layers: the layer count, per-layer entries, index lists
     and leading counts rewritten for the selected layers."""
-    key = layer_count_key(cfg)
-    count = cfg[key]
+    key, count = layer_count_key(cfg), layer_count(cfg)
     sel = layout.selected
     out = dict(cfg)
-    out[key] = len(sel)
+    if key is not None:
+        out[key] = len(sel)
     for k, v in per_layer_values(cfg, count).items():
         picked = [v[i] for i in sel]
         out[k] = "".join(picked) if isinstance(v, str) else type(v)(picked)

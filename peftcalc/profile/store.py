@@ -4,7 +4,7 @@ rest. No torch here: reading a profile is what a click-only install does.
 A profile file holds every profile traced for one key (model config, method and its options, the setup flags
 that change what the step allocates, the torch/transformers/peft versions), one per size regime (`Regime`: batch
 of one or more, the range of sequence lengths between two thresholds such as a sliding window, and, for models
-that pad to a chunk size, the sequence length modulo 64). Files are written atomically; a file that cannot be
+that pad to a chunk size, the sequence length modulo that size). Files are written atomically; a file that cannot be
 read (truncated, edited, another format) is ignored and rewritten.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -23,32 +24,34 @@ from peftcalc.stepsim.poly import Poly
 
 PROFILE_FORMAT = 1
 SHIPPED_DIR = Path(__file__).with_name("shipped")
-RESIDUE = 64  # chunked kernels (gated delta rule, Mamba2) pad the sequence to a multiple of their chunk
 Batch = Literal["1", "2+", "any"]
 
 
 @dataclass(frozen=True)
 class Regime:
-    """The sizes a profile is exact for: batch (1, 2 or more, any), lo < S <= hi, and S % 64 (None: any)."""
+    """The sizes a profile is exact for: batch (1, 2 or more, any), lo < S <= hi, and S % modulus == residue
+    (None: any S; chunked kernels pad the sequence to a multiple of their chunk, which divides the modulus)."""
 
     batch: Batch
     seq_lo: int
     seq_hi: int | None
     residue: int | None
+    modulus: int = 64
 
     def covers(self, batch: int, seq: int) -> bool:
         if self.batch != "any" and (batch == 1) != (self.batch == "1"):
             return False
         if seq <= self.seq_lo or (self.seq_hi is not None and seq > self.seq_hi):
             return False
-        return self.residue is None or seq % RESIDUE == self.residue
+        return self.residue is None or seq % self.modulus == self.residue
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "seq_lo": self.seq_lo, "seq_hi": self.seq_hi, "residue": self.residue}
+        return {"batch": self.batch, "seq_lo": self.seq_lo, "seq_hi": self.seq_hi, "residue": self.residue,
+                "modulus": self.modulus}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Regime":
-        return cls(str(d["batch"]), int(d["seq_lo"]), d["seq_hi"], d["residue"])  # type: ignore[arg-type]
+        return cls(str(d["batch"]), int(d["seq_lo"]), d["seq_hi"], d["residue"], int(d["modulus"]))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,18 @@ class Profile:
                    str(d["source"]))
 
 
-def poly_to_json(p: Poly) -> dict[str, int]:
-    """{("B", "S"): 3, (): 5} -> {"B*S": 3, "1": 5}."""
-    return {"*".join(m) or "1": c for m, c in sorted(p.items())}
+def poly_to_json(p: Poly) -> dict[str, int | str]:
+    """{("B", "S"): 3, (): 5, ("S",): Fraction(1, 64)} -> {"B*S": 3, "1": 5, "S": "1/64"}."""
+    return {"*".join(m) or "1": (c if isinstance(c, int) else str(c)) for m, c in sorted(p.items())}
 
 
-def poly_from_json(d: Mapping[str, int]) -> Poly:
-    return {(() if k == "1" else tuple(k.split("*"))): int(c) for k, c in d.items()}
+def poly_from_json(d: Mapping[str, int | str]) -> Poly:
+    return {(() if k == "1" else tuple(k.split("*"))): (c if isinstance(c, int) else _number(c)) for k, c in d.items()}
+
+
+def _number(text: str) -> int | Fraction:
+    f = Fraction(text)
+    return int(f) if f.denominator == 1 else f
 
 
 def profile_key(parts: Mapping[str, Any]) -> str:

@@ -50,6 +50,28 @@ def _band(u: Uncertainty | None) -> str:
     return "-" if u is None else u.short()
 
 
+REPLAYED = ("replayed: the transformers + peft step of this family, operator by operator, as it runs on the CPU "
+            "(peftcalc/stepsim; checked against traced steps by `peftcalc validate`)")
+PROFILED = ("a traced profile: the real transformers + peft step traced on fake tensors at a few small layer counts "
+            "and sizes, fitted exactly as polynomials in batch and sequence and extrapolated over the layers "
+            "(peftcalc/profile)")
+
+
+def activations_assumption(est: Estimate) -> str:
+    """Which activation model each method's numbers come from: the replay, or a traced profile (and its source)."""
+    profiled = {r.activations.source: [] for r in est.results if r.activations.source.startswith("traced")}
+    for r in est.results:
+        if r.activations.source in profiled:
+            profiled[r.activations.source].append(r.method)
+    replayed = [r.method for r in est.results if not r.activations.source.startswith("traced")]
+    parts = []
+    if replayed:
+        parts.append(REPLAYED + ("" if not profiled else f" for {', '.join(replayed)}"))
+    for source, methods in profiled.items():
+        parts.append(f"{PROFILED} for {', '.join(methods)}: {source.removeprefix('traced profile ').strip('()')}")
+    return "; ".join(parts) + "; the peak is the largest of the forward, backward and optimizer phases"
+
+
 def assumptions(est: Estimate) -> dict[str, Any]:
     s, a, p = est.setup, est.spec.arch, get_precision(est.setup.precision)
     shape = (f"hidden {a.hidden_size}, {a.num_layers} layers, {a.num_heads} heads ({a.num_kv_heads} kv), "
@@ -64,9 +86,7 @@ def assumptions(est: Estimate) -> dict[str, Any]:
         "attention kernel": s.attention,
         "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
         "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else ""),
-        "activations": ("replayed: the transformers + peft step of this family, operator by operator, as it runs on "
-                        "the CPU (peftcalc/stepsim; checked against traced steps by `peftcalc validate`); the peak is "
-                        "the largest of the forward, backward and optimizer phases"),
+        "activations": activations_assumption(est),
         "overhead": ("; ".join(f"{l.name} {l.bytes / 2**20:,.0f} MiB: {l.source}" for l in est.results[0].memory.overhead)
                      or "none (--overhead none)") if est.results else
                     "CUDA context, cuBLAS workspace, allocator rounding and fragmentation: stated defaults (peftcalc/overhead.py)",

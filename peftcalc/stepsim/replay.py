@@ -31,6 +31,14 @@ class SimResult:
     gradients: Poly  # parameter gradients when backward ends (for checks: memory.py has them exactly)
 
 
+def replayable(adaptation: Adaptation) -> bool:
+    """The hand-written replay covers this model family and this method: a family of FAMILY_MODULES with its
+    hand-written inventory, and one of peftcalc's own methods (one derived from peft, such as LoHa or VeRA,
+    changes the computation in ways the replay does not know)."""
+    return (adaptation.spec.arch.family in FAMILY_MODULES and getattr(adaptation.spec, "derivation", None) is None
+            and getattr(adaptation, "peft_type", None) is None)
+
+
 def family_module(family: str):
     try:
         return import_module(f"peftcalc.stepsim.families.{FAMILY_MODULES[family]}")
