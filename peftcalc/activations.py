@@ -29,9 +29,9 @@ from functools import lru_cache
 from peftcalc.methods.base import Adaptation, Method
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
-from peftcalc.stepsim.model import StepConfig
+from peftcalc.stepsim import cache as replay_cache
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.replay import SimResult, replayable, simulate
+from peftcalc.stepsim.result import SimResult, StepConfig, replayable
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,19 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
             "P": adaptation.prefix_tokens}
 
 
+@lru_cache(maxsize=1024)
+def replayed(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
+    """The replay's result: from the user's cache when this model, method and step were replayed before."""
+    key = replay_cache.replay_key(adaptation, cfg)
+    r = replay_cache.load(key)
+    if r is None:
+        from peftcalc.stepsim.replay import simulate  # the replay itself: imported only when needed
+
+        r = simulate(adaptation, cfg)
+        replay_cache.store(key, r)
+    return r
+
+
 @lru_cache(maxsize=8192)
 def activation_bytes(adaptation: Adaptation, setup: Setup, method: Method | None = None) -> Activations:
     """The step's activations and transient peaks for this batch and sequence length: replayed where the
@@ -77,7 +90,7 @@ def activation_bytes(adaptation: Adaptation, setup: Setup, method: Method | None
     trace one)."""
     v = sizes(adaptation, setup)
     if replayable(adaptation):
-        r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family))
+        r = replayed(adaptation, step_config(setup, adaptation.spec.arch.family))
         polys = (r.after_forward, r.forward_peaks, r.backward_peaks, r.gradients)
         source = REPLAY_SOURCE
     else:

@@ -13,14 +13,14 @@ number of runs and the largest |peak error|.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate
 
-HISTORY_FILE = Path(__file__).with_name("data") / "validation_history.json"
+HISTORY_FILE = os.path.join(os.path.dirname(__file__), "data", "validation_history.json")  # (os.path: no pathlib to import)
 MIN_PERCENT = 0.1  # a band is never printed narrower than the history's rounding
 
 
@@ -50,7 +50,8 @@ def setup_kind(method: str, checkpointing: bool) -> str:
 @lru_cache(maxsize=1)
 def _history() -> Mapping[str, Any]:
     try:
-        return json.loads(HISTORY_FILE.read_text(encoding="utf-8")).get("kinds", {})
+        with open(HISTORY_FILE, encoding="utf-8") as f:
+            return json.load(f).get("kinds", {})
     except (OSError, ValueError):
         return {}
 

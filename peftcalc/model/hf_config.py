@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any, Mapping
 
 from peftcalc.errors import ConfigError
@@ -29,8 +29,10 @@ def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpe
     return FAMILIES[family](cfg, name, source)
 
 
-def load_config(path: str | Path) -> ModelSpec:
+def load_config(path: str | os.PathLike[str]) -> ModelSpec:
     """Read a config.json (or a folder holding one) into a ModelSpec named after its folder."""
+    from pathlib import Path  # (only here: estimates of catalogue models and --params do not need it)
+
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"

@@ -9,26 +9,14 @@ the wrapped module computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.model.spec import Linear
 from peftcalc.stepsim.engine import Sim, Tensor
 from peftcalc.stepsim.ops import Ops
+from peftcalc.stepsim.result import StepConfig
 
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """Everything about the setup that changes what is allocated, except batch and sequence sizes."""
-
-    param_dtype: str  # "fp32", "bf16", "fp16"
-    compute_dtype: str
-    attention: str  # "sdpa" or "eager"
-    checkpointing: bool
-    adapter_dtype: str = "fp32"
-    batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
 
 
 class Model:

@@ -6,38 +6,14 @@ or sequence length, which stay symbols (B, S, T, K, P) until `evaluate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.stepsim.engine import Sim, extrapolated_moments
-from peftcalc.stepsim.model import Model, StepConfig
+from peftcalc.stepsim.model import Model
 from peftcalc.stepsim.poly import Poly, add_into, prune, scale
-
-FAMILY_MODULES = {
-    "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
-    "mixtral": "llama", "gpt2": "gpt2", "t5": "t5", "mt5": "t5", "falcon": "falcon", "bloom": "bloom", "opt": "opt", "gpt_neox": "gpt_neox", "bert": "bert", "roberta": "bert",
-}
-
-
-@dataclass(frozen=True)
-class SimResult:
-    """Bytes above the step's starting point (weights, optimizer states, inputs), as polynomials."""
-
-    after_forward: Poly  # live when forward returns: what autograd saved, and the loss
-    forward_peaks: tuple[Poly, ...]  # candidates for the forward's peak (the largest wins at given sizes)
-    backward_peaks: tuple[Poly, ...]  # same for backward (gradients of parameters included)
-    gradients: Poly  # parameter gradients when backward ends (for checks: memory.py has them exactly)
-
-
-def replayable(adaptation: Adaptation) -> bool:
-    """The hand-written replay covers this model family and this method: a family of FAMILY_MODULES with its
-    hand-written inventory, and one of peftcalc's own methods (one derived from peft, such as LoHa or VeRA,
-    changes the computation in ways the replay does not know)."""
-    return (adaptation.spec.arch.family in FAMILY_MODULES and getattr(adaptation.spec, "derivation", None) is None
-            and getattr(adaptation, "peft_type", None) is None)
-
+from peftcalc.stepsim.result import FAMILY_MODULES, SimResult, StepConfig, replayable  # noqa: F401 (re-exported)
 
 def family_module(family: str):
     try:
