@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation, Method
-from peftcalc.precision import get_precision
-from peftcalc.setup import Setup
+from peftcalc.setup import Setup, version_tuple
 from peftcalc.stepsim import cache as replay_cache
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.result import SimResult, StepConfig, replayable
+from peftcalc.stepsim.result import OUTPUT_CHUNKS, SimResult, StepConfig, replayable
 
 
 @dataclass(frozen=True)
@@ -55,19 +54,32 @@ REPLAY_SOURCE = "replayed (peftcalc/stepsim)"
 BATCH_SENSITIVE = frozenset({"gpt2", "bert", "roberta", "t5", "mt5", "falcon", "bloom", "opt", "gpt_neox"})
 
 
-def step_config(setup: Setup, family: str | None = None) -> StepConfig:
-    """What of the setup changes the replayed step (batch and sequence stay symbols)."""
-    p = get_precision(setup.precision)
+def step_config(setup: Setup, family: str | None = None, accumulating: bool = False, device: str = "cuda"
+                ) -> StepConfig:
+    """What of the setup changes the replayed step (batch and sequence stay symbols) on `device`: "cuda" (what
+    users run; the GPU's attention kernels and dropout masks) or "cpu" (what the traced backend runs).
+    `accumulating`: a later micro-batch of gradient accumulation, whose parameters already hold gradients."""
+    p = setup.recipe
     batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
+    mask = "packed" if setup.packing else "padded" if setup.padded and setup.batch_size > 1 else "none"
     return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
-                      batch1)
+                      batch1, accumulating, autocast=p.autocast, device=device,
+                      reentrant=setup.gradient_checkpointing and setup.reentrant_checkpointing, loss=setup.loss,
+                      mask=mask, shift_copy=setup.transformers_version is not None
+                      and version_tuple(setup.transformers_version) < (4, 49))
 
 
 def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
-    """The symbols' values: B batch, S tokens given, T tokens the layers see, K keys, P prefix tokens."""
+    """The symbols' values: B batch, S tokens given, T tokens the layers see, K keys, P prefix tokens; for the
+    loss variants Tc, torchtune's chunk of the sequence (torch.chunk into OUTPUT_CHUNKS: ceil(T / 8)), and C,
+    Liger's rows per logits chunk: min(next_pow2(ceil(B*T / ceil(V / h))), B*T)
+    (fused_linear_cross_entropy_forward)."""
+    a = adaptation.spec.arch
     t = setup.seq_len + adaptation.extra_tokens
+    rows = setup.batch_size * t
+    per = -(-rows // -(-a.vocab_size // a.token_dim))
     return {"B": setup.batch_size, "S": setup.seq_len, "T": t, "K": t + adaptation.prefix_tokens,
-            "P": adaptation.prefix_tokens}
+            "P": adaptation.prefix_tokens, "Tc": -(-t // OUTPUT_CHUNKS), "C": min(1 << (per - 1).bit_length(), rows)}
 
 
 @lru_cache(maxsize=1024)
@@ -84,19 +96,25 @@ def replayed(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
 
 
 @lru_cache(maxsize=8192)
-def activation_bytes(adaptation: Adaptation, setup: Setup, method: Method | None = None) -> Activations:
-    """The step's activations and transient peaks for this batch and sequence length: replayed where the
-    hand-written replay covers the family and the method, else from a traced profile (`method` is needed to
-    trace one)."""
+def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = False, device: str = "cuda",
+                     method: Method | None = None) -> Activations:
+    """The step's activations and transient peaks for this batch and sequence length on `device`: replayed where
+    the hand-written replay covers the family and the method, else from a traced profile (`method` is needed to
+    trace one; profiles are traced with the CPU's kernels, see peftcalc/profile).
+
+    `accumulating`: a later micro-batch of gradient accumulation. Every trainable parameter already holds its
+    gradient from the micro-batches before; torch adds each new gradient into it in place and frees the new one.
+    The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
+    gradients left out (`gradient_bytes` is 0)."""
     v = sizes(adaptation, setup)
     if replayable(adaptation):
-        r = replayed(adaptation, step_config(setup, adaptation.spec.arch.family))
+        r = replayed(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device))
         polys = (r.after_forward, r.forward_peaks, r.backward_peaks, r.gradients)
         source = REPLAY_SOURCE
     else:
         from peftcalc.profile import profile_for
 
-        prof = profile_for(adaptation, setup, method)
+        prof = profile_for(adaptation, setup, method, accumulating)
         polys = (prof.after_forward, prof.forward_peaks, prof.backward_peaks, prof.gradients)
         source = f"traced profile ({prof.source})"
     after, forward, backward, grads = polys

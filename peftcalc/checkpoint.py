@@ -17,6 +17,10 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.precision import Precision
 
 SAFETENSORS_DTYPE = {"fp32": "F32", "bf16": "BF16", "fp16": "F16", "int8": "I8"}
+# The writer orders tensors by dtype (descending in safetensors' Dtype enum order), then by name; the offsets,
+# and so the header's length, follow that order (safetensors/src/tensor.rs `prepare`).
+SAFETENSORS_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
+                     "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64")
 PEFT_PREFIX = "base_model.model."
 
 
@@ -39,7 +43,7 @@ def _header_bytes(entries: list[tuple[str, str, tuple[int, ...], int]]) -> int:
     """Size of the JSON header safetensors writes for (name, dtype, shape, nbytes) entries, padded to 8."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, dtype, shape, nbytes in entries:
+    for name, dtype, shape, nbytes in sorted(entries, key=lambda e: (-SAFETENSORS_ORDER.index(e[1]), e[0])):
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     n = len(json.dumps(header, separators=(",", ":")).encode())

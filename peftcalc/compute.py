@@ -112,6 +112,7 @@ class Flops:
     keys: int  # positions + prefix tokens
     train_flops_per_seq: int  # forward + backward (+ weight gradients where trained)
     recompute_flops_per_seq: int  # gradient checkpointing's extra forward (0 without it)
+    forward_flops_per_seq: int = 0  # the forward alone (the rest, recomputation included, is backward)
 
     @property
     def flops_per_seq(self) -> int:
@@ -138,7 +139,14 @@ def training_flops_per_seq(adaptation: Adaptation, seq_len: int, gradient_checkp
     else:
         per_position = frozen_training_flops_per_position(spec, trainable, keys)
     recompute = recompute_flops_per_position(spec, trainable, keys, full) if gradient_checkpointing else 0
-    return Flops(seq_len, positions, keys, per_position * positions, recompute * positions)
+    forward = forward_flops_per_position(spec, 0 if full else trainable, keys)
+    return Flops(seq_len, positions, keys, per_position * positions, recompute * positions, forward * positions)
+
+
+def forward_flops_per_position(spec: ModelSpec, adapter_params: int, keys: int) -> int:
+    """The forward pass: 2N + the attention forward + 2 per adapter parameter (Kaplan et al. 2020: C_forward = 2N).
+    Full training's 6N is this forward plus a backward of twice it."""
+    return 2 * matmul_params(spec) + attention_forward_flops(spec, keys) + 2 * adapter_params
 
 
 def run_flops(flops: Flops, tokens: int, epochs: float) -> int:
@@ -160,15 +168,6 @@ def check_mfu(mfu: float) -> None:
 
 
 # ---- time and money ------------------------------------------------------------------------------------
-
-def run_seconds(total_flops: int, num_gpus: int, peak_flops_per_s: int, mfu: float) -> float:
-    """Wall time: FLOPs / (GPUs x dense peak x utilisation). Assumes perfect data-parallel scaling (the
-    communication of DDP/ZeRO overlapped with compute) and no time for evaluation, checkpoints or startup."""
-    check_mfu(mfu)
-    if num_gpus <= 0 or peak_flops_per_s <= 0:
-        raise PeftcalcError("GPU count and peak FLOP/s must be positive")
-    return total_flops / (num_gpus * peak_flops_per_s * mfu)
-
 
 def rent_usd(hours: float, num_gpus: int, usd_per_gpu_hour: float) -> float:
     """Renting: GPU-hours x the hourly price per GPU (billing granularity and minimums ignored)."""

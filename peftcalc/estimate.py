@@ -18,7 +18,7 @@ largest of the three; `total` adds the overhead lines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from peftcalc.activations import Activations, activation_bytes
@@ -28,11 +28,12 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.methods.full import Full
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
-from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes
-from peftcalc.parallel import Placement, place
-from peftcalc.precision import get_precision
+from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
+from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
+                               stage_spec)
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
+from peftcalc.collectives import fsdp_units
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -42,8 +43,10 @@ INPUT_TENSORS = 2  # input_ids and labels, int64 (B, S) each
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes on one GPU. The peak is the largest of the forward, backward and optimizer phases; `total` is the
-    peak plus the overhead lines."""
+    """Bytes on one GPU. The peak is the largest of the forward, backward and optimizer phases (tensor bytes);
+    the three quantities users compare with add the overhead lines level by level (peftcalc/overhead.py):
+    `allocated_bytes` (torch.cuda.max_memory_allocated), `reserved_bytes` (max_memory_reserved) and `total`
+    (the device total, CUDA context included: what must fit in the GPU)."""
 
     weight_bytes: int
     gradient_bytes: int
@@ -56,6 +59,8 @@ class MemoryBreakdown:
     buffer_bytes: int = 0  # non-parameter tensors of the model
     input_bytes: int = 0  # the batch: token ids and labels
     communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
+    in_flight_activation_bytes: int = 0  # pipeline parallel: saved activations of the other micro-batches in flight
+    accumulated_gradient_bytes: int = 0  # gradients held between micro-batches of gradient accumulation
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
     backward_peak_bytes: int = 0  # the most live during backward (absolute)
     optimizer_peak_bytes: int = 0  # the most live during the optimizer step (absolute)
@@ -90,8 +95,22 @@ class MemoryBreakdown:
         p = self.phases
         return max(p, key=lambda k: p[k])
 
+    def _lines(self, *levels: str) -> int:
+        return sum(l.bytes for l in self.overhead if l.level in levels)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """The allocated peak: tensors, the cuBLAS workspace and the allocator's 512-byte rounding."""
+        return self.peak_bytes + self._lines("allocated")
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Reserved by the caching allocator at its peak: allocated plus segment tails and fragmentation."""
+        return self.allocated_bytes + self._lines("reserved")
+
     @property
     def total(self) -> int:
+        """The device total: reserved plus the CUDA context (every overhead line)."""
         return self.peak_bytes + self.overhead_bytes
 
 
@@ -142,24 +161,39 @@ def input_bytes(setup: Setup) -> int:
 
 def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: int = 10,
                     overhead_bytes: int | None = DEFAULT_OVERHEAD_BYTES,
-                    overhead: OverheadSpec = OverheadSpec()) -> MethodEstimate:
-    """One method's estimate. `overhead_bytes` (an int) replaces the overhead lines by one given total;
-    `overhead` overrides single lines."""
-    precision = get_precision(setup.precision)
+                    overhead: OverheadSpec = OverheadSpec(), device: str = "cuda") -> MethodEstimate:
+    """One method's estimate on `device` ("cuda": the GPU's kernels, what users run; "cpu": what the traced
+    backend runs). `overhead_bytes` (an int) replaces the overhead lines by one given total; `overhead`
+    overrides single lines."""
+    precision = setup.recipe
     get_optimizer(setup.optimizer)
-    adaptation = adapt(spec, method)
-    states = model_states(adaptation, precision, setup.optimizer)
+    whole = adapt(spec, method)
+    in_flight = 0
+    if setup.tensor_parallel > 1 or setup.pipeline_parallel > 1:  # one GPU holds one stage's tensor shard
+        check_model_parallel(spec, setup.tensor_parallel, setup.pipeline_parallel)
+        adaptation = adapt(stage_spec(spec, setup.tensor_parallel, stage_layers(spec, setup.pipeline_parallel)),
+                           method)
+        acts, in_flight = model_parallel_activations(spec, method, setup, device)
+    else:
+        adaptation = whole
+        acts = activation_bytes(adaptation, setup, device=device, method=method)
+    states = model_states(adaptation, precision, setup.optimizer, setup.optimizer_state_dtype)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    acts = activation_bytes(adaptation, setup, method)
-    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead)
+    later = (activation_bytes(adaptation, setup, accumulating=True, device=device, method=method)
+             if setup.gradient_accumulation > 1 else None)
+    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
+    if in_flight:
+        memory = replace(memory, in_flight_activation_bytes=in_flight)
     full = adapt(spec, Full())
-    return MethodEstimate(method.name, adaptation.params, memory, acts,
-                          checkpoint_size(adaptation, full, precision, num_tasks), adaptation.notes)
+    return MethodEstimate(method.name, whole.params, memory, acts,
+                          checkpoint_size(whole, full, precision, num_tasks), whole.notes)
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,
-            overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec()) -> MemoryBreakdown:
-    """The phases of one step on one GPU from model states, their placement and the replayed activations."""
+            overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec(),
+            later: Activations | None = None) -> MemoryBreakdown:
+    """The phases of one step on one GPU from model states, their placement and the replayed activations.
+    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`)."""
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
     parallel = setup.num_gpus > 1
     # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
@@ -170,16 +204,15 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     # Backward's gradients: the replay materialises every gradient in full; under ZeRO-2/3 each rank keeps its
     # shard once reduced.
     grad_shortfall = states.gradient_bytes - placed.gradient_bytes
-    # ZeRO-3 / FSDP2 (fully_shard per block, then the root): during forward and backward a rank holds the
-    # gathered weights of the root (embeddings, head) and of two blocks (the current one and the one prefetched),
-    # and in backward one block's unsharded gradients before their reduce-scatter. A stated approximation: the
-    # CPU meter cannot see FSDP2's storage resizes, so these are not checked against measurement yet.
-    gathered = 0
-    if parallel and setup.zero_stage >= 3:
-        gathered = (states.root_weight_bytes + 2 * states.layer_weight_bytes) * (setup.num_gpus - 1) // setup.num_gpus
+    gathered, block_shortfall = fsdp_gathered_bytes(adaptation, setup)
     forward = start + acts.forward_peak_bytes + gathered
-    backward = start + acts.backward_peak_bytes - (grad_shortfall if setup.zero_stage >= 2 else 0) \
-        + (gathered + states.layer_weight_bytes if gathered else 0)
+    # ZeRO-2 keeps each reduced shard; under ZeRO-3/FSDP2 each block's gradients are reduce-scattered right after its
+    # backward while the root's stay whole until the end (reduced last)
+    shortfall = grad_shortfall if setup.zero_stage == 2 else block_shortfall
+    backward = start + acts.backward_peak_bytes - shortfall + gathered
+    kept = placed.gradient_bytes if later is not None else 0
+    if later is not None:
+        forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
     temps = optimizer_temporary_bytes(states, setup, ranks)
     if setup.offload:
         opt_grads = placed.gradient_bytes
@@ -188,13 +221,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         opt_grads = -(-states.master_gradient_bytes // (setup.num_gpus if setup.zero_stage >= 2 else 1))
         cast = states.last_cast_gradient_bytes
     optimizer = start + opt_grads + max(temps, cast)
-    peak = max(forward, backward, optimizer)
-    if overhead_bytes is not None:
-        lines: tuple[OverheadLine, ...] = (OverheadLine("user", int(overhead_bytes), "given"),)
-    else:
-        rounding = rounding_bytes(adaptation, get_precision(setup.precision), True,
-                                  2 if setup.optimizer == "adamw" else 0)
-        lines = overhead_lines(overhead, peak, rounding)
+    lines = _overhead(adaptation, setup, max(forward, backward, optimizer), start, overhead_bytes, overhead)
     return MemoryBreakdown(
         weight_bytes=placed.weight_bytes,
         gradient_bytes=placed.gradient_bytes,
@@ -207,11 +234,53 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         buffer_bytes=states.buffer_bytes,
         input_bytes=input_bytes(setup),
         communication_bytes=comm,
+        accumulated_gradient_bytes=kept,
         forward_peak_bytes=forward,
         backward_peak_bytes=backward,
         optimizer_peak_bytes=optimizer,
         overhead=lines,
     )
+
+
+def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]:
+    """ZeRO-3 / FSDP2 (`fully_shard(reshard_after_forward=True)` per block, then the root): the unsharded weights a
+    rank holds beside its shards at the forward and backward peaks (both in the loss and its backward): the root's
+    (embeddings, final norm, head) and one block's. Checked on 2- and 4-rank gloo runs (the meter counts FSDP2's
+    storage resizes; bench/results/cpu-accuracy.jsonl). FSDP2 pads each weight's first dimension to a multiple of
+    the ranks (collectives.fsdp_units); the unpadded sizes are used here, a few bytes less, so that bytes per GPU
+    never grow with more GPUs (the planner's searches rely on it). Second: the blocks' gradient bytes a rank does
+    not keep once they are reduce-scattered (the root's are reduced last, at the end of backward). When the
+    replay's backward peak comes early (in the loss's backward, before most gradients exist), subtracting them
+    under-estimates that phase; the forward phase, exact, then bounds the error (measured: within 2.1 %)."""
+    if setup.num_gpus == 1 or setup.zero_stage < 3:
+        return 0, 0
+    units = fsdp_units(adaptation, setup.recipe, 1)
+    block_grads = sum(u.gradient_bytes * u.count for u in units[1:])
+    return (units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0),
+            block_grads - -(-block_grads // setup.num_gpus))
+
+
+def _overhead(adaptation: Adaptation, setup: Setup, peak: int, start: int, overhead_bytes: int | None,
+              overhead: OverheadSpec) -> tuple[OverheadLine, ...]:
+    """The overhead lines: one given total, or the stated lines (overhead.py) at this tensor peak (`start`: what
+    lives at the start of the step)."""
+    if overhead_bytes is not None:
+        return (OverheadLine("user", int(overhead_bytes), "given"),)
+    precision, per_tensor = setup.recipe, 2 if setup.optimizer == "adamw" else 0
+    return overhead_lines(overhead, peak, start - input_bytes(setup),
+                          rounding_bytes(adaptation, precision, True, per_tensor),
+                          segment_bytes(adaptation, precision, per_tensor))
+
+
+def accumulation_peaks(forward: int, backward: int, start: int, later: Activations, gathered: int
+                       ) -> tuple[int, int]:
+    """Gradient accumulation: micro-batches 2..k start with the gradients of the ones before still held (each
+    rank's share under ZeRO-2/3, whole under DDP), and torch adds each new gradient into them in place
+    (AccumulateGrad: `grad += new_grad`, the new one freed). `start` includes those gradients; `later` is the
+    replay of such a micro-batch (its peaks leave the held gradients out). The step's forward and backward peaks
+    are the larger of the first micro-batch's and a later one's."""
+    return (max(forward, start + later.forward_peak_bytes + gathered),
+            max(backward, start + later.backward_peak_bytes + gathered))
 
 
 def estimate(spec: ModelSpec, setup: Setup, methods: tuple[str, ...] = DEFAULT_TABLE,

@@ -43,9 +43,7 @@ class ModelStates:
     forloop_temporary_bytes: int = 0  # the for-loop AdamW's largest scratch (see forloop_scratch)
     master_gradient_bytes: int = 0  # gradients as the optimizer step sees them (fp32 copies for master weights)
     last_cast_gradient_bytes: int = 0  # the last low-precision gradient turned into fp32 (mixed precision)
-    layer_weight_bytes: int = 0  # the largest transformer block's weights (what FSDP/ZeRO-3 gathers at a time)
     scalar_state_bytes: int = 0  # AdamW's step / Adafactor's RMS: 0-dim, every rank keeps them whole
-    root_weight_bytes: int = 0  # weights outside the blocks (embeddings, final norm, head)
 
     @property
     def total(self) -> int:
@@ -102,7 +100,10 @@ def forloop_scratch(sizes: list[int]) -> int:
 
 
 @lru_cache(maxsize=4096)
-def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -> ModelStates:
+def model_states(adaptation: Adaptation, precision: Precision, optimizer: str,
+                 state_dtype: str | None = None) -> ModelStates:
+    """`state_dtype` ("fp32", "bf16") keeps every optimizer state in that dtype (Setup.optimizer_state_dtype: an
+    optimizer built with its own state dtype, e.g. torchao's AdamW with bf16 states); None: the recipe's."""
     opt = get_optimizer(optimizer)
     torch_adamw = optimizer in SCALAR_STATE_OPTIMIZERS
     weights = grads = master = states = stepped = master_grads = scalars = 0
@@ -112,21 +113,14 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
     embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
     norms = {p.name for p in spec.others if p.kind == "norm"}
     last_cast = head_cast = block_cast = 0
-    prefixes = [prefix.replace("{i}", "") for prefix, _ in spec.layer_prefixes()]
-    per_layer = dict.fromkeys(prefixes, 0)
-    root = 0
     for g in adaptation.tensors:
         one = tensor_bytes(g, precision)
         weights += one * g.count
-        stack = next((p for p in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
-        if stack is None:
-            root += one * g.count
-        else:
-            per_layer[stack] += one
         if not g.trainable:
             continue
         grads += one * g.count  # a gradient has its parameter's dtype and shape
-        state_bytes = g.numel * dtype_bytes(precision.state_dtype(g.added))
+        sdt = state_dtype or precision.state_dtype(g.added)
+        state_bytes = g.numel * dtype_bytes(sdt)
         stepped += state_bytes * g.count
         (first if g.name in embeddings else last if g.name in heads else middle).extend([state_bytes] * min(g.count, 2))
         if precision.has_master(g.added):
@@ -141,7 +135,7 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
                 block_cast = one
         else:
             master_grads += one * g.count
-        states += opt.state_bytes(g, precision.state_dtype(g.added)) * g.count
+        states += opt.state_bytes(g, sdt) * g.count
         if torch_adamw:
             # one step per tensor; a norm group holds numel / hidden_size tensors (weight, and bias for LayerNorm)
             per = max(1, g.numel // spec.arch.hidden_size) if g.name in norms else 1
@@ -149,6 +143,4 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str) -
             scalars += ADAM_STEP_BYTES * g.count * per
     last_cast = head_cast or block_cast
     return ModelStates(weights, grads, master, states, buffer_bytes(adaptation, precision), stepped,
-                       forloop_scratch(first + middle + last), master_grads, last_cast,
-                       layer_weight_bytes=max(per_layer.values(), default=0), root_weight_bytes=root,
-                       scalar_state_bytes=scalars)
+                       forloop_scratch(first + middle + last), master_grads, last_cast, scalar_state_bytes=scalars)

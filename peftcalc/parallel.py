@@ -1,4 +1,5 @@
-"""Bytes per GPU under data parallelism and ZeRO (Rajbhandari et al. 2020, arXiv:1910.02054, section 5).
+"""Bytes per GPU under data parallelism and ZeRO (Rajbhandari et al. 2020, arXiv:1910.02054, section 5), and the
+model one GPU holds under tensor and pipeline parallelism.
 
 Stage 1 partitions optimizer states (and fp32 master weights, which the paper counts with them), stage 2
 also gradients, stage 3 also the weights, each over the N data-parallel ranks. `offload` keeps optimizer
@@ -9,8 +10,16 @@ are per GPU: --batch is the micro-batch of one GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from peftcalc.errors import PeftcalcError
 from peftcalc.memory import ModelStates
+
+if TYPE_CHECKING:
+    from peftcalc.activations import Activations
+    from peftcalc.methods.base import Method
+    from peftcalc.model.spec import ModelSpec
+    from peftcalc.setup import Setup
 
 
 def _shard(nbytes: int, ranks: int) -> int:
@@ -41,3 +50,76 @@ def place(states: ModelStates, num_gpus: int, zero_stage: int, offload: bool) ->
     if offload:
         cpu, m, s = m + s, 0, 0
     return Placement(w, g, m, s, cpu)
+
+
+# ---- tensor and pipeline parallelism -------------------------------------------------------------------------
+# One GPU of a (tensor x pipeline)-parallel run holds one tensor shard of one pipeline stage. peftcalc models it as
+# the model that shard IS (the Megatron-LM layout, Shoeybi et al. 2019 section 3): the same family with 1/t of the
+# attention heads (grouped key/value heads split, or replicated when fewer than t), 1/t of the MLP width, 1/t of the
+# vocabulary (vocabulary-parallel embedding, head and loss), the full hidden size (norms and the residual stream
+# replicated), and ceil(L/p) blocks. Its weights, gradients, optimizer states and replayed activations are then
+# exact for that model; peft's LoRA on it is LoRA under tensor parallelism (A replicated and B split on
+# column-parallel layers, A split and B replicated on row-parallel ones). Stated approximations:
+# - every stage is given the embedding AND the head (the first stage has one, the last the other): an upper
+#   bound by one vocabulary matrix / t;
+# - sequence parallelism (Korthikanti et al. 2022, arXiv:2205.05198, section 4.2.2 and Table 2) splits every
+#   activation over the tensor ranks: the unsharded stage's replayed activations / t;
+# - 1F1B (Narayanan et al. 2021, arXiv:2104.04473, section 2.2): the first stage keeps p micro-batches in flight,
+#   so p - 1 more micro-batches of its blocks' saved activations (Korthikanti section 4.2.3) are added.
+
+MODEL_PARALLEL_FAMILIES = frozenset({"llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3"})
+
+
+def check_model_parallel(spec: "ModelSpec", tensor_parallel: int, pipeline_parallel: int) -> None:
+    """Refuse, with the reason, a split the Megatron layout cannot make of this model."""
+    a = spec.arch
+    if a.family not in MODEL_PARALLEL_FAMILIES:
+        raise PeftcalcError(f"tensor/pipeline parallelism is modelled for llama-style decoders "
+                            f"({', '.join(sorted(MODEL_PARALLEL_FAMILIES))}), not {a.family}")
+    t = tensor_parallel
+    if a.num_heads % t or a.ffn_size % t:
+        raise PeftcalcError(f"--tp {t} must divide the attention heads ({a.num_heads}) and the MLP width "
+                            f"({a.ffn_size}) of {spec.name}")
+    if a.num_kv_heads % t and t % a.num_kv_heads:
+        raise PeftcalcError(f"--tp {t} and {a.num_kv_heads} key/value heads: one must divide the other")
+    if pipeline_parallel > a.num_layers:
+        raise PeftcalcError(f"--pp {pipeline_parallel} is more than the {a.num_layers} blocks of {spec.name}")
+
+
+def stage_spec(spec: "ModelSpec", tensor_parallel: int, layers: int) -> "ModelSpec":
+    """The model one GPU holds: 1/t of every split dimension, `layers` blocks (see the comment above)."""
+    from peftcalc.model.hf_config import spec_from_config
+
+    a, t = spec.arch, tensor_parallel
+    cfg = dict(spec.hf_config)
+    cfg.update(model_type=a.family, hidden_size=a.hidden_size, num_hidden_layers=layers,
+               num_attention_heads=a.num_heads // t, num_key_value_heads=max(1, a.num_kv_heads // t),
+               head_dim=a.head_dim, intermediate_size=a.ffn_size // t, vocab_size=-(-a.vocab_size // t))
+    return spec_from_config(cfg, f"{spec.name} [1/{t} tensor shard, {layers} blocks]", spec.source)
+
+
+def stage_layers(spec: "ModelSpec", pipeline_parallel: int) -> int:
+    return -(-spec.arch.num_layers // pipeline_parallel)
+
+
+def model_parallel_activations(spec: "ModelSpec", method: "Method", setup: "Setup", device: str = "cuda"
+                               ) -> tuple["Activations", int]:
+    """The replayed activations of one GPU's stage shard, and the bytes of the micro-batches 1F1B keeps in flight
+    beyond the one being computed (both included in the first)."""
+    from peftcalc.activations import Activations, activation_bytes
+
+    t, p = setup.tensor_parallel, setup.pipeline_parallel
+    k = stage_layers(spec, p)
+    width = 1 if setup.sequence_parallel else t  # sequence parallel: the unsharded stage's activations / t
+    divide = t if setup.sequence_parallel else 1
+    acts = activation_bytes(method.adapt(stage_spec(spec, width, k)), setup, device=device)
+    in_flight = 0
+    if p > 1:
+        one_more = activation_bytes(method.adapt(stage_spec(spec, width, k + 1)), setup, device=device)
+        per_block = one_more.after_forward_bytes - acts.after_forward_bytes
+        in_flight = -(-(p - 1) * k * per_block // divide)
+    scaled = Activations(-(-acts.after_forward_bytes // divide) + in_flight,
+                         -(-acts.forward_peak_bytes // divide) + in_flight,
+                         -(-acts.backward_peak_bytes // divide) + in_flight,
+                         -(-acts.gradient_bytes // divide))
+    return scaled, in_flight

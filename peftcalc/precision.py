@@ -21,6 +21,7 @@ class Precision:
     master: bool  # an fp32 master copy of trainable weights stored in a lower precision
     description: str
     adapter_dtype: str = "fp32"  # peft's autocast_adapter_dtype=True keeps adapters in fp32
+    autocast: bool = False  # the forward runs under torch.autocast(compute dtype)
 
     def stored_dtype(self, added: bool) -> str:
         return self.adapter_dtype if added else self.param_dtype
@@ -42,7 +43,18 @@ RECIPES: dict[str, Precision] = {
                   "fp16 weights and gradients, fp32 master weights and optimizer states, loss scaling"),
         Precision("bf16", "bf16", "bf16", False, "pure bf16: weights, gradients and optimizer states in bf16"),
         Precision("amp-bf16", "fp32", "bf16", False,
-                  "fp32 weights, bf16 autocast compute (torch.autocast; HF Trainer bf16=True on an fp32 model)"),
+                  "fp32 weights, bf16 autocast compute (torch.autocast; HF Trainer bf16=True on an fp32 model)",
+                  autocast=True),
+        Precision("amp-fp16", "fp32", "fp16", False,
+                  "fp32 weights, fp16 autocast compute and loss scaling (HF Trainer fp16=True on an fp32 model)",
+                  autocast=True),
+        Precision("bf16-autocast", "bf16", "bf16", False,
+                  "bf16 weights, gradients and optimizer states, the forward under bf16 autocast (HF Trainer "
+                  "bf16=True on a model loaded in bf16): fp32 adapters are cast to bf16 for each matmul",
+                  autocast=True),
+        Precision("bf16-true", "bf16", "bf16", False,
+                  "everything in bf16, adapters included (litgpt --precision bf16-true, torchtune dtype: bf16)",
+                  adapter_dtype="bf16"),
     )
 }
 

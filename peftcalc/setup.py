@@ -8,10 +8,12 @@ versions whose behaviour changed what is kept), and how the step is spread over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+import re
 from typing import Literal
 
 from peftcalc.errors import PeftcalcError
+from peftcalc.precision import Precision, get_precision
 
 Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 AdamWImpl = Literal["forloop", "foreach", "fused"]
@@ -20,11 +22,20 @@ AdamWImpl = Literal["forloop", "foreach", "fused"]
 # "fused" (a fused linear + cross-entropy kernel that never materialises the logits: Liger, Cut Cross-Entropy).
 Loss = Literal["standard", "chunked", "fused"]
 StateDtype = Literal["fp32", "bf16"]
+AdapterDtype = Literal["fp32", "bf16", "fp16"]
 
 ATTENTIONS: tuple[str, ...] = Attention.__args__  # type: ignore[attr-defined]
 ADAMW_IMPLS: tuple[str, ...] = AdamWImpl.__args__  # type: ignore[attr-defined]
 LOSSES: tuple[str, ...] = Loss.__args__  # type: ignore[attr-defined]
 STATE_DTYPES: tuple[str, ...] = StateDtype.__args__  # type: ignore[attr-defined]
+ADAPTER_DTYPES: tuple[str, ...] = AdapterDtype.__args__  # type: ignore[attr-defined]
+_VERSION = re.compile(r"\d+\.\d+(\.\d+)?(\.?(dev|rc|post)\d*)?")
+
+
+def version_tuple(text: str) -> tuple[int, int]:
+    """(major, minor) of a library version string ("4.48.1" -> (4, 48))."""
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,15 @@ class Setup:
     attention: Attention = "sdpa"
     loss: Loss = "standard"
     packing: bool = False  # several sequences per row (no padding; position ids restart per sequence)
+    padded: bool = False  # rows padded to the longest of the batch: transformers passes an attention mask
     adamw_impl: AdamWImpl = "foreach"  # torch's default on CUDA
     optimizer_state_dtype: StateDtype | None = None  # None: the parameter's dtype, as torch's AdamW keeps them
+    # None: the recipe's (fp32, peft's autocast_adapter_dtype); bf16 where a framework casts adapters down (TRL's
+    # QLoRA, torchtune, DeepSpeed's bf16 engine)
+    adapter_dtype: AdapterDtype | None = None
     kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
     bitsandbytes_version: str | None = None  # None: today's release; older ones kept more for backward
+    transformers_version: str | None = None  # None: today's; before 4.49 the causal-LM loss copied its fp32 logits
     # several GPUs
     num_gpus: int = 1  # data-parallel ranks (times tensor and pipeline parallel = GPUs in all)
     zero_stage: int = 0
@@ -62,14 +78,22 @@ class Setup:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise PeftcalcError(f"{flag} must be a positive integer, got {value!r}")
         self._check_choices()
+        self._check_versions()
         if self.offload and self.zero_stage == 0:
             raise PeftcalcError("--offload moves optimizer states to CPU memory as ZeRO-Offload does: give --zero 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
             raise PeftcalcError("--offload-params keeps sharded parameters in CPU memory (ZeRO-3 / FSDP): give --zero 3")
         if self.reentrant_checkpointing and not self.gradient_checkpointing:
             raise PeftcalcError("--reentrant-checkpointing chooses how --gradient-checkpointing recomputes: give both")
+        if self.padded and self.packing:
+            raise PeftcalcError("--padded and --packing exclude each other: packed rows carry no padding")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise PeftcalcError("--sequence-parallel shards activations across tensor-parallel ranks: give --tp 2 or more")
+
+    def _check_versions(self) -> None:
+        for value, flag in ((self.transformers_version, "--transformers-version"),):
+            if value is not None and not _VERSION.fullmatch(value):
+                raise PeftcalcError(f"{flag} must look like 4.48 or 4.48.1, got {value!r}")
 
     def _check_choices(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -80,11 +104,24 @@ class Setup:
                 raise PeftcalcError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
         if self.optimizer_state_dtype not in (None, *STATE_DTYPES):
             raise PeftcalcError(f"--optimizer-state-dtype must be fp32 or bf16, got {self.optimizer_state_dtype!r}")
+        if self.adapter_dtype not in (None, *ADAPTER_DTYPES):
+            raise PeftcalcError(f"--adapter-dtype must be fp32, bf16 or fp16, got {self.adapter_dtype!r}")
+
+    @property
+    def recipe(self) -> Precision:
+        """The precision recipe, with the adapter dtype this setup asks for."""
+        p = get_precision(self.precision)
+        return replace(p, adapter_dtype=self.adapter_dtype) if self.adapter_dtype else p
 
     @property
     def tokens(self) -> int:
         """Tokens of one micro-batch on one GPU."""
         return self.batch_size * self.seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over every data-parallel GPU: micro-batch x accumulation x GPUs."""
+        return self.tokens * self.gradient_accumulation * self.num_gpus
 
     @property
     def gpus(self) -> int:

@@ -103,11 +103,14 @@ def test_a_cycle_would_be_found():
 
 
 HEAVY = ("torch", "numpy", "pandas", "matplotlib", "transformers", "peft")
+QLORA_FILE = Path(__file__).resolve().parent / "data" / "configs" / "axolotl" / "llama3-8b-qlora.yml"
 
 
 @pytest.mark.parametrize("argv", [["estimate", "--params", "7e9", "--rank", "8"],
                                   ["estimate", "--model", "llama-2-7b", "--method", "lora"],
-                                  ["plan", "--params", "7e9", "--method", "lora", "--gpu", "a100-80gb"]])
+                                  ["plan", "--params", "7e9", "--method", "lora", "--gpu", "a100-80gb"],
+                                  ["estimate", "--from", str(QLORA_FILE)],
+                                  ["check", str(QLORA_FILE), "--gpu", "a100-80gb"]])
 def test_the_estimate_path_imports_nothing_heavy(argv):
     code = ("import sys; from peftcalc.cli import main\n"
             "try:\n    main(%r, standalone_mode=False)\nexcept SystemExit:\n    pass\n"

@@ -73,7 +73,8 @@ def test_frozen_weights_have_no_gradients_or_states(model, method, precision):
     spec = get_model(model)
     ad = make_method(method).adapt(spec)
     states = model_states(ad, get_precision(precision), "adamw")
-    trainable_bytes = sum(
-        g.numel * g.count * (4 if g.added else {"fp32": 4, "bf16": 2, "fp16": 2}[get_precision(precision).param_dtype])
-        for g in ad.tensors if g.trainable)
+    p = get_precision(precision)
+    size = {"fp32": 4, "bf16": 2, "fp16": 2}
+    trainable_bytes = sum(g.numel * g.count * size[p.adapter_dtype if g.added else p.param_dtype]
+                          for g in ad.tensors if g.trainable)
     assert states.gradient_bytes == trainable_bytes

@@ -18,7 +18,9 @@ COMMANDS = {
     "models": "peftcalc.cli.models",
     "methods": "peftcalc.cli.methods",
     "gpus": "peftcalc.cli.gpus",
+    "nodes": "peftcalc.cli.nodes",
     "plan": "peftcalc.cli.plan",
+    "check": "peftcalc.cli.check",
     "measure": "peftcalc.cli.measure",
     "bench": "peftcalc.cli.bench",
     "validate": "peftcalc.cli.validate",
@@ -27,8 +29,8 @@ COMMANDS = {
 
 
 class Group(click.Group):
-    """Loads commands lazily, and turns our user-facing errors into a one-line message and exit
-    status 1, never a traceback."""
+    """Loads commands lazily, and turns our user-facing errors into a one-line message and exit status 1
+    (2 for bad input: unreadable, malformed or contradictory files, unwritable output), never a traceback."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if self.get_command(ctx, name) is not None]
@@ -48,7 +50,18 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except PeftcalcError as e:
-            raise click.ClickException(str(e)) from None
+            raise _exit(str(e), e.exit_code) from None
+        except OSError as e:  # a file the OS refused (permissions, a read-only place, a full disk)
+            if e.filename is None:
+                raise
+            raise _exit(f"cannot use {str(e.filename)!r}: {e.strerror or e}", 2) from None
+
+
+def _exit(message: str, code: int) -> click.ClickException:
+    """A one-line error with the exit status its kind of error carries (1: cannot answer, 2: bad input)."""
+    error = click.ClickException(message)
+    error.exit_code = code
+    return error
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -50,6 +50,9 @@ def bench_cmd(**kw: Any) -> None:
             click.echo(run_label(r))
         return
     out = results_path(suite, kw["results_dir"])
+    from peftcalc.atomic import check_folder
+
+    check_folder(Path(out).parent, "--results-dir")
     click.echo(f"{suite.name}: {len(runs)} runs -> {out}")
     lines: list[str] = []
     with click.progressbar(length=len(runs), label=suite.name, show_pos=True, show_eta=True,

@@ -134,10 +134,33 @@ def measure_text(d: dict[str, Any], unit: Unit) -> str:
     if d["per_rank"]:
         rows = [[str(r["rank"])] + [fmt_bytes(r["measured_bytes"][k], unit) for k in LABELS] for r in d["per_rank"]]
         head += ["", table(["rank", "weights", "gradients", "optimizer states", "activations", "peak"], rows)]
+        head += collectives_text(d["per_rank"])
     if det["notes"]:
         head += ["", "Notes"] + [f"  {n}" for n in det["notes"]]
     head.append(f"  ({unit.value} = {unit.bytes:,} bytes; peaks count live tensor storage)")
     return "\n".join(head)
+
+
+def collectives_text(per_rank: list[dict[str, Any]]) -> list[str]:
+    """Each rank's collectives over one step, measured (the c10d calls) beside the analytic volume."""
+    rows = []
+    for r in per_rank:
+        got, want = r.get("collective_bytes"), r.get("predicted_collective_bytes")
+        if got is None:
+            continue
+        kinds = sorted(set(got["by_kind"]) | set((want or {}).get("by_kind", {})))
+        for k in kinds:
+            g = got["by_kind"].get(k, {"calls": 0, "payload_bytes": 0, "sent_bytes": 0})
+            w = (want or {}).get("by_kind", {}).get(k)
+            rows.append([str(r["rank"]), k, str(g["calls"]), f"{g['payload_bytes']:,}", f"{g['sent_bytes']:,}",
+                         "-" if w is None else str(w["calls"]), "-" if w is None else f"{w['sent_bytes']:,}",
+                         "-" if w is None else f"{g['sent_bytes'] - w['sent_bytes']:+,}"])
+    if not rows:
+        return []
+    return ["", "Collectives per step (measured: the c10d calls of one step, bytes sent per rank under the ring "
+                "algorithm; predicted: peftcalc/collectives.py)",
+            table(["rank", "collective", "calls", "payload B", "sent B", "predicted calls", "predicted sent B",
+                   "difference B"], rows)]
 
 
 def measure_csv(d: dict[str, Any]) -> str:

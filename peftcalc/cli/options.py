@@ -13,7 +13,7 @@ from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
 from peftcalc.precision import RECIPES
-from peftcalc.setup import Setup
+from peftcalc.setup import ATTENTIONS, LOSSES, STATE_DTYPES, Setup
 from peftcalc.units import Unit
 
 SHAPE_OPTIONS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -74,6 +74,10 @@ method_options = _compose(
     click.option("--prefix-projection", is_flag=True, help="Prefix tuning with the reparameterization MLP."),
     click.option("--quant-bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
                  help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
+    click.option("--modules-to-save", metavar="NAMES",
+                 help="Modules trained in full beside the adapter, as peft's modules_to_save: embed_tokens,lm_head."),
+    click.option("--lora-dropout", type=float, default=0.0, show_default=True,
+                 help="peft's lora_dropout for LoRA/DoRA/QLoRA (each adapted module keeps its dropped input)."),
 )
 
 def setup_options_with(precision: str = "fp32") -> Callable:
@@ -84,22 +88,59 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--adamw-impl", type=click.Choice(["forloop", "foreach", "fused"]), default="foreach",
                      show_default=True, help="torch AdamW implementation (temporaries differ)."),
         click.option("--batch", type=int, default=1, show_default=True, help="Micro-batch per GPU."),
+        click.option("--gradient-accumulation", type=int, default=1, show_default=True,
+                     help="Micro-batches per optimizer step (their gradients are kept between them)."),
         click.option("--seq", type=int, default=512, show_default=True, help="Sequence length in tokens."),
-        click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True),
+        click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa", show_default=True,
+                     help="Attention kernel: sdpa (torch's flash/memory-efficient kernels on CUDA), "
+                          "flash_attention_2, flex_attention or eager (materialises the scores)."),
+        click.option("--loss", type=click.Choice(list(LOSSES)), default="standard", show_default=True,
+                     help="Cross-entropy: standard (whole fp32 logits), chunked (torchtune's 8 chunks) or fused "
+                          "(Liger's fused linear cross-entropy, no logits)."),
+        click.option("--packing", is_flag=True, help="Several sequences packed per row (no padding; position ids)."),
+        click.option("--padded", is_flag=True,
+                     help="Rows padded to the longest of the batch (transformers passes an attention mask)."),
         click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward."),
+        click.option("--reentrant-checkpointing", is_flag=True,
+                     help="With --gradient-checkpointing: use_reentrant=True (full recompute; default False, "
+                          "transformers 5's)."),
+        click.option("--optimizer-state-dtype", type=click.Choice(list(STATE_DTYPES)), default=None,
+                     help="Keep optimizer states in this dtype (default: the parameter's, as torch's AdamW)."),
+        click.option("--transformers-version", metavar="X.Y", default=None,
+                     help="The transformers release whose code runs (default: today's; before 4.49 the causal-LM "
+                          "loss keeps a second fp32 copy of the logits)."),
         click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
         click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
+        click.option("--tp", type=int, default=1, show_default=True,
+                     help="Tensor-parallel GPUs per model replica (Megatron layout; llama-style decoders)."),
+        click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (1F1B)."),
+        click.option("--sequence-parallel", is_flag=True, help="With --tp: activations split over the tensor ranks."),
+        click.option("--adapter-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+                     help="Adapter weights' dtype (default: the recipe's, fp32 as peft keeps them; bf16 as TRL's "
+                          "QLoRA and torchtune do)."),
         click.option("--overhead", metavar="SPEC",
-                     help="CUDA overhead lines beyond tensors: 'none', or NAME=SIZE,... with NAME context, workspace, "
-                          "rounding or fragmentation (e.g. context=600MiB,fragmentation=10%). Default: stated defaults."),
+                     help="Lines above the tensors: 'none', or NAME=SIZE,... with NAME workspace, rounding (allocated), "
+                          "segments, fragmentation (reserved) or context (device total), e.g. "
+                          "context=600MiB,fragmentation=10%. Default: the stated defaults (peftcalc/overhead.py)."),
     )
 
 
 # estimate reproduces the seed document (fp32); planning defaults to what real runs use (bf16-mixed).
 setup_options = setup_options_with("fp32")
 planning_setup_options = setup_options_with("bf16-mixed")
+
+# Training config files: their values under the flags given on the command line.
+from_options = _compose(
+    click.option("--from", "from_files", multiple=True, metavar="FILE",
+                 help="A training config to read the setup from: axolotl, TRL/Trainer, torchtune, LLaMA-Factory YAML "
+                      "or a peft adapter_config.json, plus its DeepSpeed/accelerate files (repeatable). Flags given "
+                      "override it."),
+    click.option("--from-kind", type=click.Choice(["axolotl", "trl", "torchtune", "llamafactory", "peft",
+                                                   "deepspeed", "accelerate"]),
+                 help="The kind of every --from file (default: detected from its fields)."),
+)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
@@ -131,6 +172,9 @@ planning_options = _compose(
                  help="Training tokens per epoch, e.g. 50e6."),
     click.option("--epochs", type=float, default=1.0, show_default=True,
                  help="Passes over --tokens (may be fractional)."),
+    click.option("--steps", type=int, default=None,
+                 help="Optimizer steps instead of --tokens x --epochs: steps x tokens per step (micro-batch x "
+                      "accumulation x GPUs x --seq at the setup asked)."),
     click.option("--mfu", type=float, default=None,
                  help="Model FLOPs utilisation in (0, 1] for every GPU and method (default: per GPU family, see "
                       "assumptions)."),
@@ -172,10 +216,24 @@ def resolve_spec(kw: dict[str, Any]) -> ModelSpec:
     return load_config(kw["config_path"])
 
 
+# Setup field -> the keyword its flag fills. Keywords a command has no flag for (yet) may still be set by a
+# --from file or the Python API; absent ones leave the Setup default.
+SETUP_KEYWORDS = {"precision": "precision", "optimizer": "optimizer", "batch_size": "batch", "seq_len": "seq",
+                  "gradient_accumulation": "gradient_accumulation", "gradient_checkpointing": "gradient_checkpointing",
+                  "reentrant_checkpointing": "reentrant_checkpointing", "attention": "attention", "loss": "loss",
+                  "packing": "packing", "adamw_impl": "adamw_impl", "optimizer_state_dtype": "optimizer_state_dtype",
+                  "adapter_dtype": "adapter_dtype", "kbit_preparation": "kbit_preparation",
+                  "bitsandbytes_version": "bitsandbytes_version", "num_gpus": "gpus", "zero_stage": "zero",
+                  "offload": "offload", "offload_params": "offload_params", "tensor_parallel": "tp",
+                  "pipeline_parallel": "pp", "sequence_parallel": "sequence_parallel",
+                  "padded": "padded", "transformers_version": "transformers_version"}
+
+
 def resolve_setup(kw: dict[str, Any]) -> Setup:
-    return Setup(precision=kw["precision"], optimizer=kw["optimizer"], batch_size=kw["batch"], seq_len=kw["seq"],
-                 gradient_checkpointing=kw["gradient_checkpointing"], attention=kw["attention"],
-                 num_gpus=kw["gpus"], zero_stage=int(kw["zero"]), offload=kw["offload"], adamw_impl=kw["adamw_impl"])
+    values = {field: kw[key] for field, key in SETUP_KEYWORDS.items() if kw.get(key) is not None}
+    if "zero_stage" in values:
+        values["zero_stage"] = int(values["zero_stage"])
+    return Setup(**values)
 
 
 def resolve_overhead(kw: dict[str, Any]) -> Any:
@@ -188,7 +246,36 @@ def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
     return MethodOptions(rank=kw["rank"], targets=parse_targets(kw.get("targets")),
                          virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
                          adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
-                         quant_bits=int(kw["quant_bits"]))
+                         quant_bits=int(kw["quant_bits"]), lora_dropout=float(kw.get("lora_dropout") or 0.0),
+                         modules_to_save=parse_modules(kw.get("modules_to_save")))
+
+
+def parse_modules(text: str | None) -> tuple[str, ...]:
+    """`--modules-to-save embed_tokens,lm_head` -> ("embed_tokens", "lm_head")."""
+    if text is None:
+        return ()
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names:
+        raise PeftcalcError("--modules-to-save is empty; give module names like embed_tokens,lm_head")
+    return names
+
+
+def apply_from(ctx: click.Context, kw: dict[str, Any], methods_key: str = "method") -> Any:
+    """Read the --from files into `kw` under the flags given on the command line; None without --from.
+    Returns a configs.apply.FromFiles (the \"from FILE\" section's content)."""
+    if not kw.get("from_files"):
+        if kw.get("from_kind"):
+            raise PeftcalcError("--from-kind says what kind the --from files are: give --from FILE")
+        return None
+    from click.core import ParameterSource
+
+    from peftcalc.configs import read_config
+    from peftcalc.configs.apply import merge
+
+    given = {p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name) in (
+        ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    configs = [read_config(path, kw.get("from_kind")) for path in kw["from_files"]]
+    return merge(kw, given, configs, methods_key)
 
 
 def resolve_unit(kw: dict[str, Any]) -> Unit:

@@ -72,6 +72,9 @@ def report_cmd(ctx: click.Context, **kw: Any) -> None:
         return
     if not kw["out"]:
         raise PeftcalcError("give --out DIR: the report folder to write (or --all)")
+    from peftcalc.report.page import check_out
+
+    check_out(kw["out"])
     path = write_one(kw, _command(ctx))
     click.echo(f"wrote {path}/index.html and report.md")
 
@@ -154,7 +157,7 @@ def build_report(kw: dict[str, Any], command: str):  # -> page.Report
 
         records = read_records([kw["results_path"]])
         source = kw["results_path"].rstrip("/") + "/"
-        return validation_report(records, source, unit=unit, command=command)
+        return validation_report(records, source, unit=unit, command=command, published=_published())
     return _model_report(kw, unit, command)
 
 
@@ -184,3 +187,14 @@ def _plan(spec: Any, setup: Any, methods: tuple[str, ...], options: Any, gpus: l
     request = PlanRequest(spec=spec, setup=setup, gpus=tuple(gpus), methods=methods, options=options,
                           max_gpus=kw["max_gpus"], tokens=kw["tokens"], epochs=kw["epochs"], mfu=kw["mfu"])
     return PlanView.of(plan(request))
+
+
+def _published():  # -> list of peftcalc.evidence comparisons, or None outside a checkout
+    from peftcalc.evidence.load import PUBLISHED_DIR
+
+    if not PUBLISHED_DIR.is_dir():
+        return None
+    from peftcalc.evidence.compare import compare_all
+    from peftcalc.evidence.load import load_records
+
+    return compare_all(load_records())

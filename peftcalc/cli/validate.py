@@ -39,12 +39,35 @@ def _bytes_check(c: Any, key: str) -> str:
 @click.option("--share", type=float, default=95.0, show_default=True,
               help="Percentage of runs that must be within --tolerance.")
 @click.option("--worst", type=int, default=None, metavar="N", help="Show only the N largest peak errors.")
+@click.option("--throughput", is_flag=True,
+              help="Check TIME instead: predict each published throughput record (bench/published/throughput, or "
+                   "RESULTS) and compare with what its source printed.")
+@click.option("--target", type=float, default=25.0, show_default=True,
+              help="With --throughput: the median |error| of predicted time (%%) to reach (exit status 1 if not).")
 @click.option("--write-history", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
               help="Write the error per kind of setup to PATH (the estimate's band; the committed copy is "
                    "peftcalc/data/validation_history.json in a checkout).")
+@click.option("--published", is_flag=True,
+              help="Compare with published GPU measurements (bench/published/memory, or the RESULTS given) instead.")
+@click.option("--framework", "frameworks", multiple=True, metavar="NAME",
+              help="With --published: only this framework (transformers+peft, torchtune, litgpt, other:...).")
+@click.option("--confidence", "confidences", multiple=True, type=click.Choice(["high", "medium", "low"]),
+              help="With --published: only records of this confidence (repeatable).")
+@click.option("--source", "sources", multiple=True, metavar="TEXT",
+              help="With --published: only records whose id or source repository contains TEXT.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="With --published: only records of this peft method (lora, qlora, full, ...).")
+@click.option("--write-bands", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="With --published: write the error per kind to PATH (the band every estimate prints; the "
+                   "committed copy is peftcalc/data/published_bands.json).")
+@click.option("--write-predictions", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="With --published: write each record's prediction to PATH (the committed table is "
+                   "bench/published/predictions.jsonl; a test compares it).")
+@click.option("--gate", is_flag=True, help="With --published: exit with status 1 unless the gate passes.")
 @json_option
 def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: float, max_tolerance: float,
-                 share: float, worst: int | None, write_history: str | None, as_json: bool) -> None:
+                 share: float, worst: int | None, throughput: bool, target: float, write_history: str | None,
+                 published: bool, as_json: bool, **published_options: Any) -> None:
     """Compare the analytic estimate with measured training steps: per run, the relative error of the peak and
     of the activations, and whether weights, gradients and optimizer states agree to the byte; then the
     median, 90th percentile and largest peak error. Exits with status 1 unless at least --share % of the runs
@@ -52,6 +75,12 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
 
     RESULTS are JSON-lines files or folders of them (default: the files committed in bench/results, as
     `peftcalc bench` writes them). A run's setup is rebuilt from its record and estimated with the current code.
+
+    With --published, each published GPU measurement (bench/published/memory) is compared with the estimate of
+    its run in the quantity its source measured (allocated peak, reserved, or the device total); records of
+    torchtune and litgpt, whose model code differs, are shown apart; records peftcalc cannot predict yet are
+    listed with the reason. The gate: over the high- and medium-confidence transformers + peft records, median
+    |error| <= 5 %, >= 80 % within 10 %, every QLoRA record within 10 %.
 
     \b
     Examples:
@@ -61,9 +90,28 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
       peftcalc validate --trace bench/suites/cpu-accuracy.toml --tolerance 1
       peftcalc validate --write-history peftcalc/data/validation_history.json
       peftcalc validate --json > validation.json
+      peftcalc validate --throughput                      # predicted vs published tokens/s and train times
+      peftcalc validate --published                       # the published GPU runs
+      peftcalc validate --published --framework litgpt --confidence high --method qlora
+      peftcalc validate --published --source peft-metamathqa --json
+      peftcalc validate --published --write-bands peftcalc/data/published_bands.json
     """
+    if published:
+        if trace_suite or throughput:
+            raise PeftcalcError("--published compares published memory records: give no --trace or --throughput")
+        from peftcalc.cli.validate_published import validate_published
+
+        validate_published(results, worst, as_json, **published_options)
+        return
+    if any(published_options[k] for k in ("frameworks", "confidences", "sources", "methods", "write_bands",
+                                          "write_predictions", "gate")):
+        raise PeftcalcError("--framework, --confidence, --source, --method, --write-bands, --write-predictions and "
+                            "--gate go with --published")
     from peftcalc.validation import compare_all, history, summarize
 
+    if throughput:
+        _throughput(results, target, as_json)
+        return
     if tolerance <= 0 or max_tolerance <= 0 or not 0 < share <= 100:
         raise PeftcalcError("--tolerance and --max-tolerance must be positive and --share in (0, 100]")
     comparisons = compare_all(_records(results, trace_suite))
@@ -78,6 +126,24 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
     shown = ordered[:worst] if worst else sorted(comparisons, key=lambda c: (c.source, c.label))
     click.echo(json.dumps(_as_json(s, shown), indent=2) if as_json else _as_text(s, shown))
     if not s.passed:
+        raise SystemExit(1)
+
+
+def _throughput(paths: tuple[str, ...], target: float, as_json: bool) -> None:
+    from peftcalc.render.throughput import throughput_dict, throughput_text
+    from peftcalc.throughput import THROUGHPUT_DIR, compare, load_records, summarize
+
+    if len(paths) > 1:
+        raise PeftcalcError("--throughput reads one folder or file of records (default bench/published/throughput)")
+    if not paths and not THROUGHPUT_DIR.is_dir():
+        raise PeftcalcError(f"no published throughput records at {THROUGHPUT_DIR}: give a folder or a .jsonl file")
+    comparisons = [compare(r) for r in load_records(Path(paths[0]) if paths else THROUGHPUT_DIR)]
+    summary = summarize(comparisons)
+    if summary.points == 0:
+        raise PeftcalcError("no published record could be predicted (see the reasons with --json)")
+    click.echo(json.dumps(throughput_dict(comparisons, summary, target), indent=2) if as_json
+               else throughput_text(comparisons, summary, target))
+    if summary.median_abs_percent is not None and summary.median_abs_percent > target:
         raise SystemExit(1)
 
 

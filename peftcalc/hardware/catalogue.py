@@ -13,8 +13,6 @@ that a typo fails with the file, the entry and the field named rather than a Key
 from __future__ import annotations
 
 import difflib
-import json
-import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from os import PathLike
@@ -22,8 +20,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 from peftcalc.errors import PeftcalcError
+from peftcalc.hardware.schema import check_dates, check_fields, check_id, entries, entry_label, read_json
 
 GPU_DIR = Path(__file__).with_name("gpus")
+# The months the catalogue's prices were brought to (2026-12-01): six months back. Older prices are kept at their own
+# date with their source saying why, and `peftcalc gpus` marks them.
+PRICE_WINDOW = ("2026-06", "2026-12")
 
 StrPath = Union[str, "PathLike[str]"]
 
@@ -90,65 +92,16 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool, bool, bool]] = {
 }
 assert set(_SCHEMA) == {f.name for f in fields(Gpu)}
 
-# Fields a user file may leave out, and what they become. Everything else is required.
-_DEFAULTS: dict[str, Any] = {
-    name: (None if nullable else "") for name, (_t, nullable, required, _p) in _SCHEMA.items() if not required
-}
-_DEFAULTS["source"] = "user file"
-
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
-_DATE_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number"}
-
-
-def _entry_label(raw: Any, index: int | None) -> str:
-    where = f"entry {index}" if index is not None else "entry"
-    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-        return f"{where} (id {raw['id']!r})"
-    return where
-
-
 def _validate(raw: Any, origin: str, index: int | None, *, strict: bool) -> Gpu:
     """A Gpu from one JSON object; `strict` (built-in files) requires every field to be present."""
-    label = f"{origin}: {_entry_label(raw, index)}"
-    if not isinstance(raw, dict):
-        raise PeftcalcError(f"{label}: expected a JSON object with GPU fields, got {type(raw).__name__}")
-    unknown = [k for k in raw if k not in _SCHEMA]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, list(_SCHEMA), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(_SCHEMA)}"
-        raise PeftcalcError(f"{label}: unknown field {k!r}{hint}")
-    values: dict[str, Any] = {}
-    for name, (types, nullable, required, positive) in _SCHEMA.items():
-        if name not in raw:
-            if required or (strict and name != "notes"):
-                raise PeftcalcError(f"{label}: missing required field {name!r}")
-            values[name] = _DEFAULTS[name]
-            continue
-        value = raw[name]
-        if value is None:
-            if not nullable:
-                raise PeftcalcError(f"{label}: field {name!r} must not be null")
-            values[name] = None
-            continue
-        # bool is an int subclass in Python, and 80.0 is not an integer byte count
-        if isinstance(value, bool) or not isinstance(value, types):
-            wanted = " or ".join(_TYPE_NAMES[t] for t in types) + (" or null" if nullable else "")
-            raise PeftcalcError(f"{label}: field {name!r} must be {wanted}, got {json.dumps(value)}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value < 0 or (positive and value == 0):
-                sign = "positive" if positive else "non-negative"
-                raise PeftcalcError(f"{label}: field {name!r} must be {sign}, got {value}")
-        values[name] = float(value) if name == "rent_usd_per_hour" else value
-    if not _ID_RE.match(values["id"]):
-        raise PeftcalcError(
-            f"{label}: field 'id' must be a short lower-case name like 'h100-80gb' "
-            f"(letters, digits, '.', '_', '+', '-'), got {values['id']!r}"
-        )
-    for name in ("rent_date", "purchase_date"):
-        if values[name] is not None and not _DATE_RE.match(values[name]):
-            raise PeftcalcError(f"{label}: field {name!r} must be YYYY-MM, got {values[name]!r}")
+    label = f"{origin}: {entry_label(raw, index)}"
+    values = check_fields(raw, _SCHEMA, label, strict=strict, what="GPU")
+    if "source" not in raw:
+        values["source"] = "user file"
+    if values["rent_usd_per_hour"] is not None:
+        values["rent_usd_per_hour"] = float(values["rent_usd_per_hour"])
+    check_id(values["id"], label, "h100-80gb")
+    check_dates(values, ("rent_date", "purchase_date"), label)
     if values["usable_memory_bytes"] > values["memory_bytes"]:
         raise PeftcalcError(
             f"{label}: field 'usable_memory_bytes' ({values['usable_memory_bytes']}) exceeds "
@@ -158,14 +111,7 @@ def _validate(raw: Any, origin: str, index: int | None, *, strict: bool) -> Gpu:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PeftcalcError(f"cannot read GPU file {str(path)!r}: {e.strerror or e}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PeftcalcError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    return read_json(path, "GPU")
 
 
 @lru_cache(maxsize=1)
@@ -205,15 +151,7 @@ def get_gpu(gpu_id: str, catalogue: Mapping[str, Gpu] | None = None) -> Gpu:
 def load_gpu_file(path: StrPath) -> list[Gpu]:
     """The GPUs in a user's JSON file: one object, or a list of them. Fails with the file, entry and field."""
     p = Path(path)
-    data = _read_json(p)
-    if isinstance(data, dict):
-        gpus = [_validate(data, str(p), None, strict=False)]
-    elif isinstance(data, list):
-        if not data:
-            raise PeftcalcError(f"{p}: the list of GPUs is empty")
-        gpus = [_validate(item, str(p), i, strict=False) for i, item in enumerate(data)]
-    else:
-        raise PeftcalcError(f"{p}: expected a GPU object or a list of them, got {type(data).__name__}")
+    gpus = [_validate(item, str(p), i, strict=False) for item, i in entries(_read_json(p), p, "GPU")]
     seen: set[str] = set()
     for gpu in gpus:
         if gpu.id in seen:

@@ -33,6 +33,7 @@ FAMILY_MFU: dict[str, tuple[float, str]] = {
                   "the 40-50 % of HBM datacenter GPUs (no published MFU)"),
     "cdna3": (0.30, "MI300X: achieved BF16 training throughput well below its 1307 TFLOPS peak in public "
                     "benchmarks (SemiAnalysis, 'MI300X vs H100 vs H200 Benchmark Part 1: Training', 2024-12); assumed 30 %"),
+    "cdna4": (0.30, "MI350X/MI355X: no published training MFU; assumed the MI300X's 30 % (same ROCm stack)"),
     "volta": (0.30, "V100: Megatron-LM sustained 39 TFLOPS per V100, 30 % of its 125 TFLOPS fp16 peak "
                     "(Shoeybi et al. 2019, arXiv:1909.08053)"),
     "turing": (0.25, "T4: 70 W card whose clocks drop below the boost the peak assumes; assumed 25 % (no published MFU)"),

@@ -6,12 +6,14 @@ For each method x GPU it answers, from the analytic model alone (estimate.py; no
   optimizer, optimizer offload) / does not fit, with the margin in bytes and the largest part of the peak;
 * the largest micro-batch and the longest sequence that fit, by search over the model;
 * the fewest GPUs for DDP, ZeRO 1/2/3 (FSDP full shard = ZeRO-3) and ZeRO 2/3 with CPU offload, up to
-  --max-gpus, with bytes per GPU and CPU memory per node;
-* time for --tokens x --epochs at an assumed MFU (hardware/mfu.py), rent, purchase and break-even runs;
-* a ranked shortlist: cheapest, fastest, fewest GPUs.
+  --max-gpus, in whole nodes once past one node (hardware/nodes.py), with bytes per GPU and host memory per node
+  (an offload that needs more host memory than the node has does not run);
+* the time of one optimizer step by part (compute at an assumed MFU, exposed communication, exposed offload:
+  hardware/steptime.py) and of --tokens x --epochs; rent and purchase of whole nodes, break-even runs;
+* a ranked shortlist: cheapest, fastest, fewest GPUs, by that time (not by perfect scaling).
 
 Searches rest on monotonicity, which the analytic model has and tests check: per-GPU bytes never decrease
-with batch or sequence length, and never increase with the number of GPUs for a given ZeRO stage.
+with batch or sequence length, and never increase with the number of GPUs (from 2 on) for a given ZeRO stage.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from itertools import combinations
 from typing import Callable, Iterable, Sequence
 
 from peftcalc.compute import Flops, break_even_runs, check_mfu, check_run, purchase_usd, rent_usd, run_flops, \
-    run_seconds, training_flops_per_seq, SECONDS_PER_HOUR
+    training_flops_per_seq, SECONDS_PER_HOUR
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import DEFAULT_OVERHEAD_BYTES, MemoryBreakdown, adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu
 from peftcalc.hardware.mfu import Mfu, mfu_for
+from peftcalc.hardware.model_parallel import candidates
+from peftcalc.hardware.nodes import Node, node_for
+from peftcalc.hardware.steptime import StepTime, step_time
 from peftcalc.methods import DEFAULT_TABLE, Adaptation, Method, MethodOptions, make_method
 from peftcalc.model.spec import ModelSpec
 from peftcalc.precision import get_precision
@@ -35,7 +40,9 @@ from peftcalc.setup import Setup
 # Search bounds: a result equal to a bound means "at least this much" (stated in the output).
 MAX_BATCH_SIZE = 2**16
 MAX_SEQ_LEN = 2**20
-GPUS_PER_NODE = 8  # an HGX/DGX node; CPU memory per node is for min(num_gpus, 8) GPU processes
+# Buying GPUs without a sourced server price: the host (CPUs, memory, chassis, NICs) as a share of the GPUs' price.
+# An ASSUMPTION (no source), stated in the output; Apple prices are whole machines already.
+ASSUMED_HOST_SHARE = 0.25
 
 
 # ---- evaluating one setup ------------------------------------------------------------------------------
@@ -100,14 +107,19 @@ class Evaluator:
         return total
 
 
-def limiting_component(memory: MemoryBreakdown) -> str:
-    """The largest part of the peak: what to shrink first."""
+def largest_part(memory: MemoryBreakdown) -> tuple[str, int]:
+    """The largest part of the peak, with its bytes: what to shrink first."""
     transient = ("activations", memory.activation_bytes) if memory.activation_bytes >= memory.temporary_bytes \
         else ("optimizer temporaries", memory.temporary_bytes)
     parts = [("weights", memory.weight_bytes), ("gradients", memory.gradient_bytes),
              ("optimizer states", memory.optimizer_state_bytes), ("master weights", memory.master_weight_bytes),
              transient, ("overhead", memory.overhead_bytes)]
-    return max(parts, key=lambda p: p[1])[0]
+    return max(parts, key=lambda p: p[1])
+
+
+def limiting_component(memory: MemoryBreakdown) -> str:
+    """The largest part of the peak: what to shrink first."""
+    return largest_part(memory)[0]
 
 
 # ---- searches ------------------------------------------------------------------------------------------
@@ -191,21 +203,59 @@ STRATEGIES: tuple[Strategy, ...] = (
 )
 
 
-def strategy_name(zero_stage: int, offload: bool) -> str:
-    return ("ddp" if zero_stage == 0 else f"zero-{zero_stage}") + ("+offload" if offload else "")
+def strategy_name(zero_stage: int, offload: bool, setup: Setup | None = None) -> str:
+    name = ("ddp" if zero_stage == 0 else f"zero-{zero_stage}") + ("+offload" if offload else "")
+    if setup is not None and (setup.tensor_parallel > 1 or setup.pipeline_parallel > 1):
+        sp = "-sp" if setup.sequence_parallel else ""
+        return f"tp{setup.tensor_parallel}{sp}-pp{setup.pipeline_parallel}+{name}"
+    return name
 
 
 def with_strategy(setup: Setup, num_gpus: int, zero_stage: int, offload: bool) -> Setup:
     return replace(setup, num_gpus=num_gpus, zero_stage=zero_stage, offload=offload)
 
 
+def host_memory_fits(node: Node, memory: MemoryBreakdown, num_gpus: int) -> bool:
+    """Whether the offloaded states of one node's GPUs fit its host memory (unknown host memory: assumed to)."""
+    return node.host_memory_bytes is None or memory.cpu_bytes * min(num_gpus, node.gpus_per_node) <= \
+        node.host_memory_bytes
+
+
+def whole_nodes(num_gpus: int, node: Node) -> int:
+    """GPUs in whole nodes once past one node; within one node, any count."""
+    per = node.gpus_per_node
+    return num_gpus if num_gpus <= per else -(-num_gpus // per) * per
+
+
+def gpu_limit(node: Node, max_gpus: int) -> int:
+    """The most GPUs a run may use: --max-gpus in whole nodes, or one node where no network joins them."""
+    if not node.multi_node or max_gpus <= node.gpus_per_node:
+        return min(max_gpus, node.gpus_per_node)
+    return max_gpus // node.gpus_per_node * node.gpus_per_node
+
+
 def fewest_gpus(ev: Evaluator, method: str, setup: Setup, strategy: Strategy, capacity_bytes: int,
-                max_gpus: int) -> int | None:
-    """The fewest GPUs (<= max_gpus) on which `strategy` fits `setup`; None if even max_gpus do not.
-    Bytes per GPU never increase with more GPUs (shards only shrink), so bisection is exact."""
-    def peak(n: int) -> int:
-        return ev.peak(method, setup, num_gpus=n, zero_stage=strategy.zero_stage, offload=strategy.offload)
-    return smallest_fitting(peak, capacity_bytes, max_gpus)
+                max_gpus: int, node: Node | None = None) -> int | None:
+    """The fewest GPUs (<= max_gpus, whole nodes past one node of `node`) on which `strategy` fits `setup`, its
+    offloaded states included in the node's host memory; None if none do. From 2 GPUs on, bytes per GPU never
+    increase with more GPUs (shards only shrink), so bisection is exact; 1 GPU is tried on its own."""
+    upper = max_gpus if node is None else gpu_limit(node, max_gpus)
+
+    def fits(n: int) -> bool:
+        changed = with_strategy(setup, n, strategy.zero_stage, strategy.offload)
+        if ev.peak(method, changed) > capacity_bytes:
+            return False
+        return node is None or not strategy.offload or host_memory_fits(node, ev.memory(method, changed), n)
+
+    if upper >= 1 and fits(1):  # one GPU shards and gathers nothing: not on the curve of 2+ (see fsdp_gathered_bytes)
+        return 1
+    if upper < 2 or not fits(upper):
+        return None
+    lo, hi = 1, upper
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi if node is None else min(whole_nodes(hi, node), upper)
 
 
 # ---- remedies ------------------------------------------------------------------------------------------
@@ -271,11 +321,13 @@ class Cost:
     flops: Flops
     run_flops: int
     mfu: Mfu
-    hours: float | None  # None where the GPU lacks the compute dtype
+    hours: float | None  # None where the GPU lacks the compute dtype or a link cannot be timed
     rent_usd: float | None  # None where nobody rents the GPU by the hour
     purchase_usd: int | None
     break_even_runs: float | None
     note: str | None
+    step: StepTime | None = None  # one optimizer step by part
+    purchase_estimated: bool = False  # GPUs x price + the assumed host share (no sourced node price)
 
 
 @dataclass(frozen=True)
@@ -298,10 +350,21 @@ class Option:
     max_seq_len: int | None  # under run_setup (or setup) at its batch
     flops: Flops  # of run_setup (or setup)
     cost: Cost | None  # None unless it runs
+    node: Node | None = None  # the server type the GPUs sit in
+
+    @property
+    def nodes(self) -> int:
+        """Nodes the GPUs occupy (1 within a node)."""
+        per = self.node.gpus_per_node if self.node else 8
+        return -(-self.setup.gpus // per)
+
+    @property
+    def step_seconds(self) -> float | None:
+        return self.cost.step.step_seconds if self.cost and self.cost.step else None
 
     @property
     def strategy(self) -> str:
-        return strategy_name(self.zero_stage, self.offload)
+        return strategy_name(self.zero_stage, self.offload, self.setup)
 
     @property
     def fits(self) -> bool:
@@ -332,7 +395,7 @@ class Option:
     def cpu_bytes_per_node(self) -> int:
         """Host memory for the offloaded states of the GPUs of one node (what runs, else the setup asked)."""
         mem = self.run_memory if self.run_memory is not None else self.memory
-        return mem.cpu_bytes * min(self.num_gpus, GPUS_PER_NODE)
+        return mem.cpu_bytes * min(self.num_gpus, self.node.gpus_per_node if self.node else 8)
 
     @property
     def hours(self) -> float | None:
@@ -371,6 +434,34 @@ class PlanRequest:
     epochs: float = 1.0
     mfu: float | None = None  # None: the defaults of hardware/mfu.py
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
+    nodes: tuple[Node, ...] = ()  # node types chosen with --node (at most one per GPU)
+    node_catalogue: tuple[Node, ...] = ()  # the node types to default from (--node-file added); () = built-in
+    steps: int | None = None  # optimizer steps instead of tokens x epochs
+
+    def node_of(self, gpu: Gpu) -> Node:
+        """The node type `gpu` sits in: the one chosen for it, else the catalogue's default (nodes.node_for)."""
+        mine = [n for n in self.nodes if n.gpu == gpu.id]
+        if mine:
+            return mine[0]
+        return node_for(gpu, {n.id: n for n in self.node_catalogue} if self.node_catalogue else None)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on at the setup asked: micro-batch x accumulation x GPUs x sequence."""
+        return self.setup.tokens_per_step
+
+    @property
+    def run_tokens(self) -> tuple[int, float]:
+        """(tokens, epochs) of the run: `steps` optimizer steps of the setup asked (the global batch is the
+        run's, so other GPU counts train the same tokens), else tokens x epochs."""
+        if self.steps is not None:
+            return self.steps * self.tokens_per_step, 1.0
+        return self.tokens, self.epochs
+
+    @property
+    def optimizer_steps(self) -> float:
+        tokens, epochs = self.run_tokens
+        return tokens * epochs / self.tokens_per_step
 
 
 @dataclass(frozen=True)
@@ -393,21 +484,24 @@ class Plan:
         return {
             # rent to the cent: with perfect scaling 1 and 8 GPUs cost the same, and fewer GPUs is simpler
             "cheapest": tuple(sorted((o for o in ok if o.rent_usd is not None),
-                                     key=lambda o: (round(rent(o), 2), o.num_gpus, o.hours))[:k]),
-            "fastest": tuple(sorted(ok, key=lambda o: (o.hours, rent(o), o.num_gpus))[:k]),
-            "fewest GPUs": tuple(sorted(ok, key=lambda o: (o.num_gpus, rent(o), o.hours))[:k]),
+                                     key=lambda o: (round(rent(o), 2), o.setup.gpus, o.hours))[:k]),
+            "fastest": tuple(sorted(ok, key=lambda o: (o.hours, rent(o), o.setup.gpus))[:k]),
+            "fewest GPUs": tuple(sorted(ok, key=lambda o: (o.setup.gpus, rent(o), o.hours))[:k]),
         }
 
 
 def validate(request: PlanRequest) -> None:
-    check_run(request.tokens, request.epochs)
+    if request.steps is not None and (isinstance(request.steps, bool) or not isinstance(request.steps, int)
+                                      or request.steps <= 0):
+        raise PeftcalcError(f"--steps must be a positive integer, got {request.steps!r}")
+    check_run(*request.run_tokens)
     if request.mfu is not None:
         check_mfu(request.mfu)
     if isinstance(request.max_gpus, bool) or not isinstance(request.max_gpus, int) or request.max_gpus < 1:
         raise PeftcalcError(f"--max-gpus must be a positive integer, got {request.max_gpus!r}")
-    if request.setup.num_gpus > request.max_gpus:
-        raise PeftcalcError(f"--gpus {request.setup.num_gpus} is more than --max-gpus {request.max_gpus}: "
-                            f"raise --max-gpus to at least {request.setup.num_gpus}")
+    if request.setup.gpus > request.max_gpus:
+        raise PeftcalcError(f"--gpus {request.setup.gpus} is more than --max-gpus {request.max_gpus}: "
+                            f"raise --max-gpus to at least {request.setup.gpus}")
     if not request.gpus:
         raise PeftcalcError("no GPUs to plan for: give --gpu ID (see `peftcalc gpus`)")
     if not request.methods:
@@ -418,25 +512,56 @@ def flops_of(ev: Evaluator, method: str, setup: Setup) -> Flops:
     return training_flops_per_seq(ev.adaptation(method), setup.seq_len, setup.gradient_checkpointing)
 
 
-def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, run: Setup) -> Cost:
-    """Time, rent and purchase of running `run` on `run.num_gpus` GPUs of type `gpu`."""
+def purchase_of(node: Node, gpu: Gpu, num_gpus: int) -> tuple[int | None, bool]:
+    """Buying the GPUs in their servers: whole nodes at the node's price where sourced, else the GPUs at their
+    price plus the ASSUMED host share (an estimate, flagged); Apple prices are whole machines. (price, estimated)"""
+    nodes = -(-num_gpus // node.gpus_per_node)
+    if node.purchase_usd is not None and num_gpus >= node.gpus_per_node:
+        return nodes * node.purchase_usd, False
+    if gpu.purchase_usd is None:
+        return None, False
+    if gpu.vendor == "apple":
+        return purchase_usd(num_gpus, gpu.purchase_usd), False
+    return round(purchase_usd(whole_nodes(num_gpus, node), gpu.purchase_usd) * (1 + ASSUMED_HOST_SHARE)), True
+
+
+def rent_of(node: Node, gpu: Gpu, num_gpus: int, hours: float) -> float | None:
+    """Renting: whole nodes at the node's hourly price where sourced, else the GPUs billed (whole nodes past
+    one node) at the per-GPU price."""
+    if node.rent_usd_per_hour is not None and num_gpus >= node.gpus_per_node:
+        return hours * -(-num_gpus // node.gpus_per_node) * node.rent_usd_per_hour
+    if gpu.rent_usd_per_hour is None:
+        return None
+    return rent_usd(hours, whole_nodes(num_gpus, node), gpu.rent_usd_per_hour)
+
+
+def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: str, run: Setup) -> Cost:
+    """Time (one optimizer step by part, times the steps of the run), rent and purchase of `run` on its GPUs."""
     flops = flops_of(ev, method, run)
-    total = run_flops(flops, request.tokens, request.epochs)
+    total = run_flops(flops, *request.run_tokens)
     mfu = mfu_for(gpu, ev.adaptation(method).quantized_base, request.mfu)
     dtype = get_precision(run.precision).compute_dtype
     peak = gpu.flops_per_s(dtype)
-    purchase = purchase_usd(run.num_gpus, gpu.purchase_usd) if gpu.purchase_usd is not None else None
+    purchase, estimated = purchase_of(node, gpu, run.gpus)
     if peak is None:
         note = f"{gpu.id} has no {dtype} tensor cores: choose another --precision (fp16-mixed)"
-        return Cost(flops, total, mfu, None, None, purchase, None, note)
-    hours = run_seconds(total, run.num_gpus, peak, mfu.value) / SECONDS_PER_HOUR
-    rent = rent_usd(hours, run.num_gpus, gpu.rent_usd_per_hour) if gpu.rent_usd_per_hour is not None else None
+        return Cost(flops, total, mfu, None, None, purchase, None, note, None, estimated)
+    try:
+        step = step_time(ev.adaptation(method), run, node, flops, peak, mfu.value, gpu.memory_bandwidth_bytes_per_s)
+    except PeftcalcError as e:
+        return Cost(flops, total, mfu, None, None, purchase, None, str(e), None, estimated)
+    tokens, epochs = request.run_tokens
+    steps = tokens * epochs / step.tokens_per_step
+    hours = steps * step.step_seconds / SECONDS_PER_HOUR
+    rent = rent_of(node, gpu, run.gpus, hours)
     be = break_even_runs(purchase, rent) if purchase is not None and rent is not None else None
-    return Cost(flops, total, mfu, hours, rent, purchase, be, None)
+    return Cost(flops, total, mfu, hours, rent, purchase, be, None, step, estimated)
 
 
-def evaluate_option(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, setup: Setup, kind: str) -> Option:
-    """The verdict, limits and cost of `method` at `setup` (its GPU count and strategy) on `gpu`."""
+def evaluate_option(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, setup: Setup, kind: str,
+                    node: Node | None = None) -> Option:
+    """The verdict, limits and cost of `method` at `setup` (its GPU count and strategy) on `gpu` in `node`."""
+    node = node or request.node_of(gpu)
     cap = gpu.usable_memory_bytes
     memory = ev.memory(method, setup)
     remedies: tuple[str, ...] = ()
@@ -449,6 +574,8 @@ def evaluate_option(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, 
             verdict = Verdict.DOES_NOT_FIT
         else:
             verdict, (remedies, run) = Verdict.FITS_WITH, found
+    if run is not None and run.offload and not host_memory_fits(node, ev.memory(method, run), run.num_gpus):
+        verdict, remedies, run = Verdict.DOES_NOT_FIT, (), None  # the offloaded states exceed the node's host memory
     limits_at = run if run is not None else setup
     return Option(
         gpu=gpu, method=method, num_gpus=setup.num_gpus, zero_stage=setup.zero_stage, offload=setup.offload,
@@ -457,7 +584,8 @@ def evaluate_option(ev: Evaluator, request: PlanRequest, gpu: Gpu, method: str, 
         max_batch_size=max_batch_size(ev, method, limits_at, cap),
         max_seq_len=max_seq_len(ev, method, limits_at, cap),
         flops=flops_of(ev, method, limits_at),
-        cost=cost_of(ev, request, gpu, method, run) if run is not None else None,
+        cost=cost_of(ev, request, gpu, node, method, run) if run is not None else None,
+        node=node,
     )
 
 
@@ -470,42 +598,65 @@ def _canonical(num_gpus: int, zero_stage: int, offload: bool) -> tuple[int, int,
 
 
 def plan(request: PlanRequest, evaluator: Evaluator | None = None) -> Plan:
-    """Every (GPU, method): the setup asked; then, per strategy in STRATEGIES order, its fewest GPUs when that
-    is fewer than every option listed before (a frontier: zero-3 on 2 GPUs is not listed when zero-2 fits on
-    2); if nothing fits as asked on any number of GPUs, the most sharded option at --max-gpus, with what it
-    would need. Every strategy's fewest GPUs is in `scale_out`."""
+    """Every (GPU, method): the setup asked; then, per strategy in STRATEGIES order, its fewest GPUs (whole nodes
+    past one node) when that is fewer than every option listed before (a frontier: zero-3 on 2 GPUs is not
+    listed when zero-2 fits on 2); if nothing fits as asked on any number of GPUs, the most sharded option at
+    --max-gpus, with what it would need. Every strategy's fewest GPUs is in `scale_out`."""
     validate(request)
     ev = evaluator or Evaluator(request.spec, request.options, request.overhead_bytes)
-    setup = request.setup
     options: list[Option] = []
     scale: list[ScaleOut] = []
     for gpu in request.gpus:
-        cap = gpu.usable_memory_bytes
+        node = request.node_of(gpu)
         for method in request.methods:
-            start = len(options)
-            asked = evaluate_option(ev, request, gpu, method, setup, "as asked")
-            options.append(asked)
-            seen = {_canonical(setup.num_gpus, setup.zero_stage, setup.offload)}
-            best = setup.num_gpus if asked.fits else None
-            for strategy in STRATEGIES:
-                n = fewest_gpus(ev, method, setup, strategy, cap, request.max_gpus)
-                if n is None:
-                    scale.append(ScaleOut(gpu.id, method, strategy, None, None, None))
-                    continue
-                at = with_strategy(setup, n, strategy.zero_stage, strategy.offload)
-                mem = ev.memory(method, at)
-                scale.append(ScaleOut(gpu.id, method, strategy, n, mem.total, mem.cpu_bytes * min(n, GPUS_PER_NODE)))
-                key = _canonical(n, strategy.zero_stage, strategy.offload)
-                if (best is not None and n >= best) or key in seen:
-                    continue
-                seen.add(key)
-                best = n
-                options.append(evaluate_option(ev, request, gpu, method, with_strategy(setup, *key), "fewest GPUs"))
-            if best is None and not any(o.runs for o in options[start:]):
-                key = _canonical(request.max_gpus, 3, True)
-                if key not in seen:
-                    options.append(evaluate_option(ev, request, gpu, method, with_strategy(setup, *key), "max GPUs"))
+            _plan_pair(ev, request, gpu, node, method, options, scale)
     return Plan(request, tuple(options), tuple(scale), ev.calls)
+
+
+def _plan_pair(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: str, options: list[Option],
+               scale: list[ScaleOut]) -> None:
+    setup, cap = request.setup, gpu.usable_memory_bytes
+    start = len(options)
+    asked = evaluate_option(ev, request, gpu, method, setup, "as asked", node)
+    options.append(asked)
+    seen = {_canonical(setup.num_gpus, setup.zero_stage, setup.offload)}
+    best = setup.num_gpus if asked.fits else None
+    for strategy in STRATEGIES:
+        n = fewest_gpus(ev, method, setup, strategy, cap, request.max_gpus, node)
+        if n is None:
+            scale.append(ScaleOut(gpu.id, method, strategy, None, None, None))
+            continue
+        at = with_strategy(setup, n, strategy.zero_stage, strategy.offload)
+        mem = ev.memory(method, at)
+        scale.append(ScaleOut(gpu.id, method, strategy, n, mem.total, mem.cpu_bytes * min(n, node.gpus_per_node)))
+        key = _canonical(n, strategy.zero_stage, strategy.offload)
+        if (best is not None and n >= best) or key in seen:
+            continue
+        seen.add(key)
+        best = n
+        options.append(evaluate_option(ev, request, gpu, method, with_strategy(setup, *key), "fewest GPUs", node))
+    fsdp = next((so.num_gpus for so in scale if so.gpu == gpu.id and so.method == method
+                 and so.strategy.name == "zero-3"), None)
+    if fsdp is None or fsdp > node.gpus_per_node:  # FSDP alone does not fit in one node: split the model
+        options.extend(model_parallel_options(ev, request, gpu, node, method))
+    if best is None and not any(o.runs for o in options[start:]):
+        key = _canonical(gpu_limit(node, request.max_gpus), 3, True)
+        if key not in seen:
+            options.append(evaluate_option(ev, request, gpu, method, with_strategy(setup, *key), "max GPUs", node))
+
+
+def model_parallel_options(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: str) -> list[Option]:
+    """The fastest tensor/pipeline-parallel option and the one on the fewest GPUs (hardware/model_parallel.py)."""
+    cap = gpu.usable_memory_bytes
+    setups = candidates(request.spec, request.setup, node, request.max_gpus,
+                        lambda s: ev.peak(method, s) <= cap)
+    evaluated = [evaluate_option(ev, request, gpu, method, s, "tensor/pipeline", node) for s in setups]
+    timed = [o for o in evaluated if o.runs and o.hours is not None]
+    if not timed:
+        return evaluated[:1]
+    fastest = min(timed, key=lambda o: (o.hours, o.setup.gpus))
+    fewest = min(timed, key=lambda o: (o.setup.gpus, o.hours))
+    return [fastest] if fewest is fastest else [fastest, fewest]
 
 
 def plan_methods(methods: Sequence[str] | None) -> tuple[str, ...]:

@@ -65,11 +65,13 @@ def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | t
                      "per layer in forward and backward (see peftcalc/measure/qlinear.py)")
         if spec.arch.num_experts:
             notes.append("fused MoE expert tensors stay unquantized (not nn.Linear)")
-    model = apply_method(model, spec, method)
+    model = apply_method(model, spec, method, precision.adapter_dtype == "fp32")
     return model, adaptation, notes
 
 
-def apply_method(model: nn.Module, spec: ModelSpec, method: Method) -> nn.Module:
+def apply_method(model: nn.Module, spec: ModelSpec, method: Method, fp32_adapters: bool = True) -> nn.Module:
+    """`fp32_adapters`: peft's autocast_adapter_dtype (its default True keeps adapters in fp32; False leaves them
+    in the base weights' dtype, as litgpt and torchtune keep them)."""
     if isinstance(method, Full):
         for p in model.parameters():
             p.requires_grad_(True)
@@ -86,7 +88,7 @@ def apply_method(model: nn.Module, spec: ModelSpec, method: Method) -> nn.Module
     cfg = peft_config(method, spec)
     if cfg is None:
         raise PeftcalcError(f"method {method.name!r} has no measured implementation")
-    return get_peft_model(model, cfg)
+    return get_peft_model(model, cfg, autocast_adapter_dtype=fp32_adapters)
 
 
 def model_has_prefix(model: nn.Module) -> bool:

@@ -55,6 +55,9 @@ def _check(setup: Setup, backend: str, nproc: int) -> None:
         raise PeftcalcError(f"--nproc must be a positive integer, got {nproc!r}")
     if nproc > 1 and backend != "run":
         raise PeftcalcError("--nproc N runs real processes under torchrun: use it with --backend run")
+    if setup.tensor_parallel > 1 or setup.pipeline_parallel > 1:
+        raise PeftcalcError("--tp/--pp are estimated, not measured (one GPU's shard is checked against a traced "
+                            "shard model in tests/test_parallel.py)")
     if nproc == 1 and (setup.num_gpus != 1 or setup.zero_stage != 0 or setup.offload):
         raise PeftcalcError("--gpus/--zero/--offload describe several processes: measure them with --backend run "
                             "--nproc N --zero 0|2|3 (one process measures one GPU's share without sharding)")

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# safetensors' Dtype enum, in declaration order; the writer sorts tensors by it (descending), then by name.
-_ST_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
-             "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64")
+from peftcalc.checkpoint import SAFETENSORS_ORDER as _ST_ORDER  # the writer's order, one home
+
 _ST_NAME = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
             torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64",
             torch.int64: "I64"}

@@ -12,6 +12,11 @@ Wrapping, by `--zero`:
 - 3: FSDP2 `fully_shard` on each block, then on the root: parameters, gradients and states sharded.
 ZeRO-1 has no FSDP2 equivalent and CPU offload is not measured here; both are refused with a message.
 The top-level `measured_bytes` is, per key, the largest value over ranks (the rank that runs out first).
+
+Each rank's meter also records the collectives of its measured step (measure/meter.py: every c10d operator
+DDP's reducer and FSDP2 call passes through the dispatcher with its real tensors, so the payloads are exact);
+`per_rank[].collective_bytes` carries them by kind, beside `per_rank[].predicted_collective_bytes` from
+peftcalc/collectives.py. Bytes sent per rank are the payloads under the ring algorithm, on both sides.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from peftcalc.measure.outcome import Context, context, model_info, rank_result
 from peftcalc.measure.step import StepNumbers
 from peftcalc.methods.base import Method
 from peftcalc.model.spec import ModelSpec
-from peftcalc.results.record import Bytes, MeasureResult
+from peftcalc.results.record import Bytes, CollectiveBytes, MeasureResult
 from peftcalc.setup import Setup
 
 ZERO_STAGES = (0, 2, 3)
@@ -98,7 +103,9 @@ def _gathered(ctx: Context, ranks: list[dict[str, Any]], wall: float) -> Measure
     """One result from the ranks' numbers: per key the largest value over ranks, and each rank's own."""
     nproc, setup = len(ranks), ctx.setup
     numbers = [StepNumbers(**r["numbers"]) for r in ranks]
-    per_rank = tuple(rank_result(r["rank"], n) for r, n in zip(ranks, numbers))
+    predicted = predicted_collectives(ctx.spec, ctx.method, setup)
+    per_rank = tuple(replace(rank_result(r["rank"], n), collective_bytes=measured_collectives(r["collectives"], nproc),
+                             predicted_collective_bytes=predicted) for r, n in zip(ranks, numbers))
     worst = max(numbers, key=lambda n: n.peak_bytes)
     steps = [r.get("step_seconds") for r in ranks if r.get("step_seconds")]
     step_seconds = max(steps) if steps else None
@@ -114,6 +121,30 @@ def _gathered(ctx: Context, ranks: list[dict[str, Any]], wall: float) -> Measure
     return MeasureResult("run", ctx.device, "ok", model_info(ctx.spec), setup, ctx.method.name,
                          ranks[0].get("trainable_params"), Bytes.max_of([p.measured for p in per_rank]),
                          worst.peak_phase, ctx.predicted, None, step_seconds, tps, per_rank, ctx.environment, detail)
+
+
+def measured_collectives(calls: list[dict[str, Any]], nproc: int) -> CollectiveBytes:
+    """A rank's recorded c10d calls, by kind, with the bytes it sends under the ring algorithm."""
+    from peftcalc.collectives import Collective, Group, Kind, Phase
+
+    by_kind: dict[str, dict[str, int]] = {}
+    for c in calls:
+        sent = Collective(Kind(c["kind"]), Group.DP, nproc, Phase.FORWARD, c["payload_bytes"], 1, "").sent_bytes
+        d = by_kind.setdefault(c["kind"], {"calls": 0, "payload_bytes": 0, "sent_bytes": 0})
+        d["calls"] += 1
+        d["payload_bytes"] += c["payload_bytes"]
+        d["sent_bytes"] += sent
+    return CollectiveBytes.of(by_kind)
+
+
+def predicted_collectives(spec: ModelSpec, method: Method, setup: Setup) -> CollectiveBytes | None:
+    """The analytic volume of one step on one rank (peftcalc/collectives.py); None if the estimate fails."""
+    from peftcalc.collectives import step_volume
+
+    try:
+        return CollectiveBytes.of(step_volume(method.adapt(spec), setup).by_kind())
+    except PeftcalcError:
+        return None
 
 
 def wrapper_name(zero_stage: int) -> str:
@@ -147,11 +178,22 @@ def _wrap(model: Any, spec: ModelSpec, setup: Setup, device: Any) -> Any:
     return model
 
 
+def _one_step(prep: Any) -> None:
+    """The step after the measured one, whose collectives are recorded: DDP rebuilds its gradient buckets at the start
+    of the second step (the measured one), broadcasting their new order from rank 0 once
+    (torch/nn/parallel/distributed.py `_rebuild_buckets`); from the third step on, every step is the same."""
+    loss = prep.forward_loss()
+    loss.backward()
+    del loss
+    prep.optimizer.step()
+    prep.optimizer.zero_grad(set_to_none=True)
+
+
 def _worker(request_path: str, out_dir: str) -> int:
     import torch
     import torch.distributed as dist
 
-    from peftcalc.measure.meter import LiveMeter
+    from peftcalc.measure.meter import CollectiveLog, LiveMeter
     from peftcalc.measure.run import _sync, _timed_steps, is_oom
     from peftcalc.measure.adapted import build_adapted
     from peftcalc.measure.step import measured_step, prepare_training
@@ -180,6 +222,9 @@ def _worker(request_path: str, out_dir: str) -> int:
         sync = _sync(dev)
         numbers = measured_step(prep, LiveMeter(device_type="cuda" if cuda else None), sync=sync)
         out["numbers"] = asdict(numbers)
+        with CollectiveLog() as log:
+            _one_step(prep)
+        out["collectives"] = [asdict(c) for c in log.calls]
         out["step_seconds"] = _timed_steps(prep, req.get("timed_steps", 2), sync) or numbers.step_seconds
         out["notes"] = prep.notes
     except PeftcalcError as e:

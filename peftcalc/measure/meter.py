@@ -7,9 +7,18 @@ free). It works the same on real tensors (CPU or CUDA) and on fake tensors (`Fak
 what lets a traced step agree with a real CPU step to the byte.
 
 What it counts: storages created by operators that pass through the dispatcher (outputs), plus whatever was
-registered with `track()` (parameters, buffers, inputs created before the meter was entered). What it does
-not count: scratch memory a kernel allocates inside C++ and frees before returning (e.g. inside fused AdamW
-or a CPU attention kernel), and allocator rounding/caching (that is `torch.cuda.max_memory_reserved`'s job).
+registered with `track()` (parameters, buffers, inputs created before the meter was entered), and every
+`UntypedStorage.resize_` while the meter is entered: FSDP2 frees a gathered parameter with
+`untyped_storage().resize_(0)` and re-grows the same storage with `resize_(n)` before the next all-gather
+(torch/distributed/fsdp/_fully_shard/_fsdp_param.py `free_storage`, `alloc_storage`), which no operator output
+shows; the meter wraps `resize_` for as long as it is entered and counts the change in bytes. What it does not
+count: scratch memory a kernel allocates inside C++ and frees before returning (e.g. inside fused AdamW or a CPU
+attention kernel), and allocator rounding/caching (that is `torch.cuda.max_memory_reserved`'s job).
+
+`CollectiveLog` records every collective a step issues: DDP's reducer (C++) and FSDP2 (Python) both
+call the c10d operators (`torch.ops.c10d.allreduce_`, `_allgather_base_`, `_reduce_scatter_base_`, `broadcast_`,
+...) through the dispatcher, so a dispatch mode sees each call with its real tensors: the payload in bytes is
+exact, whatever algorithm the backend (gloo, NCCL) then runs.
 """
 
 from __future__ import annotations
@@ -24,6 +33,35 @@ from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper
 from torch.utils._pytree import tree_flatten
 
 PHASES = ("forward", "backward", "optimizer")
+
+# c10d operator -> (collective kind, which argument holds the full-size tensor(s): the payload)
+COLLECTIVE_OPS: dict[str, tuple[str, int]] = {
+    "allreduce_": ("all-reduce", 0), "allreduce_coalesced_": ("all-reduce", 0),
+    "_allgather_base_": ("all-gather", 0), "allgather_": ("all-gather", 0),
+    "allgather_into_tensor_coalesced_": ("all-gather", 0), "allgather_coalesced_": ("all-gather", 0),
+    "_reduce_scatter_base_": ("reduce-scatter", 1), "reduce_scatter_": ("reduce-scatter", 1),
+    "reduce_scatter_tensor_coalesced_": ("reduce-scatter", 1),
+    "broadcast_": ("broadcast", 0), "send": ("send", 0),
+}
+
+
+_RESIZE_OPS = {torch.ops.aten.resize_.default, torch.ops.aten.resize_as_.default}
+
+
+@dataclass(frozen=True)
+class CollectiveCall:
+    kind: str  # "all-reduce", "all-gather", "reduce-scatter", "broadcast", "send"
+    op: str  # the c10d operator
+    payload_bytes: int  # the full tensor(s): all-gather output, reduce-scatter input, all-reduce/broadcast tensor
+
+
+def collective_call(func: Any, args: tuple) -> CollectiveCall | None:
+    """A c10d operator call as a collective and its payload; None for what moves no data (barrier, ...)."""
+    kind, where = COLLECTIVE_OPS.get(func._schema.name.split("::")[-1], (None, 0))
+    if kind is None or where >= len(args):
+        return None
+    tensors = [t for t in tree_flatten(args[where])[0] if isinstance(t, torch.Tensor)]
+    return CollectiveCall(kind, func._schema.name, sum(t.numel() * t.element_size() for t in tensors))
 
 
 def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -86,6 +124,7 @@ class LiveMeter(TorchDispatchMode):
     def __init__(self, device_type: str | None = None) -> None:
         super().__init__()
         self.device_type = device_type
+        self._resize: Any = None
         self._live: dict[int, int] = {}
         self._lock = threading.RLock()
         self.current = 0
@@ -128,7 +167,46 @@ class LiveMeter(TorchDispatchMode):
             if n is not None:
                 self.current -= n
 
+    def _resized(self, storage: Any, old: int) -> None:
+        """Account a storage whose size `resize_` changed from `old` bytes (FSDP2's free and re-grow)."""
+        key, new = storage._cdata, storage.nbytes()
+        with self._lock:
+            if key not in self._live:
+                if new == 0 or (self.device_type is not None and storage.device.type != self.device_type):
+                    return
+                self._live[key] = 0
+                weakref.finalize(storage, self._free, key)
+            self.current += new - self._live[key]
+            self._live[key] = new
+            if self.current > self.peak:
+                self.peak = self.current
+            if self._phase is not None and self.current > self.phases.peaks[self._phase]:
+                self.phases.peaks[self._phase] = self.current
+
+    def __enter__(self) -> "LiveMeter":
+        original = self._resize = torch.UntypedStorage.resize_
+        meter = self
+
+        def resize_(storage: Any, size: int) -> Any:
+            old = storage.nbytes()
+            out = original(storage, size)
+            meter._resized(storage, old)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.UntypedStorage.resize_ = self._resize  # type: ignore[method-assign]
+        super().__exit__(*exc)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func in _RESIZE_OPS and isinstance(args[0], torch.Tensor):  # a tensor resized in place keeps its storage
+            storage = args[0].untyped_storage()
+            old = storage.nbytes()
+            out = func(*args, **(kwargs or {}))
+            self._resized(storage, old)
+            return out
         out = func(*args, **(kwargs or {}))
         self.ops_seen.add(func)
         for t in tree_flatten(out)[0]:
@@ -152,6 +230,21 @@ class LiveMeter(TorchDispatchMode):
         with self._lock:
             self.peak = self.current
             self.phases = PhasePeaks()
+
+
+class CollectiveLog(TorchDispatchMode):
+    """The collectives one step issues, with their exact payloads (see the module docstring); no memory counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[CollectiveCall] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func.namespace == "c10d":
+            call = collective_call(func, args)
+            if call is not None:
+                self.calls.append(call)
+        return func(*args, **(kwargs or {}))
 
 
 class SavedTensorsAccount:

@@ -87,7 +87,7 @@ class Context:
 def context(spec: ModelSpec, method: Method, setup: Setup, backend: str, device: str) -> Context:
     """The prediction beside the measurement; a failing estimate is a note, never a lost measurement."""
     try:
-        prediction, note = predict(spec, method, setup), None
+        prediction, note = predict(spec, method, setup, "cpu" if backend == "trace" else device), None
     except PeftcalcError as e:
         prediction, note = None, str(e)
     except Exception as e:  # noqa: BLE001 - a broken estimate must not lose the measurement

@@ -18,6 +18,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3, is_feedforward
 from peftcalc.methods.lora import Lora
+from peftcalc.methods.modules_to_save import ModulesToSave
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 from peftcalc.methods.targets import ALL_LINEAR, default_ia3_targets, default_lora_targets
@@ -60,6 +61,11 @@ def peft_config(method: Any, spec: ModelSpec) -> PeftConfig | None:
     """
     if isinstance(method, Adaptation):
         raise TypeError("peft_config needs the method object (e.g. make_method(...)), not its Adaptation")
+    if isinstance(method, ModulesToSave):
+        cfg = peft_config(method.inner, spec)
+        if cfg is not None:
+            cfg.modules_to_save = list(method.modules)
+        return cfg
     if isinstance(method, (Full, BottleneckAdapter)):
         return None
     task = task_type(spec)
@@ -67,7 +73,8 @@ def peft_config(method: Any, spec: ModelSpec) -> PeftConfig | None:
         # QLoRA's quantization belongs to how the base model is loaded (BitsAndBytesConfig), not to the
         # LoRA config: the adapters are the same.
         targets = method.targets if method.targets is not None else default_lora_targets(spec)[0]
-        return LoraConfig(task_type=task, r=method.rank, target_modules=_targets(targets), use_dora=method.magnitude)
+        return LoraConfig(task_type=task, r=method.rank, target_modules=_targets(targets), use_dora=method.magnitude,
+                          lora_dropout=method.dropout)
     if isinstance(method, IA3):
         if method.targets is None:
             targets, ff, _ = default_ia3_targets(spec)

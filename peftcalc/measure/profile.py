@@ -79,10 +79,17 @@ def reduced_spec(spec: ModelSpec, cfg: Mapping[str, Any], layout: Layout, types:
     return small
 
 
-def _step_timeline(prep: Any, stack: torch.nn.ModuleList) -> Timeline:
-    """One forward and backward of the prepared model, recorded moment by moment (see timeline.py)."""
+def _step_timeline(prep: Any, stack: torch.nn.ModuleList, accumulating: bool) -> Timeline:
+    """One forward and backward of the prepared model, recorded moment by moment (see timeline.py).
+    `accumulating`: every trainable parameter holds a gradient before the step (a later micro-batch), which the
+    backward adds into in place."""
+    if accumulating:
+        with torch.no_grad():
+            for p in prep.trainable:
+                p.grad = torch.zeros_like(p)
     meter = TimelineMeter(len(stack))
     tags = LayerTags(stack, meter)
+    meter.track_all([p.grad for p in prep.trainable if p.grad is not None])
     meter.track_all(_param_and_buffer_tensors(prep.model))
     meter.track_all(stray_tensors(prep.model))
     meter.track_all(prep.master_weights)
@@ -99,8 +106,11 @@ def _step_timeline(prep: Any, stack: torch.nn.ModuleList) -> Timeline:
             del loss
             meter.end_backward()
             tl = meter.timeline
-            tl.gradients = unique_storage_bytes([p.grad for p in prep.model.parameters() if p.grad is not None])
-            tl.layer_gradients = layer_gradient_bytes(stack)
+            if accumulating:  # the gradients were there before: nothing new to count
+                tl.gradients, tl.layer_gradients = 0, [0] * len(stack)
+            else:
+                tl.gradients = unique_storage_bytes([p.grad for p in prep.model.parameters() if p.grad is not None])
+                tl.layer_gradients = layer_gradient_bytes(stack)
             prep.optimizer.zero_grad(set_to_none=True)
             meter.phase(None)
     finally:
@@ -109,8 +119,8 @@ def _step_timeline(prep: Any, stack: torch.nn.ModuleList) -> Timeline:
     return tl
 
 
-def trace_timelines(spec: ModelSpec, method: Method, setup: Setup, sizes: Sequence[tuple[int, int]]
-                    ) -> list[Timeline]:
+def trace_timelines(spec: ModelSpec, method: Method, setup: Setup, sizes: Sequence[tuple[int, int]],
+                    accumulating: bool = False) -> list[Timeline]:
     """The timelines of `spec`'s step at each (batch, seq) of `sizes`, on one prepared model."""
     first = replace(setup, batch_size=sizes[0][0], seq_len=sizes[0][1])
     with warnings.catch_warnings():
@@ -124,7 +134,7 @@ def trace_timelines(spec: ModelSpec, method: Method, setup: Setup, sizes: Sequen
             _warm_up(prep, "optimizer")
             for batch, seq in sizes:
                 prep.inputs = make_inputs(spec, replace(setup, batch_size=batch, seq_len=seq), "cpu")
-                out.append(_step_timeline(prep, stack))
+                out.append(_step_timeline(prep, stack, accumulating))
     return out
 
 
@@ -247,11 +257,12 @@ def agrees(step: Step, shapes: Sequence[RunShape], tl: Timeline, batch: int, seq
             and all(evaluate(p, v) == x for s in step.held for p, x in zip(step.held[s], tl.held[s])))
 
 
-def traced_step(spec: ModelSpec, method: Method, setup: Setup, p: Plan, check: bool) -> tuple[Step, Regime]:
+def traced_step(spec: ModelSpec, method: Method, setup: Setup, p: Plan, check: bool, accumulating: bool = False
+                ) -> tuple[Step, Regime]:
     """The fitted step of `spec`, and the regime the checks allow."""
     grid = [(b, s) for b in p.batches for s in p.seqs]
     extra = [p.check] + ([x for x in (p.widen_batch, p.widen_residue) if x] if check else [])
-    tls = trace_timelines(spec, method, setup, grid + (extra if check else []))
+    tls = trace_timelines(spec, method, setup, grid + (extra if check else []), accumulating)
     step, shapes = fit_step(tls[:len(grid)], p.batches, p.seqs)
     regime = p.regime
     if check:
@@ -278,8 +289,9 @@ def supports_sdpa(spec: ModelSpec) -> bool:
     return bool(getattr(cls, "_supports_sdpa", True))
 
 
-def trace_profile(spec: ModelSpec, method: Method, setup: Setup) -> Profile:
-    """The profile of `spec` adapted by `method` for `setup`'s regime of sizes (see the module docstring)."""
+def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: bool = False) -> Profile:
+    """The profile of `spec` adapted by `method` for `setup`'s regime of sizes (see the module docstring);
+    `accumulating`: of a later micro-batch of gradient accumulation."""
     t0 = time.perf_counter()
     if spec.arch.kind != "decoder":
         raise PeftcalcError(f"{spec.name}: traced profiles cover decoder-only models (this is {spec.arch.kind})")
@@ -292,8 +304,9 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup) -> Profile:
     if setup.attention == "sdpa" and not supports_sdpa(spec):
         small, note = replace(small, attention="eager"), (f"{spec.family} has no sdpa attention in transformers "
                                                          f"{transformers.__version__}: traced with eager, its default; ")
-    step_a, regime = traced_step(reduced_spec(spec, cfg, la, types), method, small, p, check=True)
-    step_b = step_a if lb == la else traced_step(reduced_spec(spec, cfg, lb, types), method, small, p, False)[0]
+    step_a, regime = traced_step(reduced_spec(spec, cfg, la, types), method, small, p, True, accumulating)
+    step_b = step_a if lb == la else traced_step(reduced_spec(spec, cfg, lb, types), method, small, p, False,
+                                                 accumulating)[0]
     ex = extrapolate(step_a, step_b, la, lb, types)
     source = (f"{note}traced: layers {list(la.selected)} and {list(lb.selected)} of {la.real_count}, batches "
               f"{list(p.batches)} x sequences {list(p.seqs)}, torch {torch.__version__}; "

@@ -12,9 +12,12 @@ Choices this module makes, stated once:
   are single sequences (`unpacked_sequences`), so sdpa attention runs its causal kernel and no
   (batch, 1, seq, seq) mask is built (under fake tensors transformers 5 would otherwise build one).
   Labels are a separate copy of the input ids; for encoder-decoder models the decoder also gets `seq` tokens.
+- Gradient accumulation (`Setup.gradient_accumulation` > 1) runs that many forward/backward passes before the
+  optimizer step, on the same batch; gradients add up in `.grad` between them.
 - Only the loss survives the forward (the model output, and with it the logits, is dropped at once, as
   Hugging Face's Trainer does); gradients are set to None after the step (`zero_grad(set_to_none=True)`).
-- Gradient checkpointing is transformers' own, non-reentrant (`use_reentrant=False`).
+- Gradient checkpointing is transformers' own, non-reentrant (`use_reentrant=False`) unless the setup asks for
+  reentrant checkpointing.
 - `bf16-mixed`/`fp16-mixed`: weights (and so activations and gradients) in bf16/fp16; `MasterWeightOptimizer`
   keeps an fp32 copy of every trainable low-precision weight, turns each low-precision gradient into an fp32
   master gradient (freeing the low-precision one) just before the AdamW step, steps AdamW on the fp32 copies
@@ -117,7 +120,7 @@ def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: st
         base = base_model(model)
         if not getattr(base, "supports_gradient_checkpointing", False):
             raise PeftcalcError(f"{spec.family} does not support gradient checkpointing in transformers")
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": setup.reentrant_checkpointing})
     if setup.gradient_checkpointing and model_has_prefix(model):
         raise PeftcalcError("prefix tuning cannot run with --gradient-checkpointing here: transformers 5 drops the "
                             "key/value cache inside checkpointed layers, and the cache is where peft puts the prefix")
@@ -129,7 +132,7 @@ def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: st
         opt: Any = MasterWeightOptimizer(params, lambda ps: make_adamw(ps, setup.adamw_impl), loss_scale)
     else:
         opt = make_adamw(params, setup.adamw_impl)
-    autocast = DTYPES[precision.compute_dtype] if precision.compute_dtype != precision.param_dtype else None
+    autocast = DTYPES[precision.compute_dtype] if precision.autocast else None
     dev = torch.device(device)
     return Prepared(model, opt, make_inputs(spec, setup, dev), precision, setup, autocast, dev.type, loss_scale,
                     list(notes or []))
@@ -254,19 +257,23 @@ def _warm_up(prep: Prepared, warmup: str) -> None:
 
 def _phases(prep: Prepared, meter: LiveMeter, param_keys: set[int]) -> tuple[int, int, int]:
     """The measured forward, backward and optimizer step: live bytes after forward, bytes autograd saved, and
-    gradient bytes after backward."""
-    meter.phase("forward")
-    with SavedTensorsAccount(exclude=param_keys) as saved:
-        loss = prep.forward_loss()
-    after_forward = meter.current
-    note_attention_kernel(prep, meter)
-    meter.phase("backward")
-    loss.backward()
-    del loss
+    gradient bytes after backward. With gradient accumulation, every micro-batch's forward and backward (each
+    adding into the gradients the ones before left) count in those phases; the first one's after-forward and
+    saved bytes are reported."""
+    for micro in range(prep.setup.gradient_accumulation):
+        meter.phase("forward")
+        with SavedTensorsAccount(exclude=param_keys) as saved:
+            loss = prep.forward_loss()
+        if micro == 0:
+            after_forward, saved_bytes = meter.current, saved.bytes
+        note_attention_kernel(prep, meter)
+        meter.phase("backward")
+        loss.backward()
+        del loss
     grads = [p.grad for p in prep.model.parameters() if p.grad is not None]
     gradient_bytes = unique_storage_bytes(grads)
     del grads
     meter.phase("optimizer")
     prep.optimizer.step()
     prep.optimizer.zero_grad(set_to_none=True)
-    return after_forward, saved.bytes, gradient_bytes
+    return after_forward, saved_bytes, gradient_bytes

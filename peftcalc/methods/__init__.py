@@ -11,6 +11,7 @@ from peftcalc.methods.base import Adaptation, Method, ParamCount, TensorGroup
 from peftcalc.methods.full import Full
 from peftcalc.methods.ia3 import IA3
 from peftcalc.methods.lora import dora, lora, qlora
+from peftcalc.methods.modules_to_save import ModulesToSave
 from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 
@@ -29,6 +30,8 @@ class MethodOptions:
     adapter_variant: str = "houlsby"
     prefix_projection: bool = False
     quant_bits: int = 4
+    modules_to_save: tuple[str, ...] = ()  # peft's modules_to_save: trainable full copies (not for full)
+    lora_dropout: float = 0.0  # peft's lora_dropout (LoRA, DoRA, QLoRA)
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,12 @@ class MethodInfo:
 _INFOS = (
     MethodInfo("full", "Full fine-tuning", "every weight trains", (), "transformers", lambda o: Full()),
     MethodInfo("lora", "LoRA", "Hu et al. 2021, arXiv:2106.09685", ("--rank", "--targets"), "peft",
-               lambda o: lora(o.rank, o.targets)),
+               lambda o: lora(o.rank, o.targets, o.lora_dropout)),
     MethodInfo("qlora", "QLoRA", "Dettmers et al. 2023, arXiv:2305.14314 (NF4 + double quantization)",
                ("--rank", "--targets (default all-linear)", "--quant-bits 4|8"), "peft",
-               lambda o: qlora(o.rank, o.targets, o.quant_bits)),
+               lambda o: qlora(o.rank, o.targets, o.quant_bits, o.lora_dropout)),
     MethodInfo("dora", "DoRA", "Liu et al. 2024, arXiv:2402.09353", ("--rank", "--targets"), "peft",
-               lambda o: dora(o.rank, o.targets)),
+               lambda o: dora(o.rank, o.targets, o.lora_dropout)),
     MethodInfo("adapter", "Bottleneck adapters", "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021",
                ("--bottleneck", "--adapter-variant houlsby|pfeiffer"), "paper formula",
                lambda o: BottleneckAdapter(o.bottleneck, o.adapter_variant)),  # type: ignore[arg-type]
@@ -85,4 +88,7 @@ def make_method(name: str, options: MethodOptions = MethodOptions()) -> Method:
         info = METHODS[name]
     except KeyError:
         raise PeftcalcError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
-    return info.build(options)
+    method = info.build(options)
+    if options.modules_to_save and name != "full":  # full fine-tuning trains those modules already
+        method = ModulesToSave(method, options.modules_to_save)
+    return method

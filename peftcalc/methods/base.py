@@ -64,12 +64,14 @@ class Adaptation:
     weight_decomposed: bool = False  # DoRA: a magnitude vector and the column norm of W + BA in every forward
     prompt_encoder: PromptEncoder | None = None  # virtual tokens from an embedding (prompt) or an MLP (p-tuning)
     saved_by_peft: bool = True  # checkpoint keys under peft's `base_model.model.` prefix (not: full, adapters)
+    lora_dropout: float = 0.0  # peft's lora_dropout: an nn.Dropout on each adapted module's input to lora_A
 
     def __hash__(self) -> int:
         # Adaptations key the memory and checkpoint caches: hash the tensor list once.
         h = self.__dict__.get("_hash")
         if h is None:
-            h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens))
+            h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens,
+                      self.lora_dropout))
             object.__setattr__(self, "_hash", h)
         return h
 

@@ -20,6 +20,7 @@ class Lora:
     targets: tuple[str, ...] | None = None  # None: peft's default for the family
     magnitude: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output feature
     base_format: WeightFormat = "dense"  # QLoRA (Dettmers et al., 2023): "nf4" or "int8" base weights
+    dropout: float = 0.0  # peft's lora_dropout (its default 0: no dropout module)
 
     @property
     def name(self) -> str:
@@ -30,6 +31,8 @@ class Lora:
     def adapt(self, spec: ModelSpec) -> Adaptation:
         if self.rank <= 0:
             raise PeftcalcError(f"--rank must be a positive integer, got {self.rank}")
+        if not 0 <= self.dropout < 1:
+            raise PeftcalcError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
         notes: list[str] = []
         targets, strict = self.targets, True
         if targets is None:
@@ -61,8 +64,12 @@ class Lora:
                          "embeddings, norms and the output head stay in the compute dtype")
             if any(p.kind == "expert" for p in spec.others):
                 notes.append("fused MoE expert tensors are not nn.Linear in transformers 5 and stay unquantized")
+        if self.dropout and self.magnitude:
+            notes.append("lora_dropout with DoRA: peft recomputes the base layer on the dropped input; replayed "
+                         "without the dropout")
         return Adaptation(self.name, spec, tensors, saved=added, adapted=tuple(l.name for l in adapted),
-                          notes=tuple(notes), weight_decomposed=self.magnitude)
+                          notes=tuple(notes), weight_decomposed=self.magnitude,
+                          lora_dropout=0.0 if self.magnitude else self.dropout)
 
     def _adapter_tensors(self, lin: Linear) -> tuple[TensorGroup, ...]:
         r = self.rank
@@ -86,16 +93,17 @@ class Lora:
         )
 
 
-def lora(rank: int = 8, targets: tuple[str, ...] | None = None) -> Lora:
-    return Lora(rank, targets)
+def lora(rank: int = 8, targets: tuple[str, ...] | None = None, dropout: float = 0.0) -> Lora:
+    return Lora(rank, targets, dropout=dropout)
 
 
-def dora(rank: int = 8, targets: tuple[str, ...] | None = None) -> Lora:
-    return Lora(rank, targets, magnitude=True)
+def dora(rank: int = 8, targets: tuple[str, ...] | None = None, dropout: float = 0.0) -> Lora:
+    return Lora(rank, targets, magnitude=True, dropout=dropout)
 
 
-def qlora(rank: int = 8, targets: tuple[str, ...] | None = None, bits: int = 4) -> Lora:
+def qlora(rank: int = 8, targets: tuple[str, ...] | None = None, bits: int = 4, dropout: float = 0.0) -> Lora:
     """QLoRA: LoRA on every linear layer (the paper's recipe) over a 4-bit NF4 (or 8-bit) base."""
     if bits not in (4, 8):
         raise PeftcalcError(f"--quant-bits must be 4 or 8, got {bits}")
-    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), base_format="nf4" if bits == 4 else "int8")
+    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), base_format="nf4" if bits == 4 else "int8",
+                dropout=dropout)

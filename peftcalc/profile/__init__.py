@@ -55,13 +55,14 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None) -> Profile:
-    """The profile covering `setup`'s batch and sequence length (see the module docstring)."""
+def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None, accumulating: bool = False) -> Profile:
+    """The profile covering `setup`'s batch and sequence length (see the module docstring); `accumulating`: of a
+    later micro-batch of gradient accumulation (every parameter already holds its gradient)."""
     spec = adaptation.spec
     if method is None:
         raise PeftcalcError(f"{spec.name} with {adaptation.method}: a traced activation profile needs the method "
                             "object (estimate_method passes it)")
-    parts = key_parts(spec, method, setup)
+    parts = key_parts(spec, method, setup, accumulating)
     hit = find(_shipped(shipped_path(spec)).get(profile_key(parts), []), setup.batch_size, setup.seq_len)
     if hit is not None:
         return hit
@@ -78,6 +79,6 @@ def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None) -> 
                             "transformers and peft: pip install 'peftcalc[measure]'")
     from peftcalc.measure.profile import trace_profile  # the measure extra: torch, transformers, peft
 
-    profile = trace_profile(spec, method, setup)
+    profile = trace_profile(spec, method, setup, accumulating)
     write_profiles(path, key, {**parts, "versions": versions, "model": spec.name}, cached + [profile])
     return profile

@@ -27,7 +27,7 @@ def config_sha(spec: ModelSpec) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def key_parts(spec: ModelSpec, method: Method, setup: Setup) -> dict[str, Any]:
+def key_parts(spec: ModelSpec, method: Method, setup: Setup, accumulating: bool = False) -> dict[str, Any]:
     """What a profile depends on, besides the library versions."""
     return {"config_sha256": config_sha(spec), "method": repr(method),
-            "setup": {f: getattr(setup, f) for f in STEP_FLAGS}}
+            "setup": {f: getattr(setup, f) for f in STEP_FLAGS}, "accumulating": accumulating}

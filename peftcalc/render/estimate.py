@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate, MethodEstimate
 from peftcalc.methods import RANKED
-from peftcalc.precision import get_precision
+from peftcalc.recipes import recipe_lines
 from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent, table, to_csv
 from peftcalc.uncertainty import Uncertainty
 from peftcalc.units import Unit
@@ -32,9 +32,10 @@ def _estimate_rows(est: Estimate, unit: Unit, bands: Bands) -> list[tuple[str, l
         ("optimizer temporaries", b(lambda r: r.memory.temporary_bytes)),
         ("peak of tensors", b(lambda r: r.memory.peak_bytes)),
         ("  in phase", [r.memory.peak_phase for r in rs]),
-        ("overhead (CUDA, stated)", b(lambda r: r.memory.overhead_bytes)),
-        ("total per GPU (peak)", b(lambda r: r.memory.total)),
-        ("peak uncertainty", [_band(bands.get(r.method)) for r in rs]),
+        ("allocated peak", b(lambda r: r.memory.allocated_bytes)),
+        ("reserved", b(lambda r: r.memory.reserved_bytes)),
+        ("device total (context incl.)", b(lambda r: r.memory.total)),
+        ("uncertainty", [_band(bands.get(r.method)) for r in rs]),
     ]
     if est.setup.offload:
         rows.append(("CPU memory (offload)", b(lambda r: r.memory.cpu_bytes)))
@@ -50,11 +51,13 @@ def _band(u: Uncertainty | None) -> str:
     return "-" if u is None else u.short()
 
 
-REPLAYED = ("replayed: the transformers + peft step of this family, operator by operator, as it runs on the CPU "
-            "(peftcalc/stepsim; checked against traced steps by `peftcalc validate`)")
-PROFILED = ("a traced profile: the real transformers + peft step traced on fake tensors at a few small layer counts "
-            "and sizes, fitted exactly as polynomials in batch and sequence and extrapolated over the layers "
-            "(peftcalc/profile)")
+REPLAYED = ("replayed: the transformers + peft step of this family, operator by operator, with the GPU's kernels "
+            "(peftcalc/stepsim; the CPU paths are checked against traced steps by `peftcalc validate`, the GPU numbers "
+            "against published runs by `peftcalc validate --published`)")
+PROFILED = ("a traced profile: the real transformers + peft step traced on fake tensors with the CPU's kernels, at a "
+            "few small layer counts and sizes, fitted exactly as polynomials in batch and sequence and extrapolated "
+            "over the layers (peftcalc/profile; a GPU's fused attention keeps what the CPU's flash kernel keeps, its "
+            "dropout 1-byte masks where the CPU keeps noise tensors)")
 
 
 def activations_assumption(est: Estimate) -> str:
@@ -72,8 +75,8 @@ def activations_assumption(est: Estimate) -> str:
     return "; ".join(parts) + "; the peak is the largest of the forward, backward and optimizer phases"
 
 
-def assumptions(est: Estimate) -> dict[str, Any]:
-    s, a, p = est.setup, est.spec.arch, get_precision(est.setup.precision)
+def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
+    s, a, p = est.setup, est.spec.arch, est.setup.recipe
     shape = (f"hidden {a.hidden_size}, {a.num_layers} layers, {a.num_heads} heads ({a.num_kv_heads} kv), "
              f"head dim {a.head_dim}, FFN {a.ffn_size}{' gated' if a.gated_mlp else ''}, vocab {a.vocab_size}"
              + (f", {a.num_experts} experts (top {a.experts_per_token})" if a.num_experts else ""))
@@ -82,33 +85,51 @@ def assumptions(est: Estimate) -> dict[str, Any]:
         "shape": shape,
         "precision": f"{p.name}: {p.description}; adapters in {p.adapter_dtype}",
         "optimizer": f"{s.optimizer}, AdamW implementation {s.adamw_impl}",
-        "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU",
-        "attention kernel": s.attention,
-        "gradient checkpointing": "on" if s.gradient_checkpointing else "off",
-        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else ""),
+        "batch x sequence": f"{s.batch_size} x {s.seq_len} tokens per GPU" + (
+            f", {s.gradient_accumulation} micro-batches per optimizer step (their gradients kept between them)"
+            if s.gradient_accumulation > 1 else ""),
+        **recipe_lines(s),
+        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else "")
+        + (f"; x {s.tensor_parallel} tensor x {s.pipeline_parallel} pipeline parallel = {s.gpus} GPUs: one GPU holds one "
+           "stage's tensor shard (Megatron layout: heads, MLP width and vocabulary / tp, ceil(layers / pp) blocks, "
+           "every stage given the embedding and the head, an upper bound), 1F1B keeps pp micro-batches in flight on "
+           "the first stage (Narayanan et al. 2021)"
+           + (", sequence parallel: activations / tp (Korthikanti et al. 2022)" if s.sequence_parallel else "")
+           + " (peftcalc/parallel.py)" if s.tensor_parallel > 1 or s.pipeline_parallel > 1 else ""),
         "activations": activations_assumption(est),
+        "quantities": ("allocated peak = tensors + cuBLAS workspace + 512-byte rounding (torch.cuda."
+                       "max_memory_allocated); reserved = allocated + segment tails + fragmentation "
+                       "(max_memory_reserved, what an out-of-memory error inside PyTorch is about); device total = "
+                       "reserved + CUDA context (nvidia-smi; what must fit in the GPU)"),
         "overhead": ("; ".join(f"{l.name} {l.bytes / 2**20:,.0f} MiB: {l.source}" for l in est.results[0].memory.overhead)
                      or "none (--overhead none)") if est.results else
                     "CUDA context, cuBLAS workspace, allocator rounding and fragmentation: stated defaults (peftcalc/overhead.py)",
-        "device": ("tensors as the step allocates them on the CPU, where it was traced; on CUDA dropout keeps 1-byte "
-                   "masks and sdpa's fused kernels replace the CPU's math path (GPT-2/T5/BERT attention dropout or bias), "
-                   "so a GPU holds less there"),
-        "uncertainty": "the largest |error| of the analytic peak against traced steps of the same kind (method, "
-                       "checkpointing) in the committed validation history",
-        "checkpoints": "safetensors files: adapter weights in fp32 (peft's default), full copies in the weight dtype",
+        "device": ("a CUDA GPU: fused attention kernels, 1-byte dropout masks (the CPU's math paths and noise "
+                   "tensors are what `peftcalc validate` checks against traced steps)"),
+        "uncertainty": ("from published GPU runs of the same kind (method, quantization, framework) where there are "
+                        "any: the 90th percentile of |error| of the quantity each measured; else CPU traces only "
+                        "(peftcalc/uncertainty.py)"),
+        "checkpoints": f"safetensors files: adapter weights in {p.adapter_dtype} (peft's default fp32 unless "
+                       "--adapter-dtype), modules_to_save copies and full copies in the weight dtype",
     }
+    if files is not None:
+        from peftcalc.render.from_files import not_modelled_summary
+
+        summary = not_modelled_summary(files)
+        out["from files"] = f"{', '.join(files.paths)}" + (f"; {summary}" if summary else "; every field read is "
+                                                           "modelled or has no effect")
     if est.spec.is_inferred:
         out["inferred shape"] = (f"total held at exactly {est.spec.total_params:,}; the shape itself has "
                                  f"{est.spec.shape_params:,} ({est.spec.source}); override with --hidden/--layers/...")
     return out
 
 
-def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None) -> str:
+def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None, files: Any = None) -> str:
     rows = _estimate_rows(est, unit, bands or {})
     out = [table(["", *[r.method for r in est.results]], [(k, *v) for k, v in rows])]
     out.append("")
     out.append("Assumptions")
-    out += [f"  {k}: {v}" for k, v in assumptions(est).items()]
+    out += [f"  {k}: {v}" for k, v in assumptions(est, files).items()]
     h, r = est.spec.arch.hidden_size, est.options.rank
     if any(x.method in RANKED for x in est.results) and r <= h:
         full, low = h * h, r * (h + h)
@@ -118,11 +139,15 @@ def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None) -> str:
     if notes:
         out += ["", "Notes", *notes]
     out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
+    if files is not None:
+        from peftcalc.render.from_files import from_text
+
+        out += ["", from_text(files)]
     return "\n".join(out)
 
 
-def estimate_dict(est: Estimate, bands: Bands | None = None) -> dict[str, Any]:
-    """The JSON contract: integers for bytes and parameter counts."""
+def estimate_dict(est: Estimate, bands: Bands | None = None, files: Any = None) -> dict[str, Any]:
+    """The JSON contract: integers for bytes and parameter counts; `from` when --from files were read."""
     a, s = est.spec.arch, est.setup
     return {
         "model": {"name": est.spec.name, "family": a.family, "total_params": est.spec.total_params,
@@ -131,9 +156,11 @@ def estimate_dict(est: Estimate, bands: Bands | None = None) -> dict[str, Any]:
         "setup": {"precision": s.precision, "optimizer": s.optimizer, "batch_size": s.batch_size,
                   "seq_len": s.seq_len, "gradient_checkpointing": s.gradient_checkpointing,
                   "attention": s.attention, "num_gpus": s.num_gpus, "zero_stage": s.zero_stage,
-                  "offload": s.offload, "adamw_impl": s.adamw_impl},
+                  "offload": s.offload, "adamw_impl": s.adamw_impl,
+                  "gradient_accumulation": s.gradient_accumulation, "adapter_dtype": p_adapter(est)},
         "results": [_method_dict(r, (bands or {}).get(r.method)) for r in est.results],
-        "assumptions": assumptions(est),
+        "assumptions": assumptions(est, files),
+        **({"from": files.to_dict()} if files is not None else {}),
     }
 
 
@@ -144,14 +171,19 @@ def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
         "trainable_params": r.params.trainable,
         "trainable_percent": r.params.percent,
         "total_params": r.params.total,
+        # the three quantities users compare with: peak (torch.cuda.max_memory_allocated), reserved
+        # (max_memory_reserved) and total (the device total, CUDA context included); tensor_peak is the tensors
+        # alone (what the traced backend measures), overhead every line above it (total - tensor_peak)
         "memory_bytes": {"weights": m.weight_bytes, "gradients": m.gradient_bytes,
                          "optimizer_states": m.optimizer_state_bytes, "master_weights": m.master_weight_bytes,
                          "activations": m.activation_bytes, "temporaries": m.temporary_bytes,
                          "overhead": m.overhead_bytes, "total": m.total, "buffers": m.buffer_bytes,
-                         "inputs": m.input_bytes, "peak": m.peak_bytes, "forward_peak": m.forward_peak_bytes,
+                         "inputs": m.input_bytes, "peak": m.allocated_bytes, "reserved": m.reserved_bytes,
+                         "tensor_peak": m.peak_bytes, "forward_peak": m.forward_peak_bytes,
                          "backward_peak": m.backward_peak_bytes, "optimizer_peak": m.optimizer_peak_bytes},
         "peak_phase": m.peak_phase,
-        "overhead_lines": [{"name": l.name, "bytes": l.bytes, "source": l.source} for l in m.overhead],
+        "overhead_lines": [{"name": l.name, "bytes": l.bytes, "level": l.level, "source": l.source}
+                           for l in m.overhead],
         "uncertainty": band.to_dict() if band else None,
         "cpu_bytes": m.cpu_bytes,
         "checkpoint_bytes": r.checkpoint.checkpoint_bytes,
@@ -161,16 +193,21 @@ def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
     }
 
 
-def estimate_json(est: Estimate, bands: Bands | None = None) -> str:
-    return json.dumps(estimate_dict(est, bands), indent=2)
+def p_adapter(est: Estimate) -> str:
+    return est.setup.recipe.adapter_dtype
+
+
+def estimate_json(est: Estimate, bands: Bands | None = None, files: Any = None) -> str:
+    return json.dumps(estimate_dict(est, bands, files), indent=2)
 
 
 def estimate_csv(est: Estimate) -> str:
     header = ["method", "trainable_params", "trainable_percent", "total_params", "weights_bytes", "gradients_bytes",
               "optimizer_states_bytes", "master_weights_bytes", "activations_bytes", "temporaries_bytes",
-              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes"]
+              "overhead_bytes", "total_bytes", "cpu_bytes", "checkpoint_bytes", "peak_bytes", "reserved_bytes"]
     rows = [[r.method, r.params.trainable, f"{r.params.percent:.6g}", r.params.total, r.memory.weight_bytes,
              r.memory.gradient_bytes, r.memory.optimizer_state_bytes, r.memory.master_weight_bytes,
              r.memory.activation_bytes, r.memory.temporary_bytes, r.memory.overhead_bytes, r.memory.total,
-             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes] for r in est.results]
+             r.memory.cpu_bytes, r.checkpoint.checkpoint_bytes, r.memory.allocated_bytes, r.memory.reserved_bytes]
+            for r in est.results]
     return to_csv(header, rows)

@@ -7,8 +7,9 @@ from typing import Any
 from peftcalc.estimate import Estimate
 from peftcalc.hardware.mfu import mfu_for
 from peftcalc.methods import make_method
-from peftcalc.hardware.planner import (GPUS_PER_NODE, MAX_BATCH_SIZE, MAX_SEQ_LEN, STRATEGIES, Option, Plan,
+from peftcalc.hardware.planner import (ASSUMED_HOST_SHARE, MAX_BATCH_SIZE, MAX_SEQ_LEN, STRATEGIES, Option, Plan,
                                        Verdict)
+from peftcalc.hardware.steptime import ASSUMPTIONS as STEP_ASSUMPTIONS
 from peftcalc.render.estimate import assumptions
 from peftcalc.render.text import fmt_bytes, fmt_hours, fmt_limit, fmt_signed, fmt_usd, table, to_csv
 from peftcalc.units import Unit
@@ -21,13 +22,12 @@ def verdict_text(o: Option) -> str:
     return o.verdict.value
 
 
-def plan_assumptions(p: Plan) -> dict[str, str]:
+def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
     """What every number of the plan rests on: the estimate's assumptions plus the planner's."""
     r = p.request
-    out = assumptions(Estimate(r.spec, r.setup, r.options, ()))
+    out = assumptions(Estimate(r.spec, r.setup, r.options, ()), files)
     out.pop("checkpoints", None)
-    out["training"] = (f"{r.tokens:,} tokens per epoch x {r.epochs:g} epoch(s) = {round(r.tokens * r.epochs):,} "
-                       f"tokens (--tokens, --epochs)")
+    out["training"] = training_line(r)
     out["FLOPs"] = ("full fine-tuning 6N + 12·L·H·Q·T per token (Kaplan et al. 2020 arXiv:2001.08361 C≈6N; "
                     "PaLM appendix B, Chowdhery et al. 2022 arXiv:2204.02311, the MFU convention); frozen-base "
                     "methods 4N + 12·L·H·Q·T + 6 x trainable params (no weight gradients for frozen weights); "
@@ -48,8 +48,22 @@ def plan_assumptions(p: Plan) -> dict[str, str]:
             lines.append(f"{', '.join(quantized)} x{q.value / mfu_for(r.gpus[0], False, None).value:.2f}")
         out["MFU"] = ("ASSUMED defaults, override with --mfu; applied to the FLOPs above, recomputation included: "
                       + "; ".join(lines))
-    out["time"] = ("FLOPs / (GPUs x dense peak FLOP/s of the compute dtype x MFU); perfect data-parallel scaling "
-                   "(communication overlapped); no evaluation, checkpointing or start-up time")
+    out["time"] = ("steps x (compute + exposed communication + exposed offload) per optimizer step "
+                   "(peftcalc/hardware/steptime.py): compute = the step's FLOPs on one GPU / (dense peak FLOP/s of the "
+                   "compute dtype x MFU); communication = each collective's bytes per rank (ring algorithm; "
+                   "peftcalc/collectives.py) / the bandwidth of the slowest link it crosses (intra-node, or inter-node "
+                   "per GPU once a group spans nodes); no evaluation, checkpointing or start-up time")
+    for k, v in STEP_ASSUMPTIONS.items():
+        out[f"time: {k}"] = v
+    nodes = {}
+    for gpu in r.gpus:
+        n = r.node_of(gpu)
+        nodes[n.id] = (f"{n.id}: {n.gpus_per_node} x {gpu.id}, intra-node {_gbps(n.intra_node.bytes_per_s_per_gpu)}"
+                       f" ({n.intra_node.kind}), inter-node {_gbps(n.inter_node.bytes_per_s_per_gpu)} per GPU "
+                       f"({n.inter_node.kind}), host link {_gbps(n.host_link.bytes_per_s_per_gpu)}"
+                       + (" - ASSUMED generic node, no node file names this GPU" if n.assumed else ""))
+    out["nodes"] = ("GPUs counted in whole nodes once past one node (`peftcalc nodes`; --node chooses): "
+                    + "; ".join(nodes.values()))
     out["memory"] = ("a configuration fits when its peak per GPU (overhead included) is at most the GPU's usable "
                      "memory from the catalogue (capacity minus ECC/driver reserve; see `peftcalc gpus`)")
     out["fits with"] = ("the fewest changes that make it fit, preferring a smaller micro-batch (gradient accumulation "
@@ -61,15 +75,55 @@ def plan_assumptions(p: Plan) -> dict[str, str]:
                         if r.spec.arch.max_positions and not r.spec.is_inferred else ""))
     out["scale-out"] = ("fewest GPUs up to --max-gpus " + str(r.max_gpus) + " for each of "
                         + ", ".join(s.name for s in STRATEGIES) + " (ZeRO-3 = FSDP full shard); options list a "
-                        "strategy only when it needs fewer GPUs than those before it; CPU memory per node for "
-                        f"{GPUS_PER_NODE} GPUs per node")
-    out["prices"] = ("typical on-demand rent per GPU-hour and street purchase price per GPU (whole machine for "
-                     "Apple), each dated and sourced in `peftcalc gpus`; host, power, networking and operations "
-                     "excluded; break-even runs = purchase / rent of one run")
+                        "strategy only when it needs fewer GPUs than those before it; an offload option runs only "
+                        "when the node's host memory holds its GPUs' offloaded states")
+    out["prices"] = ("rent: whole nodes at the node's price where sourced, else the GPUs billed (whole nodes past one "
+                     "node) x on-demand rent per GPU-hour; buy: whole nodes at the node's price where sourced, else "
+                     f"GPUs x street price + an ASSUMED {ASSUMED_HOST_SHARE:.0%} for the host (marked 'est.'; Apple: "
+                     "whole machines); each dated and sourced in `peftcalc gpus` / `peftcalc nodes`; power, "
+                     "networking and operations excluded; break-even runs = purchase / rent of one run")
     if r.setup.precision == "fp32":
         out["precision note"] = ("--precision fp32 computes at the fp32 peak, far below tensor-core "
                                  "rates; most runs use --precision bf16-mixed")
     return out
+
+
+def _gbps(v: int | None) -> str:
+    return "none" if v is None else f"{v / 1e9:,.1f} GB/s"
+
+
+def _step_dict(o: Option) -> dict[str, Any]:
+    step = o.cost.step if o.cost else None
+    if step is None:
+        return {"step_seconds": None, "step_seconds_by_part": None, "communication": None}
+    return {
+        "step_seconds": step.step_seconds,
+        "step_seconds_by_part": step.by_part,
+        "communication": {
+            "sent_bytes_per_step": step.volume.sent_bytes,
+            "by_kind": step.volume.by_kind(),
+            "total_seconds": step.communication_total_seconds,
+            "offload_total_seconds": step.offload_total_seconds,
+            "bubble_seconds": step.bubble_seconds,
+            "optimizer_seconds": step.optimizer_seconds,
+            "tokens_per_step": step.tokens_per_step,
+            "links": [{"group": g, "kind": k, "bytes_per_s": b} for g, k, b in step.links],
+        },
+    }
+
+
+def training_line(r: Any) -> str:
+    """How much the run trains: tokens x epochs, or optimizer steps; and the tokens of one optimizer step."""
+    s = r.setup
+    per_step = (f"{r.tokens_per_step:,} tokens per optimizer step ({s.batch_size} x {s.seq_len} tokens x "
+                f"{s.gradient_accumulation} micro-batch(es) x {s.num_gpus} GPU(s))")
+    if r.steps is not None:
+        tokens, _ = r.run_tokens
+        return (f"{r.steps:,} optimizer steps (--steps) x {per_step} = {tokens:,} tokens; other GPU counts keep this "
+                "global batch (accumulation adjusted)")
+    total = round(r.tokens * r.epochs)
+    return (f"{r.tokens:,} tokens per epoch x {r.epochs:g} epoch(s) = {total:,} tokens (--tokens, --epochs); "
+            f"{per_step}: {r.optimizer_steps:,.0f} optimizer steps")
 
 
 def _option_dict(o: Option) -> dict[str, Any]:
@@ -77,7 +131,13 @@ def _option_dict(o: Option) -> dict[str, Any]:
     run = o.run_setup
     return {
         "gpu": o.gpu.id,
-        "num_gpus": o.num_gpus,
+        "num_gpus": o.setup.gpus,  # every GPU the option uses: data x tensor x pipeline parallel
+        "data_parallel": o.num_gpus,
+        "node": o.node.id if o.node else None,
+        "nodes": o.nodes,
+        "tensor_parallel": o.setup.tensor_parallel,
+        "pipeline_parallel": o.setup.pipeline_parallel,
+        **_step_dict(o),
         "method": o.method,
         "fits": o.fits,
         "per_gpu_bytes": o.per_gpu_bytes,
@@ -105,17 +165,19 @@ def _option_dict(o: Option) -> dict[str, Any]:
         "flops_per_token": o.flops.flops_per_token,
         "run_flops": c.run_flops if c else None,
         "mfu": c.mfu.value if c else None,
+        "purchase_estimated": c.purchase_estimated if c else None,
         "break_even_runs": c.break_even_runs if c else None,
         "note": c.note if c else None,
     }
 
 
 def _ref(o: Option) -> dict[str, Any]:
-    return {"gpu": o.gpu.id, "num_gpus": o.num_gpus, "method": o.method, "strategy": o.strategy, "kind": o.kind,
-            "fits_with": list(o.remedies) if o.remedies else None, "hours": o.hours, "rent_usd": o.rent_usd}
+    return {"gpu": o.gpu.id, "num_gpus": o.setup.gpus, "nodes": o.nodes, "method": o.method, "strategy": o.strategy,
+            "kind": o.kind, "fits_with": list(o.remedies) if o.remedies else None, "hours": o.hours,
+            "step_seconds": o.step_seconds, "rent_usd": o.rent_usd}
 
 
-def plan_dict(p: Plan) -> dict[str, Any]:
+def plan_dict(p: Plan, files: Any = None) -> dict[str, Any]:
     """The JSON contract (issue 5): every option evaluated, fitting or not; nulls where not applicable."""
     return {
         "options": [_option_dict(o) for o in p.options],
@@ -123,13 +185,17 @@ def plan_dict(p: Plan) -> dict[str, Any]:
                        "per_gpu_bytes": s.per_gpu_bytes, "cpu_bytes_per_node": s.cpu_bytes_per_node}
                       for s in p.scale_out],
         "shortlist": {k: [_ref(o) for o in v] for k, v in p.shortlist().items()},
-        "assumptions": plan_assumptions(p),
+        "training": {"tokens": p.request.run_tokens[0], "epochs": p.request.run_tokens[1],
+                     "steps": p.request.steps, "tokens_per_step": p.request.tokens_per_step,
+                     "optimizer_steps": p.request.optimizer_steps},
+        "assumptions": plan_assumptions(p, files),
     }
 
 
-CSV_FIELDS = ("gpu", "num_gpus", "method", "strategy", "kind", "fits", "verdict", "fits_with", "per_gpu_bytes",
-              "capacity_bytes", "margin_bytes", "limiting_component", "max_batch_size", "max_seq_len",
-              "cpu_bytes_per_node", "flops_per_token", "mfu", "hours", "rent_usd", "purchase_usd", "break_even_runs")
+CSV_FIELDS = ("gpu", "num_gpus", "node", "nodes", "method", "strategy", "kind", "fits", "verdict", "fits_with",
+              "per_gpu_bytes", "capacity_bytes", "margin_bytes", "limiting_component", "max_batch_size", "max_seq_len",
+              "cpu_bytes_per_node", "flops_per_token", "mfu", "step_seconds", "hours", "rent_usd", "purchase_usd",
+              "break_even_runs")
 
 
 def plan_csv(p: Plan) -> str:
@@ -141,21 +207,61 @@ def plan_csv(p: Plan) -> str:
     return to_csv(CSV_FIELDS, rows)
 
 
-def plan_text(p: Plan, unit: Unit) -> str:
+def gpus_text(o: Option) -> str:
+    s = o.setup
+    if s.tensor_parallel == 1 and s.pipeline_parallel == 1:
+        return str(o.num_gpus)
+    return f"{s.gpus} ({o.num_gpus}x{s.tensor_parallel}x{s.pipeline_parallel})"
+
+
+def buy_text(o: Option) -> str:
+    c = o.cost
+    if c is None or c.purchase_usd is None:
+        return fmt_usd(None)
+    return fmt_usd(c.purchase_usd) + (" est." if c.purchase_estimated else "")
+
+
+def _secs(v: float) -> str:
+    return f"{v:,.2f} s" if v < 100 else f"{v:,.0f} s"
+
+
+def step_table(p: Plan) -> list[str]:
+    """One optimizer step by part, for the options that run (compute, then what communication and offload add)."""
+    rows = []
+    for o in p.options:
+        step = o.cost.step if o.cost else None
+        if step is None:
+            continue
+        links = ", ".join(f"{g}: {k} {b / 1e9:,.0f} GB/s" for g, k, b in step.links) or "-"
+        rows.append([o.gpu.id, gpus_text(o), o.strategy, o.method, _secs(step.step_seconds), _secs(step.compute_seconds),
+                     _secs(step.communication_seconds), _secs(step.offload_seconds),
+                     f"{step.volume.sent_bytes / 1e9:,.1f} GB", f"{step.tokens_per_step:,}", links])
+    if not rows:
+        return []
+    return ["", "Time per optimizer step (compute incl. pipeline bubble; communication and offload: what compute does "
+                "not hide; sent = bytes one GPU sends per step)",
+            table(["gpu", "GPUs", "strategy", "method", "step", "compute", "communication", "offload", "sent",
+                   "tokens/step", "links"], rows, align_left=4)]
+
+
+def plan_text(p: Plan, unit: Unit, files: Any = None) -> str:
     r, s = p.request, p.request.setup
     out = [f"Plan: {r.spec.name} ({r.spec.total_params:,} params), {s.precision}, {s.optimizer}, micro-batch "
-           f"{s.batch_size} x {s.seq_len} tokens, {r.tokens:,} tokens x {r.epochs:g} epoch(s), up to {r.max_gpus} GPUs",
+           f"{s.batch_size} x {s.seq_len} tokens, " + (f"{r.steps:,} optimizer steps" if r.steps is not None else
+                                                          f"{r.tokens:,} tokens x {r.epochs:g} epoch(s)") +
+           f", up to {r.max_gpus} GPUs",
            ""]
     rows = []
     for o in p.options:
         c = o.cost
-        rows.append([o.gpu.id, str(o.num_gpus), o.strategy, o.method, verdict_text(o), fmt_bytes(o.per_gpu_bytes, unit),
-                     fmt_signed(o.margin_bytes, unit), o.limiting_component, fmt_limit(o.max_batch_size, MAX_BATCH_SIZE),
-                     fmt_limit(o.max_seq_len, MAX_SEQ_LEN), fmt_hours(c.hours if c else None),
-                     fmt_usd(c.rent_usd if c else None), fmt_usd(c.purchase_usd if c else None)])
+        rows.append([o.gpu.id, gpus_text(o), str(o.nodes), o.strategy, o.method, verdict_text(o),
+                     fmt_bytes(o.per_gpu_bytes, unit), fmt_signed(o.margin_bytes, unit), o.limiting_component,
+                     fmt_limit(o.max_batch_size, MAX_BATCH_SIZE), fmt_limit(o.max_seq_len, MAX_SEQ_LEN),
+                     fmt_hours(c.hours if c else None), fmt_usd(c.rent_usd if c else None), buy_text(o)])
     out.append("Options (per GPU at the setup asked; limits, time and cost with the changes a verdict names)")
-    out.append(table(["gpu", "GPUs", "strategy", "method", "verdict", "peak/GPU", "margin", "largest part",
-                      "max batch", "max seq", "time", "rent", "buy"], rows, align_left=5))
+    out.append(table(["gpu", "GPUs", "nodes", "strategy", "method", "verdict", "peak/GPU", "margin", "largest part",
+                      "max batch", "max seq", "time", "rent", "buy"], rows, align_left=6))
+    out += step_table(p)
     notes = sorted({f"{o.gpu.id}: {o.cost.note}" for o in p.options if o.cost and o.cost.note})
     if notes:
         out += [f"  {n}" for n in notes]
@@ -175,14 +281,14 @@ def plan_text(p: Plan, unit: Unit) -> str:
         out.append(table(["gpu", "method", *[st.name for st in STRATEGIES]],
                          [[g, m, *[cells[(g, m, st.name)] for st in STRATEGIES]] for g, m in pairs], align_left=2))
 
-    out += ["", "Shortlist (runnable options; time at the assumed MFU, rent at on-demand prices, perfect scaling)"]
+    out += ["", "Shortlist (runnable options; time per step by part as above, rent at on-demand prices)"]
     short = p.shortlist()
     srows = []
     for crit, opts in short.items():
         for i, o in enumerate(opts, 1):
             c = o.cost
             be = f"{c.break_even_runs:,.1f}" if c.break_even_runs is not None else "-"
-            srows.append([f"{crit} #{i}", o.gpu.id, str(o.num_gpus), o.strategy, o.method,
+            srows.append([f"{crit} #{i}", o.gpu.id, gpus_text(o), o.strategy, o.method,
                           "as asked" if o.fits else verdict_text(o), fmt_hours(c.hours), fmt_usd(c.rent_usd),
                           fmt_usd(c.purchase_usd), be])
     if srows:
@@ -192,6 +298,6 @@ def plan_text(p: Plan, unit: Unit) -> str:
         out.append("  no runnable option with a known peak FLOP/s (see the verdicts above)")
 
     out += ["", "Assumptions"]
-    out += [f"  {k}: {v}" for k, v in plan_assumptions(p).items()]
+    out += [f"  {k}: {v}" for k, v in plan_assumptions(p, files).items()]
     out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
     return "\n".join(out)

@@ -239,12 +239,13 @@ def _headline(est: Any, unit: Unit) -> list[str]:
         out.append(f"Full fine-tuning holds {fmt_bytes(m.model_state_bytes, unit)} of model states: weights "
                    f"{fmt_bytes(m.weight_bytes, unit)}, gradients {fmt_bytes(m.gradient_bytes, unit)}, optimizer states "
                    f"{fmt_bytes(m.optimizer_state_bytes, unit)}, master weights {fmt_bytes(m.master_weight_bytes, unit)}; "
-                   f"its peak per GPU is {fmt_bytes(m.total, unit)}.")
+                   f"its device total per GPU (allocated peak {fmt_bytes(m.allocated_bytes, unit)}, reserved "
+                   f"{fmt_bytes(m.reserved_bytes, unit)}, CUDA context included) is {fmt_bytes(m.total, unit)}.")
     if "lora" in names:
         r = est.result("lora")
         size = size_fmt(unit)
         out.append(f"LoRA (r={est.options.rank}) trains {fmt_count(r.params.trainable)} parameters "
-                   f"({fmt_percent(r.params.percent)}), peaks at {fmt_bytes(r.memory.total, unit)} per GPU and saves "
+                   f"({fmt_percent(r.params.percent)}), needs {fmt_bytes(r.memory.total, unit)} per GPU (device total) and saves "
                    f"{size(r.checkpoint.checkpoint_bytes)} per task; {r.checkpoint.num_tasks} tasks take "
                    f"{size(r.checkpoint.tasks_bytes)} of adapters against {size(r.checkpoint.full_copies_bytes)} of full "
                    "copies.")
@@ -258,9 +259,11 @@ ERROR_NAMES = {"mean_abs_error_percent": "mean |error|", "max_abs_error_percent"
 
 
 def validation_report(records: Sequence[Record], source: str, *, band_percent: float = 2.0,
-                      worst: int = 15, unit: Unit = Unit.GB, command: str = "peftcalc report") -> Report:
+                      worst: int = 15, unit: Unit = Unit.GB, command: str = "peftcalc report",
+                      published: Sequence[Any] | None = None) -> Report:
     """Predicted vs traced/measured: the scatter with the identity line and a band, the error by method and
-    architecture, per component, and the worst runs."""
+    architecture, per component, and the worst runs; with `published` (peftcalc.evidence comparisons), the
+    published GPU runs against the estimate, by framework."""
     results = fr.results_frame(records)
     compared = fr.compared_frame(results)
     setup_line = _results_setup(results, source)
@@ -270,6 +273,8 @@ def validation_report(records: Sequence[Record], source: str, *, band_percent: f
         _distribution_section(results, compared, setup_line, band_percent),
         _worst_section(results, worst, unit),
     ]
+    if published:
+        sections.append(_published_section(published, unit))
     assumptions = {
         "results": source,
         "error": "(predicted - measured) / measured, for the peak unless a component is named",
@@ -363,3 +368,50 @@ def _results_setup(results: pd.DataFrame, source: str) -> str:
     return (f"{len(results)} runs from {source} · {layers} · {results['model'].nunique()} models · "
             f"{results['method'].nunique()} methods · precision {precisions} · seq {span('seq_len')} · "
             f"batch {span('batch_size')}")
+
+
+def _published_section(comparisons: Sequence[Any], unit: Unit) -> Section:
+    """Published GPU runs (bench/published/memory) against the estimate of each run (`peftcalc validate
+    --published`): the scatter by framework, the summary by group and confidence, the worst gated records, the
+    records not predicted and why."""
+    from peftcalc.evidence.summary import conclude
+
+    df = fr.published_frame(comparisons)
+    c = conclude(list(comparisons), worst=10)
+    g = c.gate.summary
+    summary = fr.published_summary_frame(df)
+    pct = {"median_abs_error_percent": lambda v: "-" if pd.isna(v) else f"{float(v):.1f} %",
+           "within_10_percent": lambda v: "-" if pd.isna(v) else f"{float(v):.0f} %",
+           "max_abs_error_percent": lambda v: "-" if pd.isna(v) else f"{float(v):.1f} %"}
+    worst = df[df["id"].isin([w.record.id for w in c.worst])]
+    b = bytes_fmt(unit)
+    setup_line = (f"{len(df)} published records · {int(df['error_percent'].notna().sum())} predicted · "
+                  "estimated for each record's run, in the quantity its source measured")
+    verdict = "passes" if c.gate.passed else "fails"
+    return Section("Published GPU runs", [
+        "Every published GPU-memory measurement of bench/published/memory against the estimate of its run, in the "
+        "quantity its source measured: torch.cuda.max_memory_allocated against the allocated peak, "
+        "max_memory_reserved against reserved, nvidia-smi against the device total (CUDA context included).",
+        "torchtune and litgpt run their own model code (a fused qkv projection, their own attention and chunked "
+        "loss), not transformers': their records are shown beside, not in the gate.",
+        f"Gate over the high- and medium-confidence transformers + peft records: median |error| "
+        f"{g.median if g.median is not None else float('nan'):.1f} % (limit 5 %), "
+        f"{g.within if g.within is not None else 0:.0f} % within 10 % (at least 80 %), QLoRA within 10 %: "
+        f"{c.gate.qlora_within} of {c.gate.qlora}; it {verdict}. One-GPU runs of the gate: median |error| "
+        f"{c.single_gpu.median if c.single_gpu.median is not None else float('nan'):.1f} %, "
+        f"{c.single_gpu.within or 0:.0f} % within 10 %."], [
+        Plot("published-scatter", "Published GPU runs: estimated vs published",
+             fig.published_scatter_figure(df, setup_line, unit)),
+        Table("published-summary", "Published GPU runs by group and confidence", summary,
+              format_frame(summary, pct, rename={"median_abs_error_percent": "median |error|",
+                                                 "within_10_percent": "within ±10 %",
+                                                 "max_abs_error_percent": "worst |error|"})),
+        Table("published-worst", "The gated records furthest from their estimate", worst,
+              format_frame(worst[["id", "quantity", "measured_bytes", "predicted_bytes", "error_percent", "flags"]],
+                           {"measured_bytes": b, "predicted_bytes": b, "error_percent": error_fmt},
+                           rename={"measured_bytes": "published", "predicted_bytes": "estimated",
+                                   "error_percent": "error %"})),
+        Table("published-not-predicted", "Records not predicted yet, by reason", fr.not_predicted_frame(df)),
+        Table("published-records", "Every published record", df, show=False,
+              caption="each record's measured and estimated bytes, or why it is not predicted"),
+    ])

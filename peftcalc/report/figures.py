@@ -387,3 +387,45 @@ def error_distribution_figure(compared: pd.DataFrame, setup: str, band_percent: 
         axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _title(fig, "Prediction error of the peak, by method and architecture", setup)
     return fig
+
+
+# ---- published GPU runs -----------------------------------------------------------------------------------
+
+GROUP_COLORS = {"transformers": "#1f77b4", "torchtune": "#ff7f0e", "litgpt": "#2ca02c"}
+QUANTITY_MARKERS = {"max_allocated": "o", "peak_active": "o", "max_reserved": "s", "reserved_p99": "s",
+                    "device_used": "^", "not_stated": "x"}
+
+
+def published_scatter_figure(published: pd.DataFrame, setup: str, unit: Unit = Unit.GB) -> Figure:
+    """Estimated vs published GPU memory, one point per predicted record (frames.published_frame), coloured by
+    whose model code ran (transformers + peft, torchtune, litgpt), marked by the quantity the source measured
+    (allocated, reserved, device), with the identity line and a ±10 % band."""
+    fig = _figure(7.5, 6.4)
+    ax = fig.add_subplot()
+    d = published[published["error_percent"].notna()]
+    m, p = _in(d["measured_bytes"], unit), _in(d["predicted_bytes"].astype(float), unit)
+    lo = float(min(m.min(), p.min())) * 0.7 if len(d) else 0.1
+    hi = float(max(m.max(), p.max())) * 1.4 if len(d) else 100.0
+    line = np.geomspace(lo, hi, 50)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="#999999", alpha=0.3, linewidth=0, label="±10 % band",
+                    gid="band")
+    ax.plot(line, line, color="black", linewidth=1, label="estimated = published", gid="identity")
+    for (group, quantity), g in d.groupby(["group", "quantity"], sort=True):
+        ax.scatter(_in(g["measured_bytes"], unit), _in(g["predicted_bytes"].astype(float), unit), s=20,
+                   color=GROUP_COLORS.get(group, "#333333"), marker=QUANTITY_MARKERS.get(quantity, "o"),
+                   label=f"{group}: {quantity} ({len(g)})", alpha=0.8,
+                   edgecolors="white" if quantity != "not_stated" else None, linewidths=0.4, gid=f"points:{group}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    _log_ticks(ax.xaxis)
+    _log_ticks(ax.yaxis)
+    ax.set_xlabel(f"published GPU memory ({unit.value}, log scale)")
+    ax.set_ylabel(f"estimated, same quantity ({unit.value}, log scale)")
+    ax.grid(which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("colour: whose model code ran · marker: the quantity the source measured", fontsize=9)
+    _title(fig, "Published GPU runs: estimated vs published memory", setup)
+    return fig

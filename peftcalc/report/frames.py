@@ -21,7 +21,6 @@ from peftcalc.hardware.catalogue import Gpu
 from peftcalc.hardware.planner import Option, Plan
 from peftcalc.methods import METHODS, RANKED, MethodOptions
 from peftcalc.model.spec import ModelSpec
-from peftcalc.precision import get_precision
 from peftcalc.results.files import Record
 from peftcalc.results.predict import repredict, request_of
 from peftcalc.results.record import BYTE_KEYS, Bytes
@@ -66,7 +65,7 @@ def describe_setup(spec: ModelSpec, setup: Setup, options: MethodOptions | None 
                    vary: str | None = None) -> str:
     """The setup a figure assumes, in one line a reader can check; `vary` names the field (seq_len or
     batch_size) that the figure sweeps instead."""
-    p = get_precision(setup.precision)
+    p = setup.recipe
     batch = "varies" if vary == "batch_size" else str(setup.batch_size)
     seq = "varies" if vary == "seq_len" else str(setup.seq_len)
     parts = [
@@ -223,7 +222,7 @@ class PlanRow:
 
     @classmethod
     def of(cls, o: Option) -> "PlanRow":
-        return cls(o.gpu.id, o.num_gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
+        return cls(o.gpu.id, o.setup.gpus, o.method, o.verdict.value, o.per_gpu_bytes, o.strategy, o.kind,
                    tuple(o.remedies), o.limiting_component, o.max_batch_size, o.max_seq_len, o.hours, o.rent_usd,
                    o.purchase_usd)
 
@@ -515,3 +514,35 @@ def worst_runs_frame(results: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     cols = ["layer", "model", "family", "method", "setup", "measured_peak_bytes", "predicted_peak_bytes",
             "peak_error_bytes", "peak_error_percent", "recorded_peak_error_percent", "peak_phase", "source"]
     return ok[cols].reset_index(drop=True)
+
+
+# ---- published GPU runs (peftcalc.evidence) -----------------------------------------------------------------
+
+def published_frame(comparisons: Sequence[Any]) -> pd.DataFrame:
+    """One row per published record: its group (whose model code), framework, quantity, confidence, the
+    measured and predicted bytes of that quantity, the error, whether the gate counts it, why not predicted."""
+    rows = [{"id": c.record.id, "group": c.record.group, "framework": c.record.framework,
+             "method": c.record.method, "quantity": c.record.quantity, "confidence": c.record.confidence,
+             "gpus": c.record.gpus or 1, "measured_bytes": c.measured_bytes, "predicted_bytes": c.predicted_bytes,
+             "compared_with": c.compared_with, "error_percent": c.error_percent, "gated": c.gated,
+             "not_predicted": c.reason, "flags": "; ".join(c.flags)} for c in comparisons]
+    return pd.DataFrame(rows)
+
+
+def published_summary_frame(published: pd.DataFrame) -> pd.DataFrame:
+    """Per group and confidence: records, predicted, median |error|, share within 10 %, worst |error|."""
+    rows = []
+    for (group, conf), g in published.groupby(["group", "confidence"], sort=True):
+        err = g["error_percent"].dropna().abs()
+        rows.append({"group": group, "confidence": conf, "records": len(g), "predicted": len(err),
+                     "median_abs_error_percent": err.median() if len(err) else None,
+                     "within_10_percent": (100.0 * (err <= 10).mean()) if len(err) else None,
+                     "max_abs_error_percent": err.max() if len(err) else None})
+    return pd.DataFrame(rows)
+
+
+def not_predicted_frame(published: pd.DataFrame) -> pd.DataFrame:
+    """The records with no prediction, counted by reason."""
+    miss = published[published["not_predicted"].notna()]
+    out = miss.groupby("not_predicted").agg(records=("id", "size"), groups=("group", lambda s: ", ".join(sorted(set(s)))))
+    return out.reset_index().sort_values("records", ascending=False, kind="stable").reset_index(drop=True)

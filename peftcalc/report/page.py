@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import pandas as pd
 from matplotlib.figure import Figure
 
-from peftcalc.errors import PeftcalcError
+from peftcalc.atomic import check_folder
+from peftcalc.errors import InputError
 from peftcalc.render.text import fmt_bytes, fmt_count, fmt_percent
 from peftcalc.units import Unit
 
@@ -309,19 +310,44 @@ def _is_report_dir(path: Path) -> bool:
             and all(e.is_file() and e.suffix in _OWN_SUFFIXES for e in entries))
 
 
+def check_out(out: str | os.PathLike[str]) -> Path:
+    """The report folder `out`, if a report can be written there: not a file, not a folder of other files, and
+    its parent creatable and writable. Checked before any work, so a bad --out fails at once, writing nothing."""
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"--out {str(target)!r} is a file, not a folder")
+    try:
+        if target.is_dir() and not _is_report_dir(target):
+            raise InputError(f"--out {str(target)!r} exists and holds files that are not a peftcalc report; "
+                             "give a new or an existing report folder")
+    except OSError as e:
+        raise InputError(f"cannot write --out {str(target)!r}: {e.strerror or e}") from None
+    try:
+        check_folder(target.absolute().parent, "--out")  # where write_files makes its temporary folder
+    except InputError as e:
+        raise InputError(f"cannot write --out {str(target)!r}: {str(e).rsplit(': ', 1)[-1]}") from None
+    return target
+
+
 def write_files(files: Mapping[str, bytes], out: str | os.PathLike[str]) -> Path:
     """Write `files` as the folder `out`, atomically: all of them into a new temporary folder beside it,
     then swap it in by renames. An existing report folder is replaced only once the new one is complete;
     a folder that is not a report (other files in it) is never touched."""
-    target = Path(out)
-    if target.exists() and not target.is_dir():
-        raise PeftcalcError(f"--out {str(target)!r} is a file, not a folder")
-    if target.is_dir() and not _is_report_dir(target):
-        raise PeftcalcError(f"--out {str(target)!r} exists and holds files that are not a peftcalc report; "
-                            "give a new or an existing report folder")
+    target = check_out(out)
     parent = target.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=parent))
+    except OSError as e:
+        raise InputError(f"cannot write --out {str(target)!r}: {e.strerror or e}") from None
+    try:
+        _swap_in(files, tmp, target, parent)
+    except OSError as e:
+        raise InputError(f"cannot write --out {str(target)!r}: {e.strerror or e}") from None
+    return target
+
+
+def _swap_in(files: Mapping[str, bytes], tmp: Path, target: Path, parent: Path) -> None:
+    """Fill the temporary folder, then rename it over `target` (the previous report kept until the swap)."""
     try:
         for name, data in files.items():
             if "/" in name or name.startswith("."):
@@ -346,7 +372,6 @@ def write_files(files: Mapping[str, bytes], out: str | os.PathLike[str]) -> Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def write_report(report: Report, out: str | os.PathLike[str]) -> Path:

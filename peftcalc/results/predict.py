@@ -35,11 +35,12 @@ class Prediction:
     checkpoint_bytes: int
 
 
-def predict(spec: ModelSpec, method: Method, setup: Setup) -> Prediction:
-    """The estimate of one run as the measured backend counts it (see the module docstring)."""
+def predict(spec: ModelSpec, method: Method, setup: Setup, device: str = "cpu") -> Prediction:
+    """The estimate of one run as the measured backend counts it (see the module docstring), for the device it
+    ran on ("cpu" for traced and CPU runs: the CPU's attention paths and dropout)."""
     from peftcalc.estimate import estimate_method
 
-    est = estimate_method(spec, method, setup)
+    est = estimate_method(spec, method, setup, device="cuda" if device.startswith("cuda") else "cpu")
     m = est.memory
     b = Bytes(weights=m.weight_bytes + m.buffer_bytes + m.master_weight_bytes, gradients=m.gradient_bytes,
               optimizer_states=m.optimizer_state_bytes, activations=m.activation_bytes, peak=m.peak_bytes)
@@ -82,4 +83,5 @@ def repredict(record: Record) -> Prediction:
     """Today's prediction for a committed run. Raises PeftcalcError (or what the estimate raises) when the
     run cannot be rebuilt."""
     request = request_of(record)
-    return predict(spec_of(request), make_method(request.method, request.options), request.setup)
+    device = "cpu" if record.result.backend == "trace" else record.result.device
+    return predict(spec_of(request), make_method(request.method, request.options), request.setup, device)

@@ -104,21 +104,75 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class CollectiveCount:
+    calls: int
+    payload_bytes: int  # the full tensors the collectives were called with
+    sent_bytes: int  # what the rank sends under the ring algorithm (peftcalc/collectives.py)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CollectiveBytes:
+    """One rank's collectives over one step, by kind ("all-reduce", "all-gather", "reduce-scatter", "broadcast",
+    "send"): measured (the c10d operators the step called) or predicted (peftcalc/collectives.py)."""
+
+    by_kind: tuple[tuple[str, CollectiveCount], ...]
+
+    @property
+    def sent_bytes(self) -> int:
+        return sum(c.sent_bytes for _, c in self.by_kind)
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(c.payload_bytes for _, c in self.by_kind)
+
+    def kind(self, name: str) -> CollectiveCount | None:
+        return dict(self.by_kind).get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sent_bytes": self.sent_bytes, "payload_bytes": self.payload_bytes,
+                "by_kind": {k: c.to_dict() for k, c in self.by_kind}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "CollectiveBytes | None":
+        if not d:
+            return None
+        return cls(tuple((k, CollectiveCount(int(c["calls"]), int(c["payload_bytes"]), int(c["sent_bytes"])))
+                         for k, c in sorted((d.get("by_kind") or {}).items())))
+
+    @classmethod
+    def of(cls, by_kind: Mapping[str, Mapping[str, int]]) -> "CollectiveBytes":
+        return cls(tuple((k, CollectiveCount(int(c["calls"]), int(c["payload_bytes"]), int(c["sent_bytes"])))
+                         for k, c in sorted(by_kind.items())))
+
+
+@dataclass(frozen=True)
 class RankResult:
     rank: int
     measured: Bytes
     master_weight_bytes: int = 0
     peak_phase: str | None = None
+    collective_bytes: CollectiveBytes | None = None  # measured, over the measured step; None in older records
+    predicted_collective_bytes: CollectiveBytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "measured_bytes": self.measured.to_dict()}
+        d: dict[str, Any] = {"rank": self.rank, "measured_bytes": self.measured.to_dict()}
+        if self.collective_bytes is not None:
+            d["collective_bytes"] = self.collective_bytes.to_dict()
+        if self.predicted_collective_bytes is not None:
+            d["predicted_collective_bytes"] = self.predicted_collective_bytes.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], master_weight_bytes: int = 0) -> "RankResult":
         measured = Bytes.from_dict(d.get("measured_bytes"))
         if measured is None:
             raise ValueError(f"rank {d.get('rank')} has no measured bytes")
-        return cls(int(d["rank"]), measured, master_weight_bytes)
+        return cls(int(d["rank"]), measured, master_weight_bytes, None,
+                   CollectiveBytes.from_dict(d.get("collective_bytes")),
+                   CollectiveBytes.from_dict(d.get("predicted_collective_bytes")))
 
 
 @dataclass(frozen=True)

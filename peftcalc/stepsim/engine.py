@@ -159,6 +159,9 @@ class Sim:
         self.op = ""
         self.params: list[Param] = []
         self.debug: dict[int, tuple] | None = None  # id(storage) -> (op, size, tag) of live storages
+        # A later micro-batch of gradient accumulation: every parameter already has its .grad (counted by the
+        # caller, not here); AccumulateGrad adds each new gradient into it in place and the new one is freed.
+        self.accumulating = False
 
     # -- storages ---------------------------------------------------------------------------------------
     def _alloc(self, s: Storage) -> None:
@@ -374,10 +377,15 @@ class Sim:
         if p.received < p.uses:
             p.pending = g
             return
+        if self.accumulating and not p.capture:
+            # torch's AccumulateGrad with an existing .grad and grad mode off: `variable.grad += new_grad` (in
+            # place); new_grad dies here. The existing gradients are the caller's to count.
+            p.grad = Tensor(g.shape, g.dtype, None)
+            return
         if p.grad is None:
             p.grad = g  # stolen, no copy
-        # else: AccumulateGrad adds into the existing .grad in place (`variable_grad += new_grad`, gradient
-        # accumulation across backward passes); `g` dies here
+        # else: AccumulateGrad adds into the existing .grad in place (`variable_grad += new_grad`, a second
+        # backward into the same graph's leaves); `g` dies here
 
 
 

@@ -22,8 +22,10 @@ from peftcalc.stepsim.result import StepConfig
 class Model:
     def __init__(self, sim: Sim, adaptation: Adaptation, cfg: StepConfig) -> None:
         self.sim = sim
+        sim.accumulating = cfg.accumulating
         self.f = Ops(sim)
-        if cfg.compute_dtype != cfg.param_dtype:  # amp: the forward runs under torch.autocast(compute dtype)
+        self.f.device = cfg.device
+        if cfg.uses_autocast:  # amp: the forward runs under torch.autocast(compute dtype)
             self.f.autocast = cfg.compute_dtype
         self.ad = adaptation
         self.spec = adaptation.spec
@@ -46,6 +48,10 @@ class Model:
             elif g.format != "dense":
                 self.quantized[g.name[: -len(".weight")]] = g.format
         self.dora = adaptation.weight_decomposed
+        # peft's modules_to_save: the forward runs a trainable copy of each such module (the original is kept,
+        # frozen, and unused); by the original parameter's name
+        self.copied = {g.name.replace(".modules_to_save.default.", ".") for g in adaptation.tensors
+                       if ".modules_to_save.default." in g.name}
         self.adapter_sites = {g.name.split(".")[-3] for g in adaptation.tensors
                               if g.added and g.name.endswith(".down.weight")}
         self.adapter_width = next((g.shape[0] for g in adaptation.tensors if g.added and g.name.endswith(".down.weight")), 0)
@@ -71,8 +77,19 @@ class Model:
     # -- parameters -----------------------------------------------------------------------------------
     def weight(self, name: str, shape: tuple[int, ...], dtype: str | None = None, trainable: bool | None = None
                ) -> Tensor:
-        """A base-model parameter: trainable in full fine-tuning only."""
-        return self.sim.param(name, shape, dtype or self.dtype, self.full if trainable is None else trainable)
+        """A base-model parameter: trainable in full fine-tuning, or as a modules_to_save copy."""
+        if trainable is None:
+            trainable = self.full or name in self.copied
+        return self.sim.param(name, shape, dtype or self.dtype, trainable)
+
+    def tied_head(self, embedding: str, emb_w: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The weight a head tied to the input embedding multiplies by. modules_to_save unties it (peft deep-copies
+        the module): a trainable copy of lm_head, or, when only the embedding was copied, the frozen original."""
+        if "lm_head.weight" in self.copied:
+            return self.weight("lm_head.weight", shape, trainable=True)
+        if embedding in self.copied:
+            return self.weight(embedding, shape, trainable=False)
+        return emb_w
 
     def added(self, name: str, shape: tuple[int, ...], dtype: str = "fp32") -> Tensor:
         """A parameter the method adds: trainable, in the adapter dtype (peft keeps adapters in fp32)."""
@@ -131,7 +148,8 @@ class Model:
         del t, w
 
     def _lora(self, x: Tensor, result: Tensor, lin: Linear, r: int) -> Tensor:
-        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_A, lora_B,
+        """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_dropout (an
+        nn.Dropout when p > 0: a new tensor and its mask), lora_A, lora_B,
         `* scaling` (a new tensor), `result + ...` (promoted to fp32), `.to(result dtype)`. DoRA: peft's
         DoraLinearLayer.forward instead (see `_dora`)."""
         f = self.f
@@ -141,6 +159,7 @@ class Model:
         b_w = self.added(lin.name + ".lora_B.weight", (lin.out_features, r), ad)
         if self.dora:
             return self._dora(xa, result, lin, a_w, b_w, r)
+        xa = f.dropout(xa, self.ad.lora_dropout)  # lora_dropout[adapter](x): lora_A keeps the dropped input
         a = f.linear(xa, a_w, None, r)
         del xa
         b = f.linear(a, b_w, None, lin.out_features)

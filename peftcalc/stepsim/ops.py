@@ -32,7 +32,8 @@ class Ops:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.autocast: str | None = None  # torch.autocast's lower-precision dtype, when the forward runs under it
-        self.autocast_cache: dict[int, Tensor] = {}
+        self.device = "cpu"  # where the step runs: "cuda" picks the CUDA kernels where they keep other tensors
+        self.autocast_cache: dict[object, Tensor] = {}
 
     def cast(self, t: Tensor | None) -> Tensor | None:
         """torch.autocast's cached_cast for the lower-precision ops (CPU: linear, mm, addmm, bmm, baddbmm, matmul,
@@ -43,12 +44,22 @@ class Ops:
         decides the order the cast-back nodes run in backward."""
         if self.autocast is None or t is None or t.dtype == self.autocast or t.dtype not in FLOATS:
             return t
-        if t.param is not None and t.requires_grad and self.sim.grad_enabled:
-            hit = self.autocast_cache.get(id(t.param))
+        if t.param is not None and t.requires_grad:  # autocast caches whatever the grad mode (a checkpointed pass too)
+            # a model weight by its name and layer (the replay makes a new Param at each use; a checkpointed pass
+            # drops its Params, whose ids Python reuses), a checkpoint's detached input by identity
+            key = id(t.param) if t.param.capture else (t.param.name, t.param.tag)
+            hit = self.autocast_cache.get(key)
             if hit is None:
-                hit = self.autocast_cache[id(t.param)] = self.to(t, self.autocast)
+                hit = self.autocast_cache[key] = self.to(t, self.autocast)
             return hit
         return self.to(t, self.autocast)
+
+    def _cuda_autocast_fp32(self, x: Tensor) -> Tensor:
+        """CUDA autocast's "ops that can autocast to float32" (layer_norm, softmax among them; torch's Automatic
+        Mixed Precision docs): a half input is cast to fp32 first. The CPU's list has neither."""
+        if self.device == "cuda" and self.autocast is not None and x.dtype in ("bf16", "fp16"):
+            return self.to(x, "fp32")
+        return x
 
     def _new(self, shape: tuple[Dim, ...], dtype: str, op: str) -> Tensor:
         self.sim.op = op
@@ -185,6 +196,11 @@ class Ops:
         whose node saves the noise. (CUDA's fused `native_dropout` keeps a 1-byte mask instead.)"""
         if p == 0:
             return x
+        if self.device == "cuda":  # ATen is_fused_kernel_acceptable: native_dropout (output, bool mask), saves mask
+            out = self._new(x.shape, x.dtype, "native_dropout")
+            mask = self._new(x.shape, "bool", "native_dropout")
+            node = self.sim.node("NativeDropoutBackward0", [x], [mask], _bw_unary_new)
+            return _out(self.sim, out, node)
         noise = self._new(x.shape, x.dtype, "bernoulli")
         out = self._new(x.shape, x.dtype, "mul")
         node = self.sim.node("MulBackward0", [x], [noise], _bw_unary_new)
@@ -226,13 +242,15 @@ class Ops:
 
     # -- normalisation and softmax --------------------------------------------------------------------
     def layer_norm(self, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
-        """native_layer_norm: output, mean and rstd ((..., 1), in the input dtype on the CPU). Saves input,
-        mean, rstd (and the weight). Backward: `native_layer_norm_backward` allocates the input, weight and
+        """native_layer_norm: output, mean and rstd ((..., 1), in the input dtype on the CPU, fp32 on CUDA). Saves
+        input, mean, rstd (and the weight). Under CUDA autocast layer_norm runs in fp32 (a cast copy first). Backward: `native_layer_norm_backward` allocates the input, weight and
         bias gradients."""
+        x = self._cuda_autocast_fp32(x)
         out = self._new(x.shape, x.dtype, "native_layer_norm")
-        # the CPU kernel keeps mean/rstd in the input dtype, except a low-precision input with fp32 weights
-        # (mixed): then in fp32 (aten/src/ATen/native/cpu/layer_norm_kernel.cpp, `mixed_type`)
-        stat_dtype = "fp32" if w is not None and w.dtype == "fp32" and x.dtype != "fp32" else x.dtype
+        # CUDA keeps mean/rstd in its acc type, float; the CPU kernel in the input dtype, except a low-precision
+        # input with fp32 weights (mixed): then fp32 too (aten/src/ATen/native/cpu/layer_norm_kernel.cpp, `mixed_type`)
+        mixed = w is not None and w.dtype == "fp32" and x.dtype != "fp32"
+        stat_dtype = "fp32" if self.device == "cuda" or mixed else x.dtype
         mean = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         rstd = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         node = self.sim.node("NativeLayerNormBackward0", [x, w, b], [x, mean, rstd], _bw_each_input)
@@ -241,8 +259,8 @@ class Ops:
     def softmax(self, x: Tensor, dtype: str | None = None) -> Tensor:
         """F.softmax(x, dim=-1, dtype=...): on the CPU a dtype different from the input's is a copy first
         (freed after), then `_softmax`, whose node saves its result. Backward `_softmax_backward_data`: one
-        new tensor (then the cast back, for a dtype copy)."""
-        x = self.to(x, dtype) if dtype is not None else x
+        new tensor (then the cast back, for a dtype copy). Under CUDA autocast softmax runs in fp32."""
+        x = self.to(x, dtype) if dtype is not None else self._cuda_autocast_fp32(x)
         out = self._new(x.shape, x.dtype, "_softmax")
         node = self.sim.node("SoftmaxBackward0", [x], [], _bw_unary_new)
         if node is not None:

@@ -41,7 +41,7 @@ def simulate(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
     for p in sim.params:
         if p.grad is not None and not p.capture:
             add_into(grads, p.grad.storage.size if p.grad.storage else {})
-            if p.tag is not None and p.tag[1] == "mid":
+            if p.tag is not None and p.tag[1] == "mid" and p.grad.storage:
                 add_into(grads_mid[p.tag[0]], p.grad.storage.size)
     extra = {name: max(0, st.count - 3) for name, st in sim.stacks.items()}
     held = {name: st.held for name, st in sim.stacks.items()}

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from peftcalc.methods.base import Adaptation
 from peftcalc.stepsim.poly import Poly
 
+OUTPUT_CHUNKS = 8  # torchtune TransformerDecoder.num_output_chunks, set by CEWithChunkedOutputLoss (8 chunks)
+
 # model_type -> the module of stepsim/families/ that writes its forward
 FAMILY_MODULES = {
     "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
@@ -23,10 +25,21 @@ class StepConfig:
 
     param_dtype: str  # "fp32", "bf16", "fp16"
     compute_dtype: str
-    attention: str  # "sdpa" or "eager"
+    attention: str  # "sdpa", "eager", "flash_attention_2" or "flex_attention"
     checkpointing: bool
     adapter_dtype: str = "fp32"
     batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
+    accumulating: bool = False  # a later micro-batch of gradient accumulation (gradients exist; new ones add in place)
+    autocast: bool | None = None  # the forward under torch.autocast(compute dtype); None: when the dtypes differ
+    device: str = "cpu"  # "cpu" (what the traced backend runs) or "cuda" (the GPU kernels: fused attention, masks)
+    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop
+    loss: str = "standard"  # "standard", "chunked" (torchtune's chunked output CE), "fused" (Liger's linear CE)
+    mask: str = "none"  # the attention mask: "none" (full rows), "padded" (rows padded), "packed" (several per row)
+    shift_copy: bool = False  # transformers < 4.49: the causal-LM loss copies its shifted fp32 logits
+
+    @property
+    def uses_autocast(self) -> bool:
+        return self.compute_dtype != self.param_dtype if self.autocast is None else self.autocast
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from peftcalc.methods import DEFAULT_TABLE
 from peftcalc.units import GB
 
 CONTRACT = {"gpu", "num_gpus", "method", "fits", "per_gpu_bytes", "limiting_component", "max_batch_size",
-            "max_seq_len", "hours", "rent_usd", "purchase_usd"}
+            "max_seq_len", "hours", "rent_usd", "purchase_usd", "nodes", "step_seconds", "step_seconds_by_part"}
 
 LLAMA_65B = {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
              "num_key_value_heads": 64, "intermediate_size": 22016, "vocab_size": 32000,
@@ -51,7 +51,15 @@ def test_json_contract_every_option():
             assert o[k] is None or o[k] > 0
         if o["verdict"] == "does not fit":  # nothing runs: no time, no money, no sentinel either
             assert o["hours"] is None and o["rent_usd"] is None and o["purchase_usd"] is None
-            assert o["fits_with"] is None and o["run"] is None
+            assert o["fits_with"] is None and o["run"] is None and o["step_seconds"] is None
+        elif o["hours"] is not None:  # the step by part adds up, and the run is its steps
+            parts = o["step_seconds_by_part"]
+            assert set(parts) == {"compute", "communication", "offload"}
+            assert sum(parts.values()) == pytest.approx(o["step_seconds"])
+            steps = 100_000_000 / o["communication"]["tokens_per_step"]
+            assert o["hours"] == pytest.approx(steps * o["step_seconds"] / 3600)
+            assert o["nodes"] == -(-o["num_gpus"] // 8)
+            assert o["num_gpus"] == o["data_parallel"] * o["tensor_parallel"] * o["pipeline_parallel"]
     # without --method, every method on every GPU, fitting or not
     assert {(o["gpu"], o["method"]) for o in d["options"]} == {
         (g, m) for g in ("rtx-4090", "a100-80gb", "h100-80gb") for m in DEFAULT_TABLE}
@@ -98,7 +106,8 @@ def test_text_states_assumptions_and_shortlist():
             "--precision", "bf16-mixed")
     assert r.exit_code == 0, r.output
     for text in ("Options", "Fewest GPUs by strategy", "Shortlist", "cheapest #1", "fastest #1", "fewest GPUs #1",
-                 "Assumptions", "MFU: ASSUMED", "FLOPs: full fine-tuning 6N", "perfect data-parallel scaling",
+                 "Assumptions", "MFU: ASSUMED", "FLOPs: full fine-tuning 6N", "exposed communication", "time: overlap",
+                 "Time per optimizer step", "nodes:",
                  "zero-3", "GB = 1,000,000,000 bytes"):
         assert text in r.output, text
 
@@ -122,15 +131,19 @@ def test_mfu_tokens_and_epochs_scale_time():
     slower = as_asked(ok_json("--model", "llama-2-7b", "--method", "lora", "--gpu", "a100-80gb", "--precision",
                               "bf16-mixed", "--mfu", "0.25", "--tokens", "2e8", "--epochs", "1.5"), "a100-80gb", "lora")
     assert base["mfu"] == 0.5
-    assert slower["hours"] == pytest.approx(base["hours"] * 2 * 2 * 1.5)
-    assert slower["rent_usd"] == pytest.approx(base["rent_usd"] * 6)
+    # 2x the tokens, 1.5 epochs: 3x the steps; half the MFU doubles the compute but not the optimizer's memory time
+    parts, slow_parts = base["step_seconds_by_part"], slower["step_seconds_by_part"]
+    optimizer = base["communication"]["optimizer_seconds"]
+    assert slow_parts["compute"] - optimizer == pytest.approx(2 * (parts["compute"] - optimizer))
+    assert slower["hours"] == pytest.approx(base["hours"] / base["step_seconds"] * slower["step_seconds"] * 3)
+    assert slower["rent_usd"] / base["rent_usd"] == pytest.approx(slower["hours"] / base["hours"])
 
 
 def test_csv():
     r = run("plan", "--model", "gpt2", "--gpu", "t4", "--gpu", "l4", "--csv")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert CONTRACT <= set(rows[0])
+    assert CONTRACT - {"step_seconds_by_part"} <= set(rows[0])  # the parts are nested: JSON only
     assert {row["gpu"] for row in rows} == {"t4", "l4"}
 
 
@@ -146,7 +159,7 @@ def test_gpu_file_adds_and_overrides(tmp_path):
     d = ok_json("--model", "gpt2", "--method", "lora", "--gpu-file", str(f), "--gpu", "my-card", "--gpu", "a100-80gb")
     mine, a100 = as_asked(d, "my-card", "lora"), as_asked(d, "a100-80gb", "lora")
     assert mine["fits"] and mine["purchase_usd"] is None and mine["rent_usd"] > 0
-    assert a100["purchase_usd"] == 9000
+    assert a100["purchase_usd"] == 9000 * 1.25 and a100["purchase_estimated"]  # the GPU + the stated host share
     r = run("gpus", "--gpu-file", str(f))
     assert r.exit_code == 0 and "my-card" in r.output and "A100 at my price" in r.output
 
@@ -160,7 +173,7 @@ def test_nothing_fits_is_an_error_with_the_closest():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--gpu", "h100"], "did you mean h100-80gb, h100-pcie"),
+    (["--gpu", "h100"], "did you mean h100-80gb, h100-nvl, h100-pcie"),
     (["--gpu", "a100-80"], "a100-80gb"),
     (["--gpu", "nvidia-9000"], "unknown GPU 'nvidia-9000'"),
     (["--tokens", "0"], "--tokens must be a positive"),

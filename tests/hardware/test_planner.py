@@ -15,6 +15,7 @@ from peftcalc.estimate import adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu, all_gpus, get_gpu
 from peftcalc.hardware.mfu import FAMILY_MFU, default_mfu, mfu_for
 from peftcalc.hardware.planner import (
+    ASSUMED_HOST_SHARE,
     STRATEGIES,
     Evaluator,
     PlanRequest,
@@ -206,11 +207,14 @@ def test_evaluator_equals_estimate_method(params, method, precision, batch, seq,
 
 @settings(max_examples=80, deadline=None)
 @given(model=st.sampled_from(model_names()), method=st.sampled_from(DEFAULT_TABLE),
-       precision=st.sampled_from(["fp32", "bf16-mixed", "fp16-mixed", "bf16"]), n=st.integers(1, 511),
+       precision=st.sampled_from(["fp32", "bf16-mixed", "fp16-mixed", "bf16"]), n=st.integers(2, 511),
        offload=st.booleans(), batch=st.integers(1, 16))
 def test_more_gpus_never_need_more_memory_per_gpu_under_zero3(model, method, precision, n, offload, batch):
     # Catalogue models, not --params shapes: an inferred shape larger than N holds a negative "unattributed"
     # remainder, and with a quantized base (qlora) its weight bytes go negative (a core bug, reported).
+    # From 2 GPUs on: from 1 to 2, ZeRO-3 starts gathering (a rank holds its shards plus the unsharded root and one
+    # block, measured on FSDP2), which can exceed one unsharded copy when embeddings dominate; fewest_gpus tries 1
+    # GPU on its own for that reason.
     ev = Evaluator(get_model(model))
     setup = Setup(precision=precision, batch_size=batch, zero_stage=3, offload=offload)
     try:
@@ -319,11 +323,18 @@ def test_cost_arithmetic():
     flops = training_flops_per_seq(adapt(spec, make_method("lora")), 1024, False)
     total = run_flops(flops, 50_000_000, 3)
     assert o.cost.run_flops == total
-    hours = total / (gpu.bf16_flops_per_s * FAMILY_MFU["hopper"][0]) / 3600
+    steps = 50_000_000 * 3 / 1024
+    # AdamW on LoRA's fp32 adapters as memory traffic: weight, exp_avg, exp_avg_sq read and written, gradient read
+    trainable = sum(g.total for g in adapt(spec, make_method("lora")).tensors if g.trainable)
+    optimizer = trainable * 7 * 4 / gpu.memory_bandwidth_bytes_per_s
+    assert o.cost.step.optimizer_seconds == pytest.approx(optimizer)
+    hours = (total / (gpu.bf16_flops_per_s * FAMILY_MFU["hopper"][0]) + steps * optimizer) / 3600
     assert o.hours == pytest.approx(hours)
     assert o.rent_usd == pytest.approx(hours * gpu.rent_usd_per_hour)
-    assert o.purchase_usd == gpu.purchase_usd
-    assert o.cost.break_even_runs == pytest.approx(gpu.purchase_usd / o.rent_usd)
+    # one GPU of an 8-GPU server with no sourced server price: the GPU plus the stated host share, an estimate
+    assert o.purchase_usd == round(gpu.purchase_usd * (1 + ASSUMED_HOST_SHARE)) and o.cost.purchase_estimated
+    assert o.cost.step.step_seconds * (50_000_000 * 3 / 1024) / 3600 == pytest.approx(o.hours)
+    assert o.cost.break_even_runs == pytest.approx(o.purchase_usd / o.rent_usd)
 
 
 def test_mfu_override_and_defaults():
@@ -333,7 +344,11 @@ def test_mfu_override_and_defaults():
     half = plan(replace(base, mfu=0.2))
     for m in ("lora", "qlora"):
         d, h = asked(default, "a100-80gb", m), asked(half, "a100-80gb", m)
-        assert h.hours == pytest.approx(d.hours * d.cost.mfu.value / 0.2)
+        # the matmuls scale with 1/MFU; the optimizer step is memory traffic and does not
+        opt_d, opt_h = d.cost.step.optimizer_seconds, h.cost.step.optimizer_seconds
+        assert opt_d == opt_h > 0
+        steps = d.hours * 3600 / d.cost.step.step_seconds
+        assert h.hours * 3600 / steps - opt_h == pytest.approx((d.hours * 3600 / steps - opt_d) * d.cost.mfu.value / 0.2)
         assert h.cost.mfu.value == 0.2
     assert asked(default, "a100-80gb", "qlora").cost.mfu.value < asked(default, "a100-80gb", "lora").cost.mfu.value
     for gpu in all_gpus():

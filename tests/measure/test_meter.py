@@ -106,3 +106,52 @@ def test_bytes_follow_dtype(dtype, size):
         t = torch.zeros(100, dtype=dtype)
     assert m.peak == 100 * size
     del t
+
+
+def test_storage_resizes_are_counted():
+    """FSDP2 frees a gathered weight with untyped_storage().resize_(0) and re-grows it with resize_(n): no operator
+    output shows either, so the meter wraps resize_ while it is entered."""
+    import torch
+
+    from peftcalc.measure.meter import LiveMeter
+
+    w = torch.empty(1000)  # made before the meter, as FSDP2's unsharded parameters are
+    w.untyped_storage().resize_(0)
+    meter = LiveMeter()
+    with meter:
+        meter.phase("forward")
+        w.untyped_storage().resize_(4000)  # the all-gather's copy-out target grows: +4000 bytes
+        grown = meter.current
+        x = torch.ones(10)  # an operator output: +40 bytes
+        w.untyped_storage().resize_(0)  # freed after forward
+        meter.phase(None)
+    assert grown == 4000 and meter.current == 40 and meter.phases.peaks["forward"] == 4040
+    assert torch.UntypedStorage.resize_.__name__ == "resize_" and x.numel() == 10
+    w.untyped_storage().resize_(8)  # outside the meter nothing is counted any more
+    assert meter.current == 40
+
+
+def test_collective_log_records_payloads():
+    """Outside torchrun the c10d operators need a process group: a one-rank gloo group shows what is recorded."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from peftcalc.measure.meter import CollectiveLog
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29613")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        with CollectiveLog() as log:
+            t = torch.ones(10)
+            dist.all_reduce(t)
+            out = torch.empty(10)
+            dist.all_gather_into_tensor(out, t)
+            dist.barrier()
+        kinds = [(c.kind, c.payload_bytes) for c in log.calls]
+        assert ("all-reduce", 40) in kinds and ("all-gather", 40) in kinds
+        assert all(k in ("all-reduce", "all-gather") for k, _ in kinds)  # a barrier moves no data
+    finally:
+        dist.destroy_process_group()

@@ -31,7 +31,7 @@ def tracer(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
 
-    def trace(spec, method, setup):
+    def trace(spec, method, setup, accumulating=False):
         calls.append(setup)
         return fake_profile("1" if setup.batch_size == 1 else "2+")
 

@@ -239,7 +239,7 @@ def test_predictions_are_recomputed_with_todays_model():
                               "peak": 400_000_000},
            "predicted_bytes": {"weights": 1, "gradients": 1, "optimizer_states": 1, "activations": 1,
                                "peak": 300_000_000}}
-    m = estimate_method(get_model("gpt2"), make_method("lora", MethodOptions(rank=4)), setup).memory
+    m = estimate_method(get_model("gpt2"), make_method("lora", MethodOptions(rank=4)), setup, device="cpu").memory
     rec = Record.from_dict(rec)
     row = fr.results_frame([rec]).iloc[0]
     assert row["prediction"] == "current"

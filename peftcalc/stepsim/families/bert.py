@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import embedding_output, prefix_cache, prefix_update, prompt_inputs, run_stack
-from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, layer_norm, sdpa_math
+from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm,
+                                              sdpa_math)
 from peftcalc.stepsim.model import Model
 
 
@@ -29,7 +30,10 @@ def attention(m: Model, x: Tensor, p: str) -> Tensor:
     if m.ad.prefix_tokens:  # estimated as a cache prepended to the keys (not measured for encoders)
         k, v = prefix_update(m, k, v, H, d)
         keys = "K"
-    if m.cfg.attention == "sdpa" and attn_p == 0 and not m.ad.prefix_tokens:
+    o = gpu_sdpa(m, q, k, v, H, H, d, keys)
+    if o is not None:  # the CUDA kernels (dropout inside, no mask kept): token-major output
+        o = f.view(o, ("B", "T", H, d))
+    elif m.cfg.attention == "sdpa" and attn_p == 0 and not m.ad.prefix_tokens:
         o = f.view(f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T")), ("B", "T", H, d))
     else:
         if m.cfg.attention == "sdpa":

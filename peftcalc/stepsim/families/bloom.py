@@ -109,7 +109,7 @@ def forward(m: Model) -> Tensor:
     del alibi, mask
     x = layer_norm(m, x, "transformer.ln_f")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head("transformer.word_embeddings.weight", wte, (V, h)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)

@@ -6,6 +6,7 @@ from typing import Callable
 
 from peftcalc.stepsim.engine import Sim, Tensor, layer_indices
 from peftcalc.stepsim.model import Model
+from peftcalc.stepsim.result import OUTPUT_CHUNKS
 
 
 def run_stack(m: Model, stack: str, count: int, layer: Callable[..., Tensor], x: Tensor,
@@ -27,9 +28,10 @@ def run_stack(m: Model, stack: str, count: int, layer: Callable[..., Tensor], x:
 
 
 def checkpointed(m: Model, fn: Callable[..., Tensor], x: Tensor, args: tuple[Tensor | None, ...]) -> Tensor:
-    """transformers' GradientCheckpointingLayer with torch.utils.checkpoint(use_reentrant=False): the first
-    forward keeps no saved tensors, only the layer's arguments; the backward recomputes the layer (stopping
-    early, once the last saved tensor is recomputed) and runs its backward."""
+    """transformers' GradientCheckpointingLayer with torch.utils.checkpoint: the first forward keeps no saved
+    tensors, only the layer's arguments (use_reentrant=False: a saved-tensors hook's holders; True:
+    CheckpointFunction's ctx.save_for_backward of the inputs); the backward recomputes the layer and runs its
+    backward (non-reentrant stops the recompute once the last saved tensor is back)."""
     sim = m.sim
     if not sim.grad_enabled:
         return fn(x, *args)
@@ -77,12 +79,18 @@ def _recompute(m: Model, fn: Callable[..., Tensor], tag: object, layer: int) -> 
         sim.grad_enabled = False
         del inputs
         root = (out.node, out.out_index, g[0])
-        del out, g
-        _early_stop(sim, first_node, first_event)
+        del g
+        if not m.cfg.reentrant:
+            # non-reentrant (torch.utils.checkpoint use_reentrant=False): the recompute stops early and its
+            # output is not kept; reentrant (CheckpointFunction.backward) recomputes the whole layer and holds
+            # the recomputed outputs while `torch.autograd.backward(outputs, grads)` runs
+            del out
+            _early_stop(sim, first_node, first_event)
         nested = sim.nodes[first_node:]
         del sim.nodes[first_node:]
         sim.backward([root], nested)
         del root, nested
+        out = None
         sim.tag, m.layer = was_tag, was_layer
         return [leaf.grad if leaf is not None else None for leaf in leaves]
     return backward
@@ -147,6 +155,8 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     """transformers loss/loss_utils.py ForCausalLMLoss: `logits.float()` (a copy unless fp32), labels padded
     by one (`nn.functional.pad`) and shifted (`[..., 1:].contiguous()`: a copy for batch > 1), then
     cross_entropy = log_softmax (saved) + nll_loss. The caller keeps `logits` alive until the loss exists."""
+    if shift and m.cfg.shift_copy:
+        return _shifted_logits_loss(m, logits, vocab)
     f, sim = m.f, m.sim
     lf = f.to(logits, "fp32")
     sim.op = "constant_pad_nd"
@@ -156,6 +166,23 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     del lf
     logp = f.log_softmax(flat)
     return f.nll_loss(logp, shifted)  # `logits` is a local of ForCausalLMLoss: alive until the loss exists
+
+
+def _shifted_logits_loss(m: Model, logits: Tensor, vocab: int) -> Tensor:
+    """transformers before 4.49 (its ForCausalLMLoss and the models' own loss code before it): `logits =
+    logits.float()`, `shift_logits = logits[..., :-1, :].contiguous()` (a second fp32 copy, both locals until
+    the loss returns), `labels[..., 1:].contiguous()`, cross_entropy. In backward the slice's gradient is a
+    full-size zeros tensor (`slice_backward`). transformers PR #35646 (January 2025, "removing unnecessary
+    contiguous() call to reduce memory overhead") pads the labels instead. (T - 1 counted as T.)"""
+    f, sim = m.f, m.sim
+    lf = f.to(logits, "fp32")
+    shifted_logits = f.copy(f.slice(lf, ("B", "T", vocab)), op="contiguous")
+    sim.op = "slice_labels"
+    labels = sim.new(("B", "T"), "int64")
+    logp = f.log_softmax(f.view(shifted_logits, ("B", "T", vocab)))
+    loss = f.nll_loss(logp, labels)
+    del logp, shifted_logits, lf
+    return loss
 
 
 def prefix_cache(m: Model, stack: str, count: int, kv_heads: int, head_dim: int) -> None:
@@ -213,3 +240,106 @@ def prefix_update(m: Model, k: Tensor, v: Tensor, kv_heads: int, head_dim: int) 
     cache[0] = f.cat([cache[0], k], shape)
     cache[1] = f.cat([cache[1], v], shape)
     return cache[0], cache[1]
+
+
+# -- the head and the loss, by the setup's loss kind --------------------------------------------------------------
+
+
+def head_loss(m: Model, x: Tensor, head: Callable[[Tensor], Tensor], weight: Callable[[], Tensor], vocab: int,
+              post: Callable[[Model, Tensor], Tensor] | None = None) -> Tensor:
+    """The output head and the loss over the final hidden state `x` (B, T, h), as the setup's loss kind does it:
+    "standard" (the whole logits, transformers' ForCausalLMLoss), "chunked" (torchtune's chunked output and
+    CEWithChunkedOutputLoss) or "fused" (Liger's fused linear cross-entropy). `head` applies the output layer
+    (with its adapters) to a tensor, `weight()` gives its weight, `post` a logit transform (Gemma2's soft-cap).
+    The model output keeps `x` alive until forward returns."""
+    m.outer.append(x)
+    if m.cfg.loss == "fused":
+        return fused_linear_cross_entropy(m, x, weight(), vocab)
+    if m.cfg.loss == "chunked":
+        return chunked_cross_entropy(m, x, head, vocab, post)
+    logits = head(x)
+    del x
+    if post is not None:
+        logits = post(m, logits)
+    return causal_lm_loss(m, logits, vocab)
+
+
+def chunked_cross_entropy(m: Model, x: Tensor, head: Callable[[Tensor], Tensor], vocab: int,
+                          post: Callable[[Model, Tensor], Tensor] | None = None) -> Tensor:
+    """torchtune: `TransformerDecoder.chunked_output` applies the output layer to `h.chunk(8, dim=1)` (one
+    SplitBackward; the head's matmul flattens each non-contiguous chunk, a copy; the list of (B, T/8, V) logits
+    lives until the recipe's `del logits` after the loss), and
+    `CEWithChunkedOutputLoss.forward` counts the labels (`(labels != ignore_index).sum()`), reshapes each label
+    chunk (a copy: a chunk of a batch is not contiguous), then sums `F.cross_entropy(chunk.float(), labels,
+    reduction="sum")` over the chunks (one fp32 copy at a time, each chunk's fp32 log-softmax saved) and divides
+    by the count. T/8 is the symbol Tc = ceil(T / 8)."""
+    from peftcalc.stepsim.ops import _bw_split
+
+    f, sim = m.f, m.sim
+    h = x.shape[-1]
+    node = sim.node("SplitBackward0", [x], [], _bw_split, n_out=OUTPUT_CHUNKS)
+    logits = []
+    for j in range(OUTPUT_CHUNKS):
+        chunk = Tensor(("B", "Tc", h), x.dtype, x.storage, node, j, node is not None)
+        chunk = f.copy(chunk, op="reshape")  # a chunk of a batch is not contiguous: the head's matmul copies it
+        out = head(chunk)
+        logits.append(post(m, out) if post is not None else out)
+        del chunk, out
+    sim.op = "labels_count"
+    ne = sim.new(("B", "T"), "bool")
+    count = sim.new((), "int64")
+    del ne
+    sim.op = "labels_chunk"
+    labels = [sim.new(("B", "Tc"), "int64") for _ in range(OUTPUT_CHUNKS)]
+    total = None
+    for lg, lb in zip(logits, labels):
+        lf = f.to(lg, "fp32")
+        logp = f.log_softmax(lf)
+        del lf
+        loss = f.nll_loss(logp, lb)
+        del logp
+        total = f.add(loss) if total is None else f.add(total, loss)  # `0.0 + loss`, then `total + loss`
+        del loss
+    del labels, lb
+    m.outer += logits  # freed with the forward's locals
+    return f.div(total, count)
+
+
+def fused_linear_cross_entropy(m: Model, x: Tensor, weight: Tensor, vocab: int) -> Tensor:
+    """Liger's LigerFusedLinearCrossEntropyFunction (liger_kernel/ops/fused_linear_cross_entropy.py): the logits
+    are never whole. Forward: grad_input = zeros_like(x), grad_weight = zeros_like(weight) when the head trains,
+    loss_1d (B*T fp32); then per chunk of C = min(next_pow2(ceil(B*T / ceil(V / h))), B*T) rows: logits (C, V) in
+    x's dtype, the cross-entropy kernel writing its gradient in place, grad_input[chunk] = grad_logits @ W (a
+    (C, h) product copied in), grad_weight += (in place). Saves grad_input and grad_weight; backward hands them
+    back (scaled in place when the upstream gradient is not 1)."""
+    f, sim = m.f, m.sim
+    h = x.shape[-1]
+    x, weight = f.cast(x), f.cast(weight)
+    sim.op = "liger_flce"
+    grad_input = sim.new(x.shape, x.dtype)
+    grad_weight = sim.new((vocab, h), weight.dtype) if weight.requires_grad and sim.grad_enabled else None
+    loss_1d = sim.new(("B", "T"), "fp32")
+    chunk = sim.new(("C", vocab), x.dtype)
+    product = sim.new(("C", h), x.dtype)
+    del product, chunk
+    out = sim.new((), "fp32")
+    del loss_1d
+    node = sim.node("LigerFusedLinearCrossEntropyFunctionBackward", [x, weight],
+                    [grad_input, grad_weight], _bw_hand_back(grad_input, grad_weight))
+    del grad_input, grad_weight
+    if node is not None:
+        out.node, out.requires_grad = node, True
+    return out
+
+
+def _bw_hand_back(grad_input: Tensor, grad_weight: Tensor | None) -> Callable:
+    """The backward of a function that computed its gradients in forward: the saved storages, handed back."""
+    metas = [(grad_input.shape, grad_input.dtype)] + ([(grad_weight.shape, grad_weight.dtype)] if grad_weight else [])
+
+    def backward(sim: Sim, n, g: list) -> list:
+        held = [Tensor(shape, dtype, st) for (shape, dtype), st in zip(metas, n.saved)]
+        out: list = [held[0] if n.next[0] is not None else None,
+                     held[1] if len(held) > 1 and n.next[1] is not None else None]
+        del held
+        return out
+    return backward

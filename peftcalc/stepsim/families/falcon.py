@@ -12,7 +12,7 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import cfg, layer_norm, sdpa_flash_masked, sdpa_math
+from peftcalc.stepsim.families.layers import cfg, gpu_sdpa, layer_norm, sdpa_flash_masked, sdpa_math
 from peftcalc.stepsim.families.llama import causal_mask, rotary, rotate
 from peftcalc.stepsim.model import Model
 
@@ -38,7 +38,10 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, p: str, mask: Tenso
     if m.ad.prefix_tokens:
         k, v = prefix_update(m, k, v, KV, d)
         keys = "K"
-    if m.cfg.attention == "sdpa":
+    gpu = gpu_sdpa(m, q, k, v, H, KV, d, keys, mask)
+    if gpu is not None:
+        o = gpu
+    elif m.cfg.attention == "sdpa":
         if KV == H and mask is None:
             o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
         elif KV == H:  # prefix tuning: a boolean (B, 1, T, K) mask, the same kernel
@@ -108,7 +111,7 @@ def forward(m: Model) -> Tensor:
     del mask
     x = layer_norm(m, x, "transformer.ln_f")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head("transformer.word_embeddings.weight", wte, (V, h)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, layer_norm, sdpa_math
+from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm,
+                                              sdpa_math)
 from peftcalc.stepsim.model import Model
 
 
@@ -26,7 +27,10 @@ def attention(m: Model, x: Tensor, p: str, mask: Tensor | None) -> Tensor:
     if prefix:
         k, v = prefix_update(m, k, v, H, d)
     keys = "K" if prefix else "T"
-    if m.cfg.attention == "sdpa":
+    o = gpu_sdpa(m, q, k, v, H, H, d, keys, mask if prefix else None)
+    if o is not None:  # the CUDA kernels: token-major output, contiguous() is free
+        o = f.view(o, ("B", "T", H, d))
+    elif m.cfg.attention == "sdpa":
         if attn_p == 0 and not prefix:
             o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
             o = f.view(o, ("B", "T", H, d))  # token-major views in, token-major output: contiguous() is free
@@ -92,7 +96,7 @@ def forward(m: Model) -> Tensor:
     del pos
     x = layer_norm(m, x, "transformer.ln_f")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head("transformer.wte.weight", wte, (V, h)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, layer_norm, sdpa_flash_masked
+from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm,
+                                              sdpa_flash_masked)
 from peftcalc.stepsim.families.llama import causal_mask
 from peftcalc.stepsim.model import Model
 
@@ -55,7 +56,10 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, p: str, mask: Tenso
         k, v = prefix_update(m, k, v, H, d)
         keys = "K"
     attn_p = float(cfg(m, "attention_dropout", default=0.0))
-    if m.cfg.attention == "sdpa" and mask is None and attn_p == 0:
+    gpu = gpu_sdpa(m, q, k, v, H, H, d, keys, mask)
+    if gpu is not None:
+        o = gpu
+    elif m.cfg.attention == "sdpa" and mask is None and attn_p == 0:
         o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
     elif m.cfg.attention == "sdpa" and attn_p == 0:  # prefix tuning: a boolean (B, 1, T, K) mask, same kernel
         o = sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask)
@@ -116,7 +120,7 @@ def forward(m: Model) -> Tensor:
     del mask, pos
     x = layer_norm(m, x, "gpt_neox.final_layer_norm")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head("gpt_neox.embed_in.weight", wte, (V, h)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)

@@ -154,3 +154,86 @@ def eager_softmax_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d
     probs = f.to(probs, q.dtype)
     probs = f.dropout(probs, dropout)
     return f.matmul(probs, _bmm_operand(m, v, kv_strided), ("B", H, q_len, d))
+
+
+# -- the GPU's fused attention kernels ------------------------------------------------------------------------
+# What each keeps for backward (none materialises the (T, K) score matrix):
+# - PyTorch sdpa's flash kernel (`_scaled_dot_product_flash_attention`, aten/src/ATen/native/transformers/cuda/
+#   attention.cu; the FlashAttention-2 code vendored from Dao-AILab/flash-attention) and transformers'
+#   `flash_attention_2` (flash_attn_interface.FlashAttnFunc: ctx.save_for_backward(q, k, v, out_padded,
+#   softmax_lse, rng_state)): q, k, v, the output and the row logsumexp (B, H, T) in fp32; grouped-query heads
+#   natively (k, v keep their KV heads). Backward, csrc/flash_attn/flash_api.cpp `mha_bwd`: dq, dk, dv
+#   (empty_like), softmax_d (B, H, T) fp32 and dq_accum (B, T, H, d rounded to 32) fp32, and for grouped heads
+#   dk_expanded and dv_expanded (B, T, H, d) summed into dk, dv; the scratch dies with the call.
+# - sdpa's memory-efficient kernel (`_scaled_dot_product_efficient_attention`), which sdpa picks when a mask is
+#   given or the inputs are fp32: saves q, k, v, the additive bias (the float mask), the output and logsumexp;
+#   backward (`_efficient_attention_backward`) grad_q, grad_k, grad_v, delta (B, H, T) fp32 and a fp32 grad_q
+#   accumulator (modelled as flash's dq_accum).
+# - flex_attention (torch/_higher_order_ops/flex_attention.py, FlexAttentionAutogradOp): saves q, k, v, the
+#   output, logsumexp (B, H, T) fp32 and the block mask's small index tensors; backward dq, dk, dv and delta
+#   (B, H, T) fp32.
+# The sequence rounding of the scratch (to 128 rows) and of the efficient kernel's logsumexp (to 32) is left out:
+# under 128 rows of a (B, H, d) slice.
+GPU_KERNELS = ("flash", "efficient", "flex")
+
+
+def gpu_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, kernel: str = "flash",
+                  mask: Tensor | None = None, q_len: str = "T", k_len: str = "T") -> Tensor:
+    """One fused attention call on CUDA: output (B, H, q_len, d) in the query's dtype (token-major, so the
+    caller's transpose(1, 2).contiguous() is a view), logsumexp (B, H, q_len) fp32; see GPU_KERNELS above."""
+    if kernel not in GPU_KERNELS:
+        raise ValueError(f"unknown GPU attention kernel {kernel!r}")
+    f, sim = m.f, m.sim
+    v, k = f.cast(v), f.cast(k)  # autocast casts right to left (ops.Ops.cast)
+    q = f.cast(q)
+    sim.op = f"{kernel}_attention"
+    out = sim.new(("B", H, q_len, d), q.dtype)
+    lse = sim.new(("B", H, q_len), "fp32")
+    saved = [q, k, v, out, lse] + ([mask] if kernel == "efficient" and mask is not None else [])
+    node = sim.node(f"{kernel.capitalize()}AttentionBackward0", [q, k, v], saved, _gpu_attention_backward(kernel, H, KV, d,
+                                                                                                        q_len, k_len))
+    del lse
+    if node is not None:
+        out.node, out.requires_grad = node, True
+    return out
+
+
+def _gpu_attention_backward(kernel: str, H: int, KV: int, d: int, q_len: str, k_len: str):
+    d_rounded = -(-d // 32) * 32 if d <= 192 else 256
+
+    def backward(sim, n, g: list) -> list:
+        grads = [sim.new(meta[0], meta[1]) if meta is not None and edge is not None else None
+                 for meta, edge in zip(n.inputs, n.next)]
+        dtype = n.inputs[0][1]
+        scratch = [sim.new(("B", H, q_len), "fp32")]  # softmax_d / delta
+        if kernel != "flex":
+            scratch.append(sim.new(("B", q_len, H, d_rounded), "fp32"))  # dq_accum
+        if KV != H and kernel == "flash":
+            scratch += [sim.new(("B", k_len, H, d), dtype), sim.new(("B", k_len, H, d), dtype)]  # dk/dv_expanded
+        del scratch
+        return grads
+    return backward
+
+
+def gpu_sdpa(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, keys: str = "T",
+             mask: Tensor | None = None) -> Tensor | None:
+    """On CUDA, the fused kernel torch's sdpa (or flash_attention_2 / flex_attention) runs for a family whose CPU
+    path is the math composite (dropout inside the attention: the CUDA kernels draw it from a Philox seed and keep
+    no mask); None on the CPU or with eager attention, where the family's own path applies. Without a mask and in
+    bf16/fp16 the flash kernel, else the memory-efficient one with the mask as a float bias (converted per call);
+    grouped heads without enable_gqa are repeated first (a copy)."""
+    if m.cfg.device != "cuda" or m.cfg.attention == "eager":
+        return None
+    if m.cfg.attention == "flex_attention":
+        return gpu_attention(m, q, k, v, H, KV, d, "flex", k_len=keys)
+    if m.cfg.attention == "flash_attention_2" or (mask is None and m.cfg.compute_dtype != "fp32" and d <= 256):
+        return gpu_attention(m, q, k, v, H, KV, d, "flash", k_len=keys)
+    f, sim = m.f, m.sim
+    if KV != H:
+        k = f.copy(f.expand(k, ("B", KV, H // KV, keys, d)), ("B", H, keys, d), "repeat_kv")
+        v = f.copy(f.expand(v, ("B", KV, H // KV, keys, d)), ("B", H, keys, d), "repeat_kv")
+    fmask = None
+    if mask is not None:
+        sim.op = "where"
+        fmask = sim.new(mask.shape, m.cfg.compute_dtype)
+    return gpu_attention(m, q, k, v, H, H, d, "efficient", fmask, k_len=keys)

@@ -8,9 +8,9 @@ residual add -> RMSNorm -> gated MLP act(gate) * up -> down_proj -> residual add
 from __future__ import annotations
 
 from peftcalc.stepsim.engine import Tensor
-from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
+from peftcalc.stepsim.families.common import (embedding_output, head_loss, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import sdpa_flash_masked
+from peftcalc.stepsim.families.layers import gpu_attention, sdpa_flash_masked
 from peftcalc.stepsim.model import Model
 
 ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "mixtral": "silu", "phi3": "silu",
@@ -113,10 +113,16 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, prefix: str, mask: 
 
 def attend(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, causal: bool = True,
            dropout: float = 0.0, mask: Tensor | None = None) -> Tensor:
-    """transformers integrations/sdpa_attention.py (grouped-query heads passed with enable_gqa) or
-    eager_attention_forward."""
+    """transformers integrations/sdpa_attention.py (grouped-query heads passed with enable_gqa),
+    flash_attention.py, flex_attention.py or eager_attention_forward."""
     f, sim = m.f, m.sim
     keys = "K" if m.ad.prefix_tokens else "T"
+    if m.cfg.attention == "flash_attention_2":
+        return flash_attention_2(m, q, k, v, H, KV, d, keys)
+    if m.cfg.attention == "flex_attention":  # a BlockMask (small int32 tensors), enable_gqa=True
+        return gpu_attention(m, q, k, v, H, KV, d, "flex", k_len=keys)
+    if m.cfg.attention == "sdpa" and m.cfg.device == "cuda":
+        return sdpa_cuda(m, q, k, v, H, KV, d, keys, mask)
     if m.cfg.attention == "sdpa" and dropout == 0.0:
         if mask is None:
             return f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
@@ -126,6 +132,44 @@ def attend(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, c
             k, v = repeat_kv(m, k, KV, H, keys, d), repeat_kv(m, v, KV, H, keys, d)
         return sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask)
     return eager(m, q, k, v, H, KV, d, keys, dropout, mask)
+
+
+def sdpa_cuda(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, keys: str,
+              mask: Tensor | None) -> Tensor:
+    """sdpa on CUDA (torch's sdp_utils picks the kernel): without a mask, bf16/fp16 inputs and head_dim <= 256,
+    the flash kernel, grouped heads passed with enable_gqa (transformers use_gqa_in_sdpa); with a mask
+    (padded or packed rows, prefix keys) transformers repeats the key/value heads (repeat_kv copies), torch turns
+    the boolean mask into a float one per call (convert_boolean_attn_mask: logical_not, where) and the
+    memory-efficient kernel keeps it as its bias; fp32 inputs take the memory-efficient kernel too."""
+    dtype = m.cfg.compute_dtype
+    if mask is None and dtype != "fp32" and d <= 256:
+        return gpu_attention(m, q, k, v, H, KV, d, "flash", k_len=keys)
+    sim = m.sim
+    if H != KV:
+        k, v = repeat_kv(m, k, KV, H, keys, d), repeat_kv(m, v, KV, H, keys, d)
+    fmask = None
+    if mask is not None:
+        sim.op = "logical_not"
+        inv = sim.new(mask.shape, "bool")
+        sim.op = "where"
+        fmask = sim.new(mask.shape, dtype)
+        del inv
+    return gpu_attention(m, q, k, v, H, H, d, "efficient", fmask, k_len=keys)
+
+
+def flash_attention_2(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, keys: str) -> Tensor:
+    """transformers modeling_flash_attention_utils._flash_attention_forward: grouped heads natively; packed rows
+    (position ids) go to flash_attn_varlen_func as views; padded rows are unpadded first (`_upad_input`:
+    index_first_axis copies q, k and v, the kernel keeps the copies) and the output padded back (`pad_input`:
+    a new (B, T, H, d) tensor)."""
+    f = m.f
+    if m.cfg.mask != "padded":
+        return gpu_attention(m, q, k, v, H, KV, d, "flash", k_len=keys)
+    q = f.copy(q, op="index_first_axis")
+    k, v = f.copy(k, op="index_first_axis"), f.copy(v, op="index_first_axis")
+    o = gpu_attention(m, q, k, v, H, KV, d, "flash", k_len=keys)
+    del q, k, v
+    return f.copy(o, op="pad_input")
 
 
 def eager(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, keys: str, dropout: float,
@@ -300,7 +344,7 @@ def forward(m: Model) -> Tensor:
     x = embedding_output(m, x)
     if m.ad.extra_tokens:
         x = prompt_inputs(m, x)
-    m.mask = causal_mask(m) if m.ad.prefix_tokens or m.cfg.attention == "eager" else None
+    m.mask = causal_mask(m) if needs_mask(m) else None
     cos, sin = rotary(m, x)
     # Gemma2 alternates sliding-window and full attention: transformers builds both masks (a dict the layers
     # pick from), and checkpointed layers keep theirs.
@@ -311,14 +355,22 @@ def forward(m: Model) -> Tensor:
     x = rms_norm(m, x, "model.norm.weight")
     m.end_model()  # LlamaModel.forward returns: its locals (mask, position ids) go
     if a.tie_embeddings:
-        logits = f.linear(x, emb_w, None, V)
+        tied = m.tied_head("model.embed_tokens.weight", emb_w, (V, h))
+        head, weight = (lambda t: f.linear(t, tied, None, V)), (lambda: tied)
     else:
-        logits = m.linear(x, "lm_head")
-    m.outer.append(x)  # the model output holds the last hidden state until forward returns
-    del x
-    if a.family == "gemma2":
-        logits = softcap(m, logits)
-    return causal_lm_loss(m, logits, V)
+        head, weight = (lambda t: m.linear(t, "lm_head")), (lambda: m.weight("lm_head.weight", (V, h)))
+    return head_loss(m, x, head, weight, V, softcap if a.family == "gemma2" else None)
+
+
+def needs_mask(m: Model) -> bool:
+    """masking_utils.create_causal_mask builds a 4-D mask for eager attention always, and for sdpa when the keys
+    outrun the queries (prefix tuning) or rows are padded or packed (position ids restart: a block-diagonal
+    mask); flash_attention_2 takes the 2-D mask or position ids, flex a BlockMask."""
+    if m.cfg.attention == "eager":
+        return True
+    if m.cfg.attention != "sdpa":
+        return False
+    return bool(m.ad.prefix_tokens) or m.cfg.mask != "none"
 
 
 def causal_mask(m: Model) -> Tensor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, layer_norm, sdpa_flash_masked,
-                                              sdpa_math)
+from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm,
+                                              sdpa_flash_masked, sdpa_math)
 from peftcalc.stepsim.families.llama import causal_mask
 from peftcalc.stepsim.model import Model
 
@@ -26,7 +26,10 @@ def attention(m: Model, x: Tensor, p: str, mask: Tensor | None) -> Tensor:
     if m.ad.prefix_tokens:
         k, v = prefix_update(m, k, v, H, d)
         keys = "K"
-    if m.cfg.attention == "sdpa" and attn_p == 0 and mask is None:
+    gpu = gpu_sdpa(m, q, k, v, H, H, d, keys, mask)
+    if gpu is not None:
+        o = f.view(gpu, ("B", "T", H, d))
+    elif m.cfg.attention == "sdpa" and attn_p == 0 and mask is None:
         o = f.view(f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T")), ("B", "T", H, d))
     elif m.cfg.attention == "sdpa" and attn_p == 0:  # prefix tuning: a boolean (B, 1, T, K) mask, same kernel
         o = f.view(sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask), ("B", "T", H, d))
@@ -103,7 +106,7 @@ def forward(m: Model) -> Tensor:
     if e != h:
         x = m.linear(x, D + "project_out")
     m.end_model()
-    logits = f.linear(x, wte, None, V) if a.tie_embeddings else m.linear(x, "lm_head")
+    logits = f.linear(x, m.tied_head(D + "embed_tokens.weight", wte, (V, e)), None, V) if a.tie_embeddings else m.linear(x, "lm_head")
     m.outer.append(x)
     del x
     return causal_lm_loss(m, logits, V)
