@@ -11,31 +11,24 @@ steps not used for fitting, and the profile is refused (`FitError`) when they di
 
 from __future__ import annotations
 
-import gc
-import math
 import time
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 import transformers
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.measure.adapted import build_adapted
-from peftcalc.measure.meter import unique_storage_bytes
-from peftcalc.measure.step import (_param_and_buffer_tensors, _warm_up, make_inputs, prepare_training,
-                                   stray_tensors)
-from peftcalc.measure.timeline import LayerTags, Timeline, TimelineMeter, find_layer_stack, layer_gradient_bytes
-from peftcalc.measure.trace import fakeify
+from peftcalc.measure.tracer import Tracer
 from peftcalc.methods.base import Method
 from peftcalc.model.spec import ModelSpec
 from peftcalc.profile.key import model_config
-from peftcalc.profile.extrapolate import Moment, Step, extrapolate
-from peftcalc.profile.fit import FitError, fit
+from peftcalc.profile.align import agrees, fit_step
+from peftcalc.profile.extrapolate import extrapolate
+from peftcalc.profile.fit import FitError
 from peftcalc.profile.layout import Layout, config_layer_types, layer_count, layouts, reduce_config
 from peftcalc.profile.plan import Plan, plan
+from peftcalc.profile.step import Step, Timeline
 from peftcalc.profile.store import Profile, Regime
 from peftcalc.setup import Setup
 from peftcalc.stepsim.poly import evaluate
@@ -79,202 +72,35 @@ def reduced_spec(spec: ModelSpec, cfg: Mapping[str, Any], layout: Layout, types:
     return small
 
 
-def _step_timeline(prep: Any, stack: torch.nn.ModuleList, accumulating: bool) -> Timeline:
-    """One forward and backward of the prepared model, recorded moment by moment (see timeline.py).
-    `accumulating`: every trainable parameter holds a gradient before the step (a later micro-batch), which the
-    backward adds into in place."""
-    if accumulating:
-        with torch.no_grad():
-            for p in prep.trainable:
-                p.grad = torch.zeros_like(p)
-    meter = TimelineMeter(len(stack))
-    tags = LayerTags(stack, meter)
-    meter.track_all([p.grad for p in prep.trainable if p.grad is not None])
-    meter.track_all(_param_and_buffer_tensors(prep.model))
-    meter.track_all(stray_tensors(prep.model))
-    meter.track_all(prep.master_weights)
-    meter.track_all(prep.inputs.values())
-    gc.disable()  # frees happen where reference counting puts them, the same at every size (and a full
-    # collection per step would cost more than the step)
-    try:
-        with meter:
-            meter.start_recording()
-            meter.phase("forward")
-            loss = prep.forward_loss()
-            meter.start_backward(meter.current)
-            loss.backward()
-            del loss
-            meter.end_backward()
-            tl = meter.timeline
-            if accumulating:  # the gradients were there before: nothing new to count
-                tl.gradients, tl.layer_gradients = 0, [0] * len(stack)
-            else:
-                tl.gradients = unique_storage_bytes([p.grad for p in prep.model.parameters() if p.grad is not None])
-                tl.layer_gradients = layer_gradient_bytes(stack)
-            prep.optimizer.zero_grad(set_to_none=True)
-            meter.phase(None)
-    finally:
-        gc.enable()
-        tags.remove()
-    return tl
-
-
-def trace_timelines(spec: ModelSpec, method: Method, setup: Setup, sizes: Sequence[tuple[int, int]],
-                    accumulating: bool = False) -> list[Timeline]:
-    """The timelines of `spec`'s step at each (batch, seq) of `sizes`, on one prepared model."""
-    first = replace(setup, batch_size=sizes[0][0], seq_len=sizes[0][1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _, notes = build_adapted(spec, method, first, device="meta")
-        out = []
-        with FakeTensorMode(allow_non_fake_inputs=False):
-            fakeify(model, "cpu")
-            prep = prepare_training(model, spec, first, "cpu", notes)
-            stack = find_layer_stack(prep.model, spec.arch.num_layers)
-            _warm_up(prep, "optimizer")
-            for batch, seq in sizes:
-                prep.inputs = make_inputs(spec, replace(setup, batch_size=batch, seq_len=seq), "cpu")
-                out.append(_step_timeline(prep, stack, accumulating))
-    return out
-
-
-LOOP_MARGIN = 3  # loop periods kept off the aligned ends of a run with a size-dependent loop
-COLLAPSED = "the highest moment of a loop over sequence chunks"
-
-
-def _signature(moments: Sequence[Any]) -> list[tuple]:
-    return [(m.phase, m.layer, m.states, m.op) for m in moments]
-
-
-def _runs(moments: Sequence[Any]) -> list[list[Any]]:
-    """Consecutive moments of one phase and layer."""
-    runs: list[list[Any]] = []
-    for m in moments:
-        if runs and (runs[-1][0].phase, runs[-1][0].layer) == (m.phase, m.layer):
-            runs[-1].append(m)
-        else:
-            runs.append([m])
-    return runs
-
-
-@dataclass(frozen=True)
-class RunShape:
-    """How one run of moments (one layer's forward or backward) lines up across sizes: its first `prefix` and last
-    `suffix` moments run the same operations at every size; between them, if anything, a loop whose length
-    depends on the sequence (chunked linear attention), kept as its highest moment ("max"), or left out when
-    another moment of the run is higher at every size ("dominated")."""
-
-    prefix: int
-    suffix: int
-    middle: str  # "" (nothing between), "max" or "dominated"
-
-
-def _common(seqs: Sequence[Sequence[tuple]], reverse: bool) -> int:
-    n = min(len(x) for x in seqs)
-    k = 0
-    while k < n and all((x[-1 - k] if reverse else x[k]) == (seqs[0][-1 - k] if reverse else seqs[0][k]) for x in seqs):
-        k += 1
-    return k
-
-
-def run_shapes(grid: Sequence[Timeline]) -> list[RunShape]:
-    runs = [_runs(t.moments) for t in grid]
-    if any([(r[0].phase, r[0].layer, r[0].states) for r in rs] !=
-           [(r[0].phase, r[0].layer, r[0].states) for r in runs[0]] for rs in runs[1:]):
-        raise FitError("the traced steps at different sizes run their layers differently")
-    shapes = []
-    for i in range(len(runs[0])):
-        sigs = [_signature(rs[i]) for rs in runs]
-        if all(x == sigs[0] for x in sigs):
-            shapes.append(RunShape(len(sigs[0]), 0, ""))
-            continue
-        shortest = min(len(x) for x in sigs)
-        # The loop's iterations repeat the same operations, so the common prefix and suffix reach into it; its
-        # first and last iterations differ with the number of chunks, so they are kept off the aligned ends
-        # (a few loop periods: the gcd of how much longer the runs of longer sequences are).
-        period = math.gcd(*[len(x) - shortest for x in sigs])
-        p = max(0, min(_common(sigs, False), shortest - 1) - LOOP_MARGIN * period)
-        q = max(0, min(_common(sigs, True), shortest - 1 - p) - LOOP_MARGIN * period)
-        outer = [max([m.live for m in rs[i][:p] + rs[i][len(rs[i]) - q:]], default=0) for rs in runs]
-        inner = [max(m.live for m in rs[i][p:len(rs[i]) - q]) for rs in runs]
-        shapes.append(RunShape(p, q, "dominated" if all(x < y for x, y in zip(inner, outer)) else "max"))
-    return shapes
-
-
-def align(tl: Timeline, shapes: Sequence[RunShape]) -> list[tuple[Any, int]] | None:
-    """The timeline's moments as `shapes` line them up, as (moment, live); None if it does not fit them."""
-    runs = _runs(tl.moments)
-    if len(runs) != len(shapes):
-        return None
-    out: list[tuple[Any, int]] = []
-    for run, sh in zip(runs, shapes):
-        if not sh.middle:
-            out.extend((m, m.live) for m in run)
-            continue
-        head, mid, tail = run[:sh.prefix], run[sh.prefix:len(run) - sh.suffix], run[len(run) - sh.suffix:]
-        if not mid:
-            return None
-        out.extend((m, m.live) for m in head)
-        top = max(mid, key=lambda m: m.live)
-        if sh.middle == "max":
-            out.append((replace(top, op=COLLAPSED), top.live))
-        elif top.live >= max([m.live for m in head + tail], default=0):
-            return None
-        out.extend((m, m.live) for m in tail)
-    return out
-
-
-def fit_step(grid: Sequence[Timeline], batches: Sequence[int], seqs: Sequence[int]
-             ) -> tuple[Step, list[RunShape]]:
-    """The step as polynomials, from timelines at batches x seqs (row-major), and how its runs line up."""
-    shapes = run_shapes(grid)
-    moments = [align(t, shapes) for t in grid]
-    if any(m is None or _signature([x for x, _ in m]) != _signature([x for x, _ in moments[0]]) for m in moments):
-        raise FitError("the traced steps at different sizes do not line up operation by operation")
-    rows = len(batches)
-
-    def poly(vals: Sequence[int], what: str):
-        return fit(batches, seqs, [vals[i * 3:(i + 1) * 3] for i in range(rows)], what)
-
-    fitted = tuple(Moment(m.phase, m.layer, m.states, poly([ms[i][1] for ms in moments], m.op), m.op)
-                   for i, (m, _) in enumerate(moments[0]))
-    count = len(grid[0].layer_gradients)
-    held = {s: [poly([t.held[s][k] for t in grid], f"held {s}") for k in range(count)] for s in grid[0].held}
-    step = Step(fitted, held, poly([t.after_forward for t in grid], "after forward"),
-                poly([t.gradients for t in grid], "gradients"),
-                tuple(poly([t.layer_gradients[k] for t in grid], "layer gradients") for k in range(count)))
-    return step, shapes
-
-
-def agrees(step: Step, shapes: Sequence[RunShape], tl: Timeline, batch: int, seq: int) -> bool:
-    """The fitted step predicts this traced one exactly, moment by moment as `shapes` line them up."""
-    v = {"B": batch, "S": seq}
-    mine = align(tl, shapes)
-    if mine is None or _signature([m for m, _ in mine]) != _signature(step.moments):
-        return False
-    return (all(evaluate(a.live, v) == live for a, (_, live) in zip(step.moments, mine))
-            and evaluate(step.after_forward, v) == tl.after_forward
-            and all(evaluate(p, v) == x for s in step.held for p, x in zip(step.held[s], tl.held[s])))
-
-
-def traced_step(spec: ModelSpec, method: Method, setup: Setup, p: Plan, check: bool, accumulating: bool = False
-                ) -> tuple[Step, Regime]:
-    """The fitted step of `spec`, and the regime the checks allow."""
-    grid = [(b, s) for b in p.batches for s in p.seqs]
-    extra = [p.check] + ([x for x in (p.widen_batch, p.widen_residue) if x] if check else [])
-    tls = trace_timelines(spec, method, setup, grid + (extra if check else []), accumulating)
-    step, shapes = fit_step(tls[:len(grid)], p.batches, p.seqs)
+def fitted_step(t: Tracer, p: Plan, check: bool) -> tuple[Step, Regime]:
+    """The step of the tracer's model fitted on the plan's grid, and the regime the checks allow: a step at another
+    residue of the sequence length (when it agrees, the fit holds for every length, and its form is checked off
+    the grid), else one more in the same residue class; and one at batch 1 (when it agrees, every batch)."""
+    step, shapes = fit_step([t.step(b, s) for b in p.batches for s in p.seqs], p.batches, p.seqs)
     regime = p.regime
-    if check:
-        checks = dict(zip(extra, tls[len(grid):]))
-        if not agrees(step, shapes, checks[p.check], *p.check):
-            raise FitError(f"the fitted profile does not reproduce the step traced at batch {p.check[0]} x "
-                           f"{p.check[1]} tokens")
-        if p.widen_batch and agrees(step, shapes, checks[p.widen_batch], *p.widen_batch):
-            regime = replace(regime, batch="any")
-        if p.widen_residue and agrees(step, shapes, checks[p.widen_residue], *p.widen_residue):
-            regime = replace(regime, residue=None)
+    if not check:
+        return step, regime
+    if p.widen_residue and agrees(step, shapes, t.step(*p.widen_residue), *p.widen_residue):
+        regime = replace(regime, residue=None)
+    elif not agrees(step, shapes, t.step(*p.check), *p.check):
+        raise FitError(f"the fitted profile does not reproduce the step traced at batch {p.check[0]} x "
+                       f"{p.check[1]} tokens")
+    if p.widen_batch and agrees(step, shapes, t.step(*p.widen_batch), *p.widen_batch):
+        regime = replace(regime, batch="any")
     return step, regime
+
+
+def _one_layout_predicts(step_a: Step, la: Layout, lb: Layout, types: Sequence[Hashable], tl: Timeline,
+                         size: tuple[int, int]) -> bool:
+    """Layout a's step, extrapolated to layout b's layers with nothing outside the layers growing with their
+    number, predicts the step traced on layout b exactly (after forward, both peaks, gradients)."""
+    inside = Layout(tuple(k for k, r in enumerate(lb.selected) if r in la.selected), lb.count)
+    ex = extrapolate(step_a, step_a, inside, inside, [types[r] for r in lb.selected])
+    v = {"B": size[0], "S": size[1]}
+    peak = {ph: max(m.live for m in tl.moments if m.phase == ph) for ph in ("forward", "backward")}
+    return (evaluate(ex.after_forward, v) == tl.after_forward and evaluate(ex.gradients, v) == tl.gradients
+            and max(evaluate(x, v) for x in ex.forward_peaks) == peak["forward"]
+            and max(evaluate(x, v) for x in ex.backward_peaks) == peak["backward"])
 
 
 def supports_sdpa(spec: ModelSpec) -> bool:
@@ -291,7 +117,12 @@ def supports_sdpa(spec: ModelSpec) -> bool:
 
 def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: bool = False) -> Profile:
     """The profile of `spec` adapted by `method` for `setup`'s regime of sizes (see the module docstring);
-    `accumulating`: of a later micro-batch of gradient accumulation."""
+    `accumulating`: of a later micro-batch of gradient accumulation.
+
+    Layout a (first, a middle layer of each type, last) is fitted on the grid and checked; layout b (one more
+    middle layer) is traced once, off the grid: when layout a's extrapolation predicts it exactly, nothing
+    outside the layers grows with their number; else (prefix tuning's prompt encoder output) layout b is fitted
+    too and the difference extrapolated."""
     t0 = time.perf_counter()
     if spec.arch.kind != "decoder":
         raise PeftcalcError(f"{spec.name}: traced profiles cover decoder-only models (this is {spec.arch.kind})")
@@ -299,16 +130,28 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: b
     types = layer_types(spec, cfg)
     la, lb = layouts(types)
     p = plan(cfg, setup.batch_size, setup.seq_len)
-    small = replace(setup, num_gpus=1, zero_stage=0, offload=False, offload_params=False)
-    note = ""
-    if setup.attention == "sdpa" and not supports_sdpa(spec):
-        small, note = replace(small, attention="eager"), (f"{spec.family} has no sdpa attention in transformers "
-                                                         f"{transformers.__version__}: traced with eager, its default; ")
-    step_a, regime = traced_step(reduced_spec(spec, cfg, la, types), method, small, p, True, accumulating)
-    step_b = step_a if lb == la else traced_step(reduced_spec(spec, cfg, lb, types), method, small, p, False,
-                                                 accumulating)[0]
-    ex = extrapolate(step_a, step_b, la, lb, types)
-    source = (f"{note}traced: layers {list(la.selected)} and {list(lb.selected)} of {la.real_count}, batches "
-              f"{list(p.batches)} x sequences {list(p.seqs)}, torch {torch.__version__}; "
-              f"{time.perf_counter() - t0:.1f} s")
+    small, note = _traced_setup(spec, setup, p)
+    with Tracer(reduced_spec(spec, cfg, la, types), method, small, accumulating) as ta:
+        step_a, regime = fitted_step(ta, p, check=True)
+        steps = ta.steps
+    step_b, lb_used = step_a, la
+    if lb != la:
+        with Tracer(reduced_spec(spec, cfg, lb, types), method, small, accumulating) as tb:
+            if not _one_layout_predicts(step_a, la, lb, types, tb.step(*p.check), p.check):
+                step_b, lb_used = fitted_step(tb, p, check=False)[0], lb
+            steps += tb.steps
+    ex = extrapolate(step_a, step_b, la, lb_used, types)
+    source = (f"{note}traced: layers {list(la.selected)} of {la.real_count} (and {list(lb.selected)}), batches "
+              f"{list(p.batches)} x sequences {list(p.seqs)}, {steps} steps, torch {torch.__version__}, transformers "
+              f"{transformers.__version__}; {time.perf_counter() - t0:.1f} s")
     return Profile(regime, ex.after_forward, ex.forward_peaks, ex.backward_peaks, ex.gradients, source)
+
+
+def _traced_setup(spec: ModelSpec, setup: Setup, p: Plan) -> tuple[Setup, str]:
+    """The setup of the traced steps (one process), with eager attention for a model that has no sdpa."""
+    small = replace(setup, num_gpus=1, zero_stage=0, offload=False, offload_params=False, tensor_parallel=1,
+                    pipeline_parallel=1, sequence_parallel=False, batch_size=p.batches[0], seq_len=p.seqs[0])
+    if setup.attention == "sdpa" and not supports_sdpa(spec):
+        return replace(small, attention="eager"), (f"{spec.family} has no sdpa attention in transformers "
+                                                   f"{transformers.__version__}: traced with eager, its default; ")
+    return small, ""

@@ -20,37 +20,12 @@ then flowing into layer 0, which the layer above made but does not keep).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from peftcalc.measure.meter import LiveMeter, _plain_tensors
-
-RUNNING = -1  # a layer's state while it runs (its events carry its own index)
-
-
-@dataclass
-class Moment:
-    """One local maximum of the live bytes."""
-
-    phase: str  # "forward" or "backward"
-    layer: int | None  # the layer running (None: outside the layers)
-    states: tuple[int, ...]  # every layer's state
-    live: int  # bytes live, above the step's start
-    op: str
-
-
-@dataclass
-class Timeline:
-    """What one traced step at one batch and sequence length left: the moments, what each layer held in each
-    state, the live bytes after forward, and the parameter gradients per layer when backward ended."""
-
-    moments: list[Moment] = field(default_factory=list)
-    held: dict[int, list[int]] = field(default_factory=dict)  # state -> bytes per layer
-    after_forward: int = 0
-    gradients: int = 0  # all parameter gradients
-    layer_gradients: list[int] = field(default_factory=list)  # those of each layer's parameters
+from peftcalc.profile.step import RUNNING, Moment, Timeline
 
 
 class TimelineMeter(LiveMeter):

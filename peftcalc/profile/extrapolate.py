@@ -21,27 +21,8 @@ from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 from peftcalc.profile.layout import Layout, representative
+from peftcalc.profile.step import Moment, Step
 from peftcalc.stepsim.poly import Poly, add_into, plus, prune, scale
-
-
-@dataclass(frozen=True)
-class Moment:
-    phase: str
-    layer: int | None
-    states: tuple[int, ...]
-    live: Poly
-    op: str
-
-
-@dataclass(frozen=True)
-class Step:
-    """A traced step as polynomials (see peftcalc/measure/timeline.py for what each count is)."""
-
-    moments: tuple[Moment, ...]
-    held: dict[int, list[Poly]]  # state (1, 2, 3) -> bytes each traced layer holds
-    after_forward: Poly
-    gradients: Poly
-    layer_gradients: tuple[Poly, ...]
 
 
 @dataclass(frozen=True)
