@@ -55,6 +55,13 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def traced_step_limits(setup: Setup) -> str:
+    """What of the setup the traced step (transformers' own forward and loss) cannot run, in words ("" if none)."""
+    flags = [f"--loss {setup.loss}" if setup.loss != "standard" else "", "--packing" if setup.packing else "",
+             "padded rows" if setup.padded else ""]
+    return ", ".join(f for f in flags if f)
+
+
 def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None, accumulating: bool = False) -> Profile:
     """The profile covering `setup`'s batch and sequence length (see the module docstring); `accumulating`: of a
     later micro-batch of gradient accumulation (every parameter already holds its gradient)."""
@@ -62,6 +69,11 @@ def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None, acc
     if method is None:
         raise PeftcalcError(f"{spec.name} with {adaptation.method}: a traced activation profile needs the method "
                             "object (estimate_method passes it)")
+    unsupported = traced_step_limits(setup)
+    if unsupported:
+        raise PeftcalcError(f"{spec.name} with {adaptation.method}: a traced profile runs transformers' standard step "
+                            f"(full rows, the standard loss): {unsupported} is modelled by the replay of the "
+                            "hand-written families only")
     parts = key_parts(spec, method, setup, accumulating)
     hit = find(_shipped(shipped_path(spec)).get(profile_key(parts), []), setup.batch_size, setup.seq_len)
     if hit is not None:

@@ -13,7 +13,7 @@ from peftcalc.model.spec import ModelSpec
 from peftcalc.setup import Setup
 
 STEP_FLAGS = ("precision", "attention", "gradient_checkpointing", "reentrant_checkpointing", "loss", "packing",
-              "kbit_preparation", "bitsandbytes_version")
+              "padded", "kbit_preparation", "bitsandbytes_version")
 
 
 def model_config(spec: ModelSpec) -> Mapping[str, Any]:
