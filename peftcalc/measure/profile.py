@@ -49,14 +49,17 @@ def layer_types(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[Hashable]:
 
 
 def spec_of_config(spec: ModelSpec, cfg: dict[str, Any], name: str) -> ModelSpec:
-    """The spec of another config of the same architecture, built the way `spec` was."""
-    if getattr(spec, "derivation", None) is not None:
-        from peftcalc.model.derived import spec_from_derived_config  # the models' derived inventories
-
-        return spec_from_derived_config(cfg, spec, name)
+    """The spec of another config of the same architecture, built the way `spec` was (a hand-written family's
+    builder, or the derived inventory of the config transformers built, in the same scope)."""
     from peftcalc.model.hf_config import spec_from_config
 
-    return spec_from_config(cfg, name, spec.source)
+    derivation = getattr(spec, "derivation", None)
+    if derivation is None:
+        return spec_from_config(cfg, name, spec.source)
+    if derivation.scope != "text" and derivation.multimodal:
+        raise PeftcalcError(f"{spec.name}: traced profiles cover the language model (the default, text-only scope); "
+                            "the whole multimodal model is not profiled yet")
+    return spec_from_config(cfg, name, spec.source, derivation.scope)
 
 
 def reduced_spec(spec: ModelSpec, cfg: Mapping[str, Any], layout: Layout, types: Sequence[Hashable]) -> ModelSpec:
