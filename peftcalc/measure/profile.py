@@ -144,10 +144,15 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: b
                 step_b, lb_used = fitted_step(tb, p, check=False)[0], lb
             steps += tb.steps
     ex = extrapolate(step_a, step_b, la, lb_used, types)
-    source = (f"{note}traced: layers {list(la.selected)} of {la.real_count} (and {list(lb.selected)}), batches "
-              f"{list(p.batches)} x sequences {list(p.seqs)}, {steps} steps, torch {torch.__version__}, transformers "
-              f"{transformers.__version__}; {time.perf_counter() - t0:.1f} s")
+    del steps, t0  # (kept out of the source: methods traced alike read alike)
+    source = (f"{note}layers {_span(la.selected)} of {la.real_count} traced at batch "
+              f"{'/'.join(map(str, p.batches))} x {'/'.join(map(str, p.seqs))} tokens with torch {torch.__version__}, "
+              f"transformers {transformers.__version__}")
     return Profile(regime, ex.after_forward, ex.forward_peaks, ex.backward_peaks, ex.gradients, source)
+
+
+def _span(layers: Sequence[int]) -> str:
+    return ",".join(map(str, layers))
 
 
 def _traced_setup(spec: ModelSpec, setup: Setup, p: Plan) -> tuple[Setup, str]:

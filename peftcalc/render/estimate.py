@@ -54,24 +54,27 @@ def _band(u: Uncertainty | None) -> str:
 REPLAYED = ("replayed: the transformers + peft step of this family, operator by operator, with the GPU's kernels "
             "(peftcalc/stepsim; the CPU paths are checked against traced steps by `peftcalc validate`, the GPU numbers "
             "against published runs by `peftcalc validate --published`)")
-PROFILED = ("a traced profile: the real transformers + peft step traced on fake tensors with the CPU's kernels, at a "
-            "few small layer counts and sizes, fitted exactly as polynomials in batch and sequence and extrapolated "
-            "over the layers (peftcalc/profile; a GPU's fused attention keeps what the CPU's flash kernel keeps, its "
-            "dropout 1-byte masks where the CPU keeps noise tensors)")
+PROFILED = ("traced profiles: the real transformers + peft step traced on fake tensors with the CPU's kernels at a few "
+            "small layer counts and sizes, fitted exactly as polynomials in batch and sequence and extrapolated over "
+            "the layers (peftcalc/profile; a GPU's fused attention keeps what the CPU's flash kernel keeps, its dropout "
+            "1-byte masks where the CPU keeps noise tensors)")
 
 
 def activations_assumption(est: Estimate) -> str:
     """Which activation model each method's numbers come from: the replay, or a traced profile (and its source)."""
-    profiled = {r.activations.source: [] for r in est.results if r.activations.source.startswith("traced")}
+    profiled: dict[str, list[str]] = {}
+    replayed = []
     for r in est.results:
-        if r.activations.source in profiled:
-            profiled[r.activations.source].append(r.method)
-    replayed = [r.method for r in est.results if not r.activations.source.startswith("traced")]
+        source = r.activations.source
+        if source.startswith("traced"):
+            profiled.setdefault(source.removeprefix("traced profile").strip(" ()"), []).append(r.method)
+        else:
+            replayed.append(r.method)
     parts = []
     if replayed:
         parts.append(REPLAYED + ("" if not profiled else f" for {', '.join(replayed)}"))
-    for source, methods in profiled.items():
-        parts.append(f"{PROFILED} for {', '.join(methods)}: {source.removeprefix('traced profile ').strip('()')}")
+    if profiled:
+        parts.append(PROFILED + ": " + "; ".join(f"{', '.join(m)}: {src}" for src, m in profiled.items()))
     return "; ".join(parts) + "; the peak is the largest of the forward, backward and optimizer phases"
 
 
