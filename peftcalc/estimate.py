@@ -33,7 +33,6 @@ from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_a
                                stage_spec)
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
-from peftcalc.collectives import fsdp_units
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -254,6 +253,8 @@ def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]
     under-estimates that phase; the forward phase, exact, then bounds the error (measured: within 2.1 %)."""
     if setup.num_gpus == 1 or setup.zero_stage < 3:
         return 0, 0
+    from peftcalc.collectives import fsdp_units  # ZeRO-3 only: not on the everyday estimate's import path
+
     units = fsdp_units(adaptation, setup.recipe, 1)
     block_grads = sum(u.gradient_bytes * u.count for u in units[1:])
     return (units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0),

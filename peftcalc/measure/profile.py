@@ -11,7 +11,6 @@ steps not used for fitting, and the profile is refused (`FitError`) when they di
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -126,7 +125,6 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: b
     middle layer) is traced once, off the grid: when layout a's extrapolation predicts it exactly, nothing
     outside the layers grows with their number; else (prefix tuning's prompt encoder output) layout b is fitted
     too and the difference extrapolated."""
-    t0 = time.perf_counter()
     if spec.arch.kind != "decoder":
         raise PeftcalcError(f"{spec.name}: traced profiles cover decoder-only models (this is {spec.arch.kind})")
     cfg = dict(model_config(spec))
@@ -136,15 +134,12 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: b
     small, note = _traced_setup(spec, setup, p)
     with Tracer(reduced_spec(spec, cfg, la, types), method, small, accumulating) as ta:
         step_a, regime = fitted_step(ta, p, check=True)
-        steps = ta.steps
     step_b, lb_used = step_a, la
     if lb != la:
         with Tracer(reduced_spec(spec, cfg, lb, types), method, small, accumulating) as tb:
             if not _one_layout_predicts(step_a, la, lb, types, tb.step(*p.check), p.check):
                 step_b, lb_used = fitted_step(tb, p, check=False)[0], lb
-            steps += tb.steps
     ex = extrapolate(step_a, step_b, la, lb_used, types)
-    del steps, t0  # (kept out of the source: methods traced alike read alike)
     source = (f"{note}layers {_span(la.selected)} of {la.real_count} traced at batch "
               f"{'/'.join(map(str, p.batches))} x {'/'.join(map(str, p.seqs))} tokens with torch {torch.__version__}, "
               f"transformers {transformers.__version__}")
