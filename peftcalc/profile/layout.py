@@ -38,10 +38,14 @@ def layer_count(cfg: Mapping[str, Any]) -> int:
 
 
 def per_layer_values(cfg: Mapping[str, Any], count: int) -> dict[str, Sequence[Any]]:
-    """The config's entries with one value per layer (lists, or strings such as Nemotron-H's pattern)."""
+    """The config's entries with one value per layer: lists named for layers, blocks or a pattern (`layer_types`,
+    `layers_block_type`, `no_rope_layers`), and pattern strings (Nemotron-H's `hybrid_override_pattern`); by name,
+    so that a list or a version string that happens to have as many items is not taken for one."""
     out: dict[str, Sequence[Any]] = {}
     for k, v in cfg.items():
-        if isinstance(v, (list, tuple, str)) and len(v) == count and count > 1 and k not in INDEX_LISTS:
+        per_layer = (isinstance(v, (list, tuple)) and any(w in k for w in ("layer", "block", "pattern"))) or \
+            (isinstance(v, str) and "pattern" in k)
+        if per_layer and len(v) == count and count > 1 and k not in INDEX_LISTS:
             out[k] = v
     return out
 
