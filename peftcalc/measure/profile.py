@@ -25,26 +25,12 @@ from peftcalc.profile.key import model_config
 from peftcalc.profile.align import agrees, fit_step
 from peftcalc.profile.extrapolate import extrapolate
 from peftcalc.profile.fit import FitError
-from peftcalc.profile.layout import Layout, config_layer_types, layer_count, layouts, reduce_config
+from peftcalc.profile.layout import Layout, layer_types, layouts, reduce_config
 from peftcalc.profile.plan import Plan, plan
 from peftcalc.profile.step import Step, Timeline
 from peftcalc.profile.store import Profile, Regime
 from peftcalc.setup import Setup
 from peftcalc.stepsim.poly import evaluate
-
-
-def layer_types(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[Hashable]:
-    """Each layer's type: what the config says about it and which weight templates it has."""
-    count = layer_count(cfg)
-    weights: list[set] = [set() for _ in range(count)]
-    for group in (*spec.linears, *spec.others):
-        if "{i}" not in group.name:
-            continue
-        shape = (group.out_features, group.in_features) if hasattr(group, "in_features") else group.shape
-        for i in (getattr(group, "layers", ()) or range(group.count)):
-            if i < count:
-                weights[i].add((group.name, shape))
-    return [(c, frozenset(w)) for c, w in zip(config_layer_types(cfg, count), weights)]
 
 
 def spec_of_config(spec: ModelSpec, cfg: dict[str, Any], name: str) -> ModelSpec:
@@ -61,16 +47,17 @@ def spec_of_config(spec: ModelSpec, cfg: dict[str, Any], name: str) -> ModelSpec
     return spec_from_config(cfg, name, spec.source, derivation.scope)
 
 
-def reduced_spec(spec: ModelSpec, cfg: Mapping[str, Any], layout: Layout, types: Sequence[Hashable]) -> ModelSpec:
-    """The spec of the model with only the layout's layers, checked to have the same layer types."""
+def reduced_spec(spec: ModelSpec, cfg: Mapping[str, Any], layout: Layout, types: Sequence[Hashable],
+                 method: Method, checkpointing: bool) -> ModelSpec:
+    """The spec of the model with only the layout's layers, checked to have the same layer types (weights,
+    what the method trains in each, whether its input needs a gradient)."""
     small_cfg = reduce_config(cfg, layout)
     name = f"{spec.name} (layers {','.join(map(str, layout.selected))} of {layout.real_count})"
     small = spec_of_config(spec, small_cfg, name)
-    got = layer_types(small, small_cfg)
-    want = [types[r] for r in layout.selected]
-    if [g[1] for g in got] != [w[1] for w in want]:
-        raise PeftcalcError(f"{spec.name}: leaving layers out of the config changes the other layers' weights; "
-                            "its activations cannot be profiled this way")
+    got = [t[1:] for t in layer_types(small, small_cfg, method.adapt(small), checkpointing)]
+    if got != [types[r][1:] for r in layout.selected]:
+        raise PeftcalcError(f"{spec.name}: leaving layers out of the config changes the other layers' weights or "
+                            "what the method trains in them; its activations cannot be profiled this way")
     return small
 
 
@@ -128,15 +115,15 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: b
     if spec.arch.kind != "decoder":
         raise PeftcalcError(f"{spec.name}: traced profiles cover decoder-only models (this is {spec.arch.kind})")
     cfg = dict(model_config(spec))
-    types = layer_types(spec, cfg)
+    types = layer_types(spec, cfg, method.adapt(spec), setup.gradient_checkpointing)
     la, lb = layouts(types)
     p = plan(cfg, setup.batch_size, setup.seq_len)
     small, note = _traced_setup(spec, setup, p)
-    with Tracer(reduced_spec(spec, cfg, la, types), method, small, accumulating) as ta:
+    with Tracer(reduced_spec(spec, cfg, la, types, method, setup.gradient_checkpointing), method, small, accumulating) as ta:
         step_a, regime = fitted_step(ta, p, check=True)
     step_b, lb_used = step_a, la
     if lb != la:
-        with Tracer(reduced_spec(spec, cfg, lb, types), method, small, accumulating) as tb:
+        with Tracer(reduced_spec(spec, cfg, lb, types, method, setup.gradient_checkpointing), method, small, accumulating) as tb:
             if not _one_layout_predicts(step_a, la, lb, types, tb.step(*p.check), p.check):
                 step_b, lb_used = fitted_step(tb, p, check=False)[0], lb
     ex = extrapolate(step_a, step_b, la, lb_used, types)

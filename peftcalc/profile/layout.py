@@ -11,7 +11,10 @@ with their number (prefix tuning's prompt encoder output). `reduce_config` write
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+from peftcalc.methods.base import Adaptation
+from peftcalc.model.spec import ModelSpec
 
 # Config entries that list layer indices (not one value per layer), and entries that count leading layers.
 INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs", "no_rope_layer_idxs")
@@ -69,6 +72,37 @@ def _hashable(v: Any) -> Hashable:
     if isinstance(v, dict):
         return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
     return v
+
+
+def _by_layer(groups: Iterable[Any], count: int) -> list[set]:
+    """For each layer, the (name template, shape) of the groups present in it."""
+    out: list[set] = [set() for _ in range(count)]
+    for g in groups:
+        if "{i}" in g.name:
+            shape = (g.out_features, g.in_features) if hasattr(g, "in_features") else g.shape
+            for i in (getattr(g, "layers", ()) or range(g.count)):
+                if i < count:
+                    out[i].add((g.name, shape))
+    return out
+
+
+def layer_types(spec: ModelSpec, cfg: Mapping[str, Any], adaptation: Adaptation, checkpointing: bool) -> list[tuple]:
+    """Each layer's type: what the config says about it, the weights it has, what the method trains in it, and
+    whether its input needs a gradient. The last depends on the layer's place: behind the first layer that
+    trains anything (or a trained embedding, virtual tokens, or checkpointing, whose input hook makes the
+    embeddings' output require grad) a layer saves what its input's gradient needs, before it not (LoRA on the
+    attention projections of a hybrid leaves the linear-attention layers before the first attention layer
+    without a graph)."""
+    count = layer_count(cfg)
+    weights = _by_layer((*spec.linears, *spec.others), count)
+    trained = _by_layer([g for g in adaptation.tensors if g.trainable], count)
+    upstream = checkpointing or bool(adaptation.extra_tokens) or any(
+        g.trainable and "{i}" not in g.name and "embed" in g.name for g in adaptation.tensors)
+    types = []
+    for i, (c, w, t) in enumerate(zip(config_layer_types(cfg, count), weights, trained)):
+        types.append((c, frozenset(w), frozenset(t), upstream))
+        upstream = upstream or bool(t)
+    return types
 
 
 @dataclass(frozen=True)
