@@ -550,6 +550,24 @@ def test_sdpa_math_of_the_families(dtype):
                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True), sim))
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sdpa_math_with_one_key_head_broadcasts_it(dtype):
+    """Multi-query attention given to sdpa without enable_gqa (Falcon): keys and values of one head broadcast
+    over the query heads in the math path's matmuls, each a copy of every head for B > 1."""
+    from types import SimpleNamespace
+
+    from peftcalc.stepsim.families.layers import sdpa_math
+
+    one = ("B", 1, "S", D)
+
+    def sim(f, q, k, v):
+        m = SimpleNamespace(f=f, sim=f.sim, cfg=SimpleNamespace(batch1=False))
+        return sdpa_math(m, q, k, v, HEADS, D, 0.0, True, "S", "S", strided=False)
+
+    check(Case([(QKV, dtype, True), (one, dtype, True), (one, dtype, True)],
+               lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), sim))
+
+
 # -- casts ----------------------------------------------------------------------------------------------------
 
 

@@ -65,6 +65,17 @@ def _bmm_operand(m: Model, t: Tensor, strided: bool) -> Tensor:
     return m.f.copy(t, op="matmul_reshape") if strided and not m.cfg.batch1 else t
 
 
+def _broadcast_operand(m: Model, t: Tensor, heads: int) -> Tensor | None:
+    """Keys or values with fewer heads than the queries (multi-query attention passed to sdpa without
+    enable_gqa): ATen's matmul broadcasts them over the heads, expand + reshape to (B*H, ...), a view for a batch
+    of one and a copy of every head for B > 1 (saved by the bmm). None when the heads match."""
+    if t.shape[1] == heads:
+        return None
+    full = (t.shape[0], heads, *t.shape[2:])
+    wide = m.f.expand(t, full)
+    return wide if m.cfg.batch1 else m.f.copy(wide, op="matmul_reshape")
+
+
 def sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float, causal: bool,
               q_len: str = "T", k_len: str = "T", mask: Tensor | None = None, strided: bool = True,
               kv_strided: bool | None = None) -> Tensor:
@@ -101,7 +112,7 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
         del tri
     ks = f.scale(k)
     kv_strided = strided if kv_strided is None else kv_strided
-    qm, km = _bmm_operand(m, qs, strided), _bmm_operand(m, ks, kv_strided)
+    qm, km = _bmm_operand(m, qs, strided), _broadcast_operand(m, ks, H) or _bmm_operand(m, ks, kv_strided)
     scores = f.matmul(qm, km, ("B", H, q_len, k_len))
     del ks, qm, km  # the scaled query is a local of the C++ function: it lives until the function returns
     if fmask is not None or mask is not None:
@@ -109,7 +120,7 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
     probs = f.softmax(scores)
     del scores
     probs = f.dropout(probs, dropout)
-    vm = _bmm_operand(m, v, kv_strided)
+    vm = _broadcast_operand(m, v, H) or _bmm_operand(m, v, kv_strided)
     # `return make_tuple(matmul(attn, v).to(origin_dtype), attn.to(origin_dtype))`: arguments evaluated right
     # to left, so the probabilities' low-precision copy (dropped by the caller) comes first; every local
     # (the fp32 q, k, v, the scaled query, the mask) lives until the function returns
