@@ -26,14 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from peftcalc.methods.base import Adaptation
+from peftcalc.methods.base import Adaptation, Method
 from peftcalc.kbit import kbit_preparation_applies
 from peftcalc.quant import kbit_prepared, keeps_4bit_input, python_dequant_forward
 from peftcalc.setup import Setup, version_tuple
-from peftcalc.stepsim.model import StepConfig
-from peftcalc.errors import PeftcalcError
+from peftcalc.stepsim import cache as replay_cache
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.replay import FAMILY_MODULES, SimResult, replayable, simulate
+from peftcalc.stepsim.result import OUTPUT_CHUNKS, SimResult, StepConfig, replayable
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,15 @@ class Activations:
     forward_peak_bytes: int  # the most live during forward
     backward_peak_bytes: int  # the most live during backward (gradients included)
     gradient_bytes: int  # parameter gradients when backward ends (equals memory.py's, a consistency check)
+    source: str = ""  # how they were obtained: the replay, or a traced profile (and which)
 
     @property
     def total(self) -> int:
         """The activations proper: what the forward leaves alive for backward."""
         return self.after_forward_bytes
 
+
+REPLAY_SOURCE = "replayed (peftcalc/stepsim)"
 
 # Families whose sdpa attention runs ATen matmuls on (B, H, ...) views (the CPU math composite, BLOOM's baddbmm):
 # a batch of one views what a larger batch copies. Eager attention does this in every family.
@@ -83,8 +85,6 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
     loss variants Tc, torchtune's chunk of the sequence (torch.chunk into OUTPUT_CHUNKS: ceil(T / 8)), and C,
     Liger's rows per logits chunk: min(next_pow2(ceil(B*T / ceil(V / h))), B*T)
     (fused_linear_cross_entropy_forward)."""
-    from peftcalc.stepsim.families.common import OUTPUT_CHUNKS
-
     a = adaptation.spec.arch
     t = setup.seq_len + adaptation.extra_tokens
     rows = setup.batch_size * t
@@ -93,26 +93,46 @@ def sizes(adaptation: Adaptation, setup: Setup) -> dict[str, int]:
             "P": adaptation.prefix_tokens, "Tc": -(-t // OUTPUT_CHUNKS), "C": min(1 << (per - 1).bit_length(), rows)}
 
 
+@lru_cache(maxsize=1024)
+def replayed(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
+    """The replay's result: from the user's cache when this model, method and step were replayed before."""
+    key = replay_cache.replay_key(adaptation, cfg)
+    r = replay_cache.load(key)
+    if r is None:
+        from peftcalc.stepsim.replay import simulate  # the replay itself: imported only when needed
+
+        r = simulate(adaptation, cfg)
+        replay_cache.store(key, r)
+    return r
+
+
 @lru_cache(maxsize=8192)
-def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = False, device: str = "cuda"
-                     ) -> Activations:
-    """The replayed step's activations and transient peaks for this batch and sequence length on `device`.
+def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = False, device: str = "cuda",
+                     method: Method | None = None) -> Activations:
+    """The step's activations and transient peaks for this batch and sequence length on `device`: replayed where
+    the hand-written replay covers the family and the method, else from a traced profile (`method` is needed to
+    trace one; profiles are traced with the CPU's kernels, see peftcalc/profile).
 
     `accumulating`: a later micro-batch of gradient accumulation. Every trainable parameter already holds its
     gradient from the micro-batches before; torch adds each new gradient into it in place and frees the new one.
     The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
     gradients left out (`gradient_bytes` is 0)."""
-    if not replayable(adaptation):
-        spec = adaptation.spec
-        raise PeftcalcError(f"no activation model yet for {spec.family} with {adaptation.method}: the hand-written replay "
-                            "covers " + ", ".join(sorted(FAMILY_MODULES)) + " with peftcalc's own methods (the traced "
-                            "per-layer profile for every other architecture and peft method is issue 10, part 3)")
-    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device,
-                                                    adaptation))
     v = sizes(adaptation, setup)
-    return Activations(
-        after_forward_bytes=evaluate(r.after_forward, v),
-        forward_peak_bytes=max(evaluate(p, v) for p in r.forward_peaks),
-        backward_peak_bytes=max(evaluate(p, v) for p in r.backward_peaks),
-        gradient_bytes=evaluate(r.gradients, v),
+    if replayable(adaptation):
+        r = replayed(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device, adaptation))
+        polys = (r.after_forward, r.forward_peaks, r.backward_peaks, r.gradients)
+        source = REPLAY_SOURCE
+    else:
+        from peftcalc.profile import profile_for
+
+        prof = profile_for(adaptation, setup, method, accumulating)
+        polys = (prof.after_forward, prof.forward_peaks, prof.backward_peaks, prof.gradients)
+        source = f"traced profile ({prof.source})"
+    after, forward, backward, grads = polys
+    return Activations(  # (int: a profile's rational coefficients give whole bytes in its residue class)
+        after_forward_bytes=int(evaluate(after, v)),
+        forward_peak_bytes=int(max(evaluate(p, v) for p in forward)),
+        backward_peak_bytes=int(max(evaluate(p, v) for p in backward)),
+        gradient_bytes=int(evaluate(grads, v)),
+        source=source,
     )

@@ -34,7 +34,6 @@ from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_a
 from peftcalc.kbit import kbit_preparation_applies, prepared_setup, quantized_base_notes
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
-from peftcalc.collectives import fsdp_units
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -179,10 +178,10 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         acts, in_flight = model_parallel_activations(spec, method, setup, device)
     else:
         adaptation = whole
-        acts = activation_bytes(adaptation, setup, device=device)
+        acts = activation_bytes(adaptation, setup, device=device, method=method)
     states = model_states(adaptation, precision, setup.optimizer, kbit, setup.optimizer_state_dtype)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
-    later = (activation_bytes(adaptation, setup, accumulating=True, device=device)
+    later = (activation_bytes(adaptation, setup, accumulating=True, device=device, method=method)
              if setup.gradient_accumulation > 1 else None)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
     if in_flight:
@@ -258,6 +257,8 @@ def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]
     under-estimates that phase; the forward phase, exact, then bounds the error (measured: within 2.1 %)."""
     if setup.num_gpus == 1 or setup.zero_stage < 3:
         return 0, 0
+    from peftcalc.collectives import fsdp_units  # ZeRO-3 only: not on the everyday estimate's import path
+
     units = fsdp_units(adaptation, setup.recipe, 1)
     block_grads = sum(u.gradient_bytes * u.count for u in units[1:])
     return (units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0),

@@ -19,16 +19,16 @@ Two files, both shipped in the package and regenerated from committed data:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Mapping
 
 from peftcalc.estimate import Estimate
 
-DATA = Path(__file__).with_name("data")
-HISTORY_FILE = DATA / "validation_history.json"
-PUBLISHED_FILE = DATA / "published_bands.json"
+DATA = os.path.join(os.path.dirname(__file__), "data")  # (os.path: the estimate path imports no pathlib)
+HISTORY_FILE = os.path.join(DATA, "validation_history.json")
+PUBLISHED_FILE = os.path.join(DATA, "published_bands.json")
 MIN_PERCENT = 0.1  # a band is never printed narrower than the history's rounding
 
 
@@ -60,9 +60,10 @@ def setup_kind(method: str, checkpointing: bool) -> str:
     return f"{method}{' +ckpt' if checkpointing else ''}"
 
 
-def _read(path: Path) -> Mapping[str, Any]:
+def _read(path: str) -> Mapping[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("kinds", {})
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("kinds", {})
     except (OSError, ValueError):
         return {}
 

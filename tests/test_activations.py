@@ -87,7 +87,7 @@ def test_prompt_tokens_lengthen_every_layer():
 
 def test_gradients_of_the_replay_equal_the_model_states():
     for model in ("llama-2-7b", "gpt2", "t5-base"):
-        for method in ("full", "lora", "ia3"):
+        for method in ("full", "lora", "dora", "ia3"):
             r = estimate_method(get_model(model), make_method(method), Setup(seq_len=256))
             assert r.activations.gradient_bytes == r.memory.gradient_bytes, (model, method)
 

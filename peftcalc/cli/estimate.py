@@ -13,7 +13,6 @@ from peftcalc.cli.options import (apply_from, from_options, method_options, mode
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import estimate
 from peftcalc.methods import DEFAULT_TABLE
-from peftcalc.configs.apply import check_shape
 from peftcalc.render.estimate import estimate_csv
 from peftcalc.render.results import EstimateResult
 from peftcalc.uncertainty import bands
@@ -60,6 +59,8 @@ def estimate_result(ctx: click.Context, kw: dict[str, Any]) -> EstimateResult:
     files = apply_from(ctx, kw)
     spec = resolve_spec(kw)
     if files is not None:
+        from peftcalc.configs.apply import check_shape  # --from only
+
         check_shape(files, spec)
     methods = (kw["method"],) if kw["method"] else DEFAULT_TABLE
     est = estimate(spec, resolve_setup(kw), methods, resolve_method_options(kw), kw["tasks"],

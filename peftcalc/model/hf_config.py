@@ -5,7 +5,7 @@ cached, or derived with the measure extra)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any, Mapping
 
 from peftcalc.errors import ConfigError
@@ -38,8 +38,10 @@ def spec_from_config(cfg: Mapping[str, Any], name: str, source: str, scope: Scop
     return spec
 
 
-def load_config(path: str | Path, scope: Scope = "text") -> ModelSpec:
+def load_config(path: str | os.PathLike[str], scope: Scope = "text") -> ModelSpec:
     """Read a config.json (or a folder holding one) into a ModelSpec named after its folder."""
+    from pathlib import Path  # (only here: estimates of catalogue models and --params do not need it)
+
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"

@@ -51,6 +51,33 @@ def _band(u: Uncertainty | None) -> str:
     return "-" if u is None else u.short()
 
 
+REPLAYED = ("replayed: the transformers + peft step of this family, operator by operator, with the GPU's kernels "
+            "(peftcalc/stepsim; the CPU paths are checked against traced steps by `peftcalc validate`, the GPU numbers "
+            "against published runs by `peftcalc validate --published`)")
+PROFILED = ("traced profiles: the real transformers + peft step traced on fake tensors with the CPU's kernels at a few "
+            "small layer counts and sizes, fitted exactly as polynomials in batch and sequence and extrapolated over "
+            "the layers (peftcalc/profile; a GPU's fused attention keeps what the CPU's flash kernel keeps, its dropout "
+            "1-byte masks where the CPU keeps noise tensors)")
+
+
+def activations_assumption(est: Estimate) -> str:
+    """Which activation model each method's numbers come from: the replay, or a traced profile (and its source)."""
+    profiled: dict[str, list[str]] = {}
+    replayed = []
+    for r in est.results:
+        source = r.activations.source
+        if source.startswith("traced"):
+            profiled.setdefault(source.removeprefix("traced profile").strip(" ()"), []).append(r.method)
+        else:
+            replayed.append(r.method)
+    parts = []
+    if replayed:
+        parts.append(REPLAYED + ("" if not profiled else f" for {', '.join(replayed)}"))
+    if profiled:
+        parts.append(PROFILED + ": " + "; ".join(f"{', '.join(m)}: {src}" for src, m in profiled.items()))
+    return "; ".join(parts) + "; the peak is the largest of the forward, backward and optimizer phases"
+
+
 def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
     s, a, p = est.setup, est.spec.arch, est.setup.recipe
     shape = (f"hidden {a.hidden_size}, {a.num_layers} layers, {a.num_heads} heads ({a.num_kv_heads} kv), "
@@ -72,10 +99,7 @@ def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
            "the first stage (Narayanan et al. 2021)"
            + (", sequence parallel: activations / tp (Korthikanti et al. 2022)" if s.sequence_parallel else "")
            + " (peftcalc/parallel.py)" if s.tensor_parallel > 1 or s.pipeline_parallel > 1 else ""),
-        "activations": ("replayed: the transformers + peft step of this family, operator by operator, with the GPU's "
-                        "kernels (peftcalc/stepsim; the CPU paths are checked against traced steps by `peftcalc "
-                        "validate`, the GPU numbers against published runs by `peftcalc validate --published`); the "
-                        "peak is the largest of the forward, backward and optimizer phases"),
+        "activations": activations_assumption(est),
         "quantities": ("allocated peak = tensors + cuBLAS workspace + 512-byte rounding (torch.cuda."
                        "max_memory_allocated); reserved = allocated + segment tails + fragmentation "
                        "(max_memory_reserved, what an out-of-memory error inside PyTorch is about); device total = "

@@ -7,12 +7,14 @@ CLI's output, `to_dict()` its --json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from peftcalc.configs.apply import FromFiles
 from peftcalc.estimate import Estimate, MethodEstimate
-from peftcalc.hardware.planner import Plan
 from peftcalc.units import Unit
+
+if TYPE_CHECKING:  # annotations only: an estimate does not import the planner or the config readers
+    from peftcalc.configs.apply import FromFiles
+    from peftcalc.hardware.planner import Plan
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,19 @@ from peftcalc.units import DTYPE_BYTES
 FLOATS = ("fp32", "bf16", "fp16")
 
 
+INTS = ("bool", "uint8", "int8", "int32", "int64")  # torch's promotion order among the integer dtypes we use
+
+
 def promote(a: str, b: str) -> str:
-    """torch's type promotion between two tensors' dtypes (bf16 with fp16 gives fp32)."""
+    """torch's type promotion between two tensors' dtypes (bf16 with fp16 gives fp32; a float wins over an
+    integer; the wider integer wins; uint8 with int8, int16 in torch, does not occur here)."""
     if a == b:
         return a
     if a in FLOATS and b in FLOATS:
         return "fp32"
-    return a if a in FLOATS else b
+    if a in FLOATS or b in FLOATS:
+        return a if a in FLOATS else b
+    return max(a, b, key=INTS.index)
 
 
 class Storage:
@@ -85,7 +91,7 @@ class Param:
     tag: Any = None  # (stack, role) of the layer it belongs to; None outside layers
     capture: bool = False
     holds: Any = None  # a leaf tensor's storage, alive as long as its AccumulateGrad (the graph) is
-    uses: int = 0  # graph edges into its AccumulateGrad
+    uses: int = 0  # graph edges into its AccumulateGrad (recounted from the reachable graph when backward starts)
     received: int = 0
     pending: Tensor | None = None
     grad: Tensor | None = None
@@ -278,6 +284,7 @@ class Sim:
         buffers: dict[int, list] = {}
         for n, i, g in roots:
             buffers.setdefault(id(n), [None] * n.n_out)[i] = g
+        self._count_dependencies([n for n, _, _ in roots])
         del roots
         g = None
         was, self.grad_enabled = self.grad_enabled, False
@@ -309,10 +316,36 @@ class Sim:
                 else:
                     slot = buffers.setdefault(id(target), [None] * target.n_out)
                     slot[idx] = g if slot[idx] is None else self.accumulate(slot[idx], g)
+            # drop every loop reference to a gradient or node now: a name still bound to the last input-gradient
+            # list would keep it alive past the node that consumed it (torch frees it there)
             del grads
-            g = n = None
+            g = n = slot = e = target = None
             self.tag = saved_tag
         self.grad_enabled = was
+
+    def _count_dependencies(self, roots: list[Node]) -> None:
+        """How many gradients each parameter will receive in this backward: its edges from the nodes reachable
+        from the roots (torch's engine counts dependencies the same way; an edge from a branch dropped in
+        forward, e.g. DoRA's lora_B(lora_A(eye)) used only detached, delivers nothing)."""
+        counts: dict[int, int] = {}
+        params: dict[int, Param] = {}
+        seen: set[int] = set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            for e in n.next:
+                if e is None:
+                    continue
+                if isinstance(e[0], Param):
+                    counts[id(e[0])] = counts.get(id(e[0]), 0) + 1
+                    params[id(e[0])] = e[0]
+                else:
+                    stack.append(e[0])
+        for key, p in params.items():
+            p.uses, p.received, p.pending = counts[key], 0, None
 
     def _validate(self, n: Node, grads: list) -> list:
         """sum_to_size and dtype casts of gradients that do not match their input (torch's validate_outputs)."""
@@ -349,7 +382,44 @@ class Sim:
             # place); new_grad dies here. The existing gradients are the caller's to count.
             p.grad = Tensor(g.shape, g.dtype, None)
             return
-        p.grad = g if p.grad is None else self.accumulate(p.grad, g)
+        if p.grad is None:
+            p.grad = g  # stolen, no copy
+        # else: AccumulateGrad adds into the existing .grad in place (`variable_grad += new_grad`, a second
+        # backward into the same graph's leaves); `g` dies here
+
+
+
+def extrapolated_moments(sim: Sim) -> tuple[list[Poly], list[Poly]]:
+    """The live bytes of every recorded moment with the unsimulated middle layers added: (forward, backward).
+
+    Outside a simulated middle layer, each of the `count - 3` others is in the state the simulated one is
+    in (`Stack.state`) and holds what it holds then. Inside it, the others are split: in forward, layers
+    below it have run and layers above not yet; in backward, layers above are done and layers below still
+    hold their saved tensors. Live bytes are linear in how many are on each side, so the largest moment is
+    at one end: each such moment gives two candidates, all others on one side or all on the other (layer
+    0 can allocate less than a middle layer, e.g. when its input needs no gradient, so neither end may be
+    dropped)."""
+    names = list(sim.stacks)
+    extra = {name: max(0, st.count - 3) for name, st in sim.stacks.items()}
+    held = {name: st.held for name, st in sim.stacks.items()}
+    fwd: list[Poly] = []
+    bwd: list[Poly] = []
+    for e in sim.events:
+        base = dict(e.live)
+        inside = e.tag[0] if e.tag is not None and e.tag[1] == "mid" else None
+        for name, state in zip(names, e.states):
+            if name != inside and extra[name] and state:
+                add_into(base, scale(held[name].get(state, {}), extra[name]))
+        out = fwd if e.phase == "forward" else bwd
+        if inside is None or not extra[inside]:
+            out.append(base)
+            continue
+        ends = (0, 1) if e.phase == "forward" else (2, 3)  # (not run, run) / (still holding, done)
+        for state in ends:
+            p = dict(base)
+            add_into(p, scale(held[inside].get(state, {}), extra[inside]))
+            out.append(p)
+    return fwd, bwd
 
 
 def role(index: int, count: int) -> str:

@@ -9,45 +9,14 @@ the wrapped module computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.model.spec import Linear
 from peftcalc.stepsim.engine import Sim, Tensor
 from peftcalc.stepsim.ops import Ops
+from peftcalc.stepsim.result import StepConfig
 
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """Everything about the setup that changes what is allocated, except batch and sequence sizes."""
-
-    param_dtype: str  # "fp32", "bf16", "fp16"
-    compute_dtype: str
-    attention: str  # "sdpa", "eager", "flash_attention_2" or "flex_attention"
-    checkpointing: bool
-    adapter_dtype: str = "fp32"
-    batch1: bool = False  # batch of one: ATen's matmul/reshape can view (1, H, ...) tensors it must copy for B > 1
-    accumulating: bool = False  # a later micro-batch of gradient accumulation (gradients exist; new ones add in place)
-    autocast: bool | None = None  # the forward under torch.autocast(compute dtype); None: when the dtypes differ
-    device: str = "cpu"  # "cpu" (what the traced backend runs) or "cuda" (the GPU kernels: fused attention, masks)
-    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop; the first
-    # forward builds no graph
-    loss: str = "standard"  # "standard", "chunked" (torchtune's chunked output CE), "fused" (Liger's linear CE)
-    mask: str = "none"  # the attention mask: "none" (full rows), "padded" (rows padded), "packed" (several per row)
-    shift_copy: bool = False  # transformers < 4.49: the causal-LM loss copies its shifted fp32 logits
-    # bitsandbytes (a quantized base): the dtype its 4-bit weights dequantize to (QuantState.dtype: the dtype the
-    # model was loaded in), whether MatMul4Bit keeps its input for backward (releases before 0.43.2), whether
-    # its forward dequantizes in Python (before 0.50.0) rather than inside one gemm_4bit operator
-    quant_dtype: str = ""
-    bnb_compute_dtype: str = ""  # BitsAndBytesConfig's bnb_4bit_compute_dtype: the loaded recipe's compute dtype
-    bnb_keeps_input: bool = False
-    bnb_python_dequant: bool = False
-
-    @property
-    def uses_autocast(self) -> bool:
-        return self.compute_dtype != self.param_dtype if self.autocast is None else self.autocast
 
 
 class Model:

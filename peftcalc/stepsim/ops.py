@@ -38,7 +38,10 @@ class Ops:
     def cast(self, t: Tensor | None) -> Tensor | None:
         """torch.autocast's cached_cast for the lower-precision ops (CPU: linear, mm, addmm, bmm, baddbmm, matmul,
         scaled_dot_product_attention): a floating tensor of another dtype is cast (a copy); the cast of a leaf
-        that requires grad (a trainable parameter) is cached until autocast exits, a frozen weight's is not."""
+        that requires grad (a trainable parameter) is cached until autocast exits, a frozen weight's is not.
+        Callers cast an operator's arguments right to left, as torch's autocast wrapper does (a C++ parameter
+        pack expanded right to left by GCC: linear's bias, weight, input; matmul's other, then self), which
+        decides the order the cast-back nodes run in backward."""
         if self.autocast is None or t is None or t.dtype == self.autocast or t.dtype not in FLOATS:
             return t
         if t.param is not None and t.requires_grad:  # autocast caches whatever the grad mode (a checkpointed pass too)
@@ -131,10 +134,11 @@ class Ops:
         return _out(self.sim, out, node)
 
     def div(self, a: Tensor, b: Tensor) -> Tensor:
-        """a / b. Saves b (for a's gradient) and a, b (for b's). Backward: grad / b; -grad * a / b^2."""
+        """a / b. Saves b (for a's gradient) and a, b (for b's). Backward: grad / b for a; for b
+        `-grad * ((self / other) / other)` in one C++ expression (its temporaries live until the product)."""
         out = self._new(_broadcast(a.shape, b.shape), promote(a.dtype, b.dtype), "div")
         saved = [b, a if b.requires_grad else None]
-        node = self.sim.node("DivBackward0", [a, b], saved, _bw_mul, ctx=out.shape)
+        node = self.sim.node("DivBackward0", [a, b], saved, _bw_div, ctx=out.shape)
         return _out(self.sim, out, node)
 
     def neg(self, a: Tensor) -> Tensor:
@@ -142,9 +146,10 @@ class Ops:
         node = self.sim.node("NegBackward0", [a], [], _bw_unary_new)
         return _out(self.sim, out, node)
 
-    def pow2(self, x: Tensor) -> Tensor:
-        """x.pow(2). Saves x. Backward (`pow_backward`): grad * (2 * x.pow(1)): x.pow(1) and 2*(...) are new
-        tensors, then the product."""
+    def pow(self, x: Tensor) -> Tensor:
+        """x.pow(n), n a Python number (2 in RMSNorm, 3 in gelu_new). Saves x. Backward (`pow_backward`):
+        `grad * (n * self.pow(n - 1))`, one C++ expression: self.pow(n - 1) and n * (...) live until the
+        product exists (three x-sized tensors at once)."""
         out = self._new(x.shape, x.dtype, "pow")
         node = self.sim.node("PowBackward0", [x], [x], _bw_pow)
         return _out(self.sim, out, node)
@@ -157,10 +162,18 @@ class Ops:
         return _out(self.sim, out, node)
 
     def unary_saves_output(self, x: Tensor, name: str, op: str) -> Tensor:
-        """relu, tanh, sigmoid, exp, rsqrt: saves the result; backward allocates one tensor (small temporaries
-        of rsqrt's `-0.5 * grad * result.pow(3)` are on (B, T, 1) tensors, counted as one)."""
+        """relu, tanh, sigmoid, exp: saves the result; backward allocates one tensor (rsqrt: `rsqrt`)."""
         out = self._new(x.shape, x.dtype, op)
         node = self.sim.node(name, [x], [], _bw_unary_new)
+        if node is not None:
+            node.saved.append(out.storage)
+        return _out(self.sim, out, node)
+
+    def rsqrt(self, x: Tensor) -> Tensor:
+        """torch.rsqrt: saves its result. Backward `-0.5 * grad * result.pow(3)`, one C++ expression: -0.5*grad
+        and result.pow(3) live until their product exists (three result-sized tensors at once)."""
+        out = self._new(x.shape, x.dtype, "rsqrt")
+        node = self.sim.node("RsqrtBackward0", [x], [], _bw_three_temporaries)
         if node is not None:
             node.saved.append(out.storage)
         return _out(self.sim, out, node)
@@ -200,7 +213,8 @@ class Ops:
         parameter; a weight computed in the step, e.g. peft's parametrized experts, stays alive).
         Backward: grad @ W for the input, grad^T @ x for the weight (stolen by AccumulateGrad), the bias
         gradient by reducing grad (validate_outputs)."""
-        x, w, bias = self.cast(x), self.cast(w), self.cast(bias)
+        bias, w = self.cast(bias), self.cast(w)  # autocast casts right to left (see `cast`)
+        x = self.cast(x)
         out = self._new(x.shape[:-1] + (out_features,), x.dtype, op)
         inputs = [x, w] + ([bias] if bias is not None else [])
         node = self.sim.node("AddmmBackward0" if bias is not None else "MmBackward0", inputs,
@@ -212,7 +226,8 @@ class Ops:
         """Batched matmul (attention scores, probs @ values): saves both operands (as given: the caller passes
         the contiguous copies ATen's matmul makes of non-contiguous operands). Backward: one new tensor per
         operand that requires grad."""
-        a, b = self.cast(a), self.cast(b)
+        b = self.cast(b)  # autocast casts right to left (see `cast`)
+        a = self.cast(a)
         out = self._new(shape, promote(a.dtype, b.dtype), op)
         sv = list(saved) if saved is not None else [b if a.requires_grad else None, a if b.requires_grad else None]
         node = self.sim.node("BmmBackward0", [a, b], sv, _bw_each_input)
@@ -232,7 +247,10 @@ class Ops:
         bias gradients."""
         x = self._cuda_autocast_fp32(x)
         out = self._new(x.shape, x.dtype, "native_layer_norm")
-        stat_dtype = "fp32" if self.device == "cuda" else x.dtype  # CUDA keeps mean/rstd in its acc type, float
+        # CUDA keeps mean/rstd in its acc type, float; the CPU kernel in the input dtype, except a low-precision
+        # input with fp32 weights (mixed): then fp32 too (aten/src/ATen/native/cpu/layer_norm_kernel.cpp, `mixed_type`)
+        mixed = w is not None and w.dtype == "fp32" and x.dtype != "fp32"
+        stat_dtype = "fp32" if self.device == "cuda" or mixed else x.dtype
         mean = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         rstd = self._new(x.shape[:-1] + (1,), stat_dtype, "native_layer_norm")
         node = self.sim.node("NativeLayerNormBackward0", [x, w, b], [x, mean, rstd], _bw_each_input)
@@ -257,11 +275,12 @@ class Ops:
         return _out(self.sim, out, node)
 
     def nll_loss(self, logp: Tensor, target: Tensor) -> Tensor:
-        """nll_loss (mean): a scalar and its total weight; saves the target (and total weight). Backward
+        """nll_loss (mean): a scalar and its total weight; saves its input, the target and the total weight
+        (derivatives.yaml: nll_loss_backward takes self; after log_softmax the same storage). Backward
         `nll_loss_backward`: a zero tensor of the input's size with the gradient scattered in."""
         out = self._new((), logp.dtype, "nll_loss_forward")
         total_weight = self._new((), logp.dtype, "nll_loss_forward")
-        node = self.sim.node("NllLossBackward0", [logp], [target, total_weight], _bw_full_new)
+        node = self.sim.node("NllLossBackward0", [logp], [logp, target, total_weight], _bw_full_new)
         return _out(self.sim, out, node)
 
     def sdpa_flash_cpu(self, q: Tensor, k: Tensor, v: Tensor, out_shape: tuple[Dim, ...],
@@ -269,7 +288,8 @@ class Ops:
         """`_scaled_dot_product_flash_attention_for_cpu`: output (in the query's dtype) and logsumexp (fp32);
         saves q, k, v, output, logsumexp (and the mask). Backward: new gradients of q, k and v; its scratch
         buffers live inside the kernel (not counted, as the traced backend does not see them)."""
-        q, k, v = self.cast(q), self.cast(k), self.cast(v)
+        v, k = self.cast(v), self.cast(k)  # autocast casts right to left (see `cast`)
+        q = self.cast(q)
         out = self._new(out_shape, q.dtype, "_scaled_dot_product_flash_attention_for_cpu")
         lse = self._new(lse_shape, "fp32", "_scaled_dot_product_flash_attention_for_cpu")
         node = self.sim.node("ScaledDotProductFlashAttentionForCpuBackward0", [q, k, v], [q, k, v, out, lse, mask],
@@ -337,12 +357,39 @@ def _bw_mul(sim: Sim, n: Node, g: list) -> list:
     return out
 
 
+def _bw_three_temporaries(sim: Sim, n: Node, g: list) -> list:
+    """`c * grad * f(result)` in one expression (rsqrt): two temporaries live until the product exists."""
+    shape, dtype = n.inputs[0]
+    t1 = sim.new(shape, dtype)
+    t2 = sim.new(shape, dtype)
+    out = sim.new(shape, dtype)
+    del t1, t2
+    return [out]
+
+
+def _bw_div(sim: Sim, n: Node, g: list) -> list:
+    """div_tensor_self_backward (grad / other) and div_tensor_other_backward (-grad * ((self / other) / other))."""
+    shape = n.ctx
+    dtype = g[0].dtype
+    ga = sim.new(shape, dtype) if n.next[0] is not None else None
+    gb = None
+    if n.next[1] is not None:
+        neg = sim.new(shape, dtype)  # -grad
+        q1 = sim.new(shape, dtype)  # self / other
+        q2 = sim.new(shape, dtype)  # (...) / other
+        del q1
+        gb = sim.new(shape, dtype)  # the product
+        del neg, q2
+    return [ga, gb]
+
+
 def _bw_pow(sim: Sim, n: Node, g: list) -> list:
     shape, dtype = n.inputs[0]
     t1 = sim.new(shape, dtype)  # self.pow(exponent - 1)
     t2 = sim.new(shape, dtype)  # exponent * (...)
-    del t1
-    return [sim.new(shape, dtype)]  # grad * (...)
+    out = sim.new(shape, dtype)  # grad * (...): the temporaries die with the expression, after it
+    del t1, t2
+    return [out]
 
 
 def _bw_cat(sim: Sim, n: Node, g: list) -> list:

@@ -6,30 +6,14 @@ or sequence length, which stay symbols (B, S, T, K, P) until `evaluate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module
 
 from peftcalc.methods.base import Adaptation
-from peftcalc.stepsim.engine import Sim
-from peftcalc.stepsim.model import Model, StepConfig
+from peftcalc.stepsim.engine import Sim, extrapolated_moments
+from peftcalc.stepsim.model import Model
 from peftcalc.stepsim.poly import Poly, add_into, prune, scale
-
-FAMILY_MODULES = {
-    "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
-    "mixtral": "llama", "gpt2": "gpt2", "t5": "t5", "mt5": "t5", "falcon": "falcon", "bloom": "bloom", "opt": "opt", "gpt_neox": "gpt_neox", "bert": "bert", "roberta": "bert",
-}
-
-
-@dataclass(frozen=True)
-class SimResult:
-    """Bytes above the step's starting point (weights, optimizer states, inputs), as polynomials."""
-
-    after_forward: Poly  # live when forward returns: what autograd saved, and the loss
-    forward_peaks: tuple[Poly, ...]  # candidates for the forward's peak (the largest wins at given sizes)
-    backward_peaks: tuple[Poly, ...]  # same for backward (gradients of parameters included)
-    gradients: Poly  # parameter gradients when backward ends (for checks: memory.py has them exactly)
-
+from peftcalc.stepsim.result import FAMILY_MODULES, SimResult, StepConfig, replayable  # noqa: F401 (re-exported)
 
 def replayable(adaptation: Adaptation) -> bool:
     """The hand-written replay covers this model family and this method (a method derived from peft, such as
@@ -69,21 +53,7 @@ def simulate(adaptation: Adaptation, cfg: StepConfig) -> SimResult:
     extra = {name: max(0, st.count - 3) for name, st in sim.stacks.items()}
     held = {name: st.held for name, st in sim.stacks.items()}
     names = list(sim.stacks)
-
-    def extrapolate(e) -> Poly | None:
-        if e.tag is not None and e.tag[1] == "mid":
-            return None
-        out = dict(e.live)
-        for name, state in zip(names, e.states):
-            if extra[name] and state:
-                add_into(out, scale(held[name].get(state, {}), extra[name]))
-        return out
-
-    fwd, bwd = [], []
-    for e in sim.events:
-        p = extrapolate(e)
-        if p is not None:
-            (fwd if e.phase == "forward" else bwd).append(p)
+    fwd, bwd = extrapolated_moments(sim)
     after_all = dict(after)
     for name in names:
         add_into(after_all, scale(held[name].get(2, {}), extra[name]))

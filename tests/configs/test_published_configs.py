@@ -269,24 +269,6 @@ def resolvable(name: str | None) -> str | None:
         return None
 
 
-def activations_modelled(model: str) -> bool:
-    """The catalogue model's activations can be estimated in this build (derived architectures need issue 10's
-    traced per-layer profile; until it lands, activation_bytes says so)."""
-    from peftcalc.activations import activation_bytes
-    from peftcalc.errors import PeftcalcError
-    from peftcalc.methods import make_method
-    from peftcalc.model.catalogue import get_model
-    from peftcalc.setup import Setup
-
-    try:
-        activation_bytes(make_method("full").adapt(get_model(model)), Setup())
-    except PeftcalcError as e:
-        if "issue 10, part 3" in str(e):
-            return False
-        raise
-    return True
-
-
 def test_every_published_file_is_tested():
     files = {e["file"] for e in SOURCES}
     assert len(files) == 69 and all((DATA / name).is_file() for name in files)
@@ -312,8 +294,6 @@ def test_from_file_equals_the_flags_read_by_hand(name):
     if case.model is not None:
         assert resolved == case.model, f"{file_model} should resolve to {case.model}"
     model = ("--model", resolved) if resolved else case.stand_in
-    if resolved is not None and not activations_modelled(resolved):
-        pytest.xfail(f"{resolved} has a derived inventory; its activations need the traced profile (issue 10, part 3)")
     if resolved is None:  # not in the catalogue: --from alone says so in one line, naming the field
         r = run("estimate", *from_args)
         assert r.exit_code != 0 and "give --model" in r.output and r.output.count("\n") == 1, r.output

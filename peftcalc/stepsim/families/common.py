@@ -6,6 +6,7 @@ from typing import Callable
 
 from peftcalc.stepsim.engine import Sim, Tensor, layer_indices
 from peftcalc.stepsim.model import Model
+from peftcalc.stepsim.result import OUTPUT_CHUNKS
 
 
 def run_stack(m: Model, stack: str, count: int, layer: Callable[..., Tensor], x: Tensor,
@@ -169,8 +170,7 @@ def causal_lm_loss(m: Model, logits: Tensor, vocab: int, shift: bool = True) -> 
     flat = f.view(lf, ("B", "T", vocab))
     del lf
     logp = f.log_softmax(flat)
-    del flat
-    return f.nll_loss(logp, shifted)
+    return f.nll_loss(logp, shifted)  # `logits` is a local of ForCausalLMLoss: alive until the loss exists
 
 
 def _shifted_logits_loss(m: Model, logits: Tensor, vocab: int) -> Tensor:
@@ -248,7 +248,6 @@ def prefix_update(m: Model, k: Tensor, v: Tensor, kv_heads: int, head_dim: int) 
 
 
 # -- the head and the loss, by the setup's loss kind --------------------------------------------------------------
-OUTPUT_CHUNKS = 8  # torchtune TransformerDecoder.num_output_chunks, set by CEWithChunkedOutputLoss (8 chunks)
 
 
 def head_loss(m: Model, x: Tensor, head: Callable[[Tensor], Tensor], weight: Callable[[], Tensor], vocab: int,

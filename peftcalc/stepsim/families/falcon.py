@@ -12,7 +12,7 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import cfg, gpu_sdpa, layer_norm, sdpa_math
+from peftcalc.stepsim.families.layers import cfg, gpu_sdpa, layer_norm, sdpa_flash_masked, sdpa_math
 from peftcalc.stepsim.families.llama import causal_mask, rotary, rotate
 from peftcalc.stepsim.model import Model
 
@@ -44,6 +44,8 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, p: str, mask: Tenso
     elif m.cfg.attention == "sdpa":
         if KV == H and mask is None:
             o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
+        elif KV == H:  # prefix tuning: a boolean (B, 1, T, K) mask, the same kernel
+            o = sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask)
         else:
             o = sdpa_math(m, q, k, v, H, d, 0.0, causal=mask is None, k_len=keys, mask=mask, strided=False)
     else:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm
+from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm,
+                                              sdpa_flash_masked)
 from peftcalc.stepsim.families.llama import causal_mask
 from peftcalc.stepsim.model import Model
 
@@ -60,6 +61,8 @@ def attention(m: Model, x: Tensor, cos: Tensor, sin: Tensor, p: str, mask: Tenso
         o = gpu
     elif m.cfg.attention == "sdpa" and mask is None and attn_p == 0:
         o = f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"))
+    elif m.cfg.attention == "sdpa" and attn_p == 0:  # prefix tuning: a boolean (B, 1, T, K) mask, same kernel
+        o = sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask)
     else:
         o = eager_softmax_attention(m, q, k, v, H, d, attn_p, mask, k_len=keys, upcast=True, strided=False,
                                     kv_strided=not m.ad.prefix_tokens)

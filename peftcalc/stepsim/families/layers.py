@@ -33,7 +33,7 @@ def gelu_new(m: Model, x: Tensor) -> Tensor:
     x^3))): pow (saves x), tanh (saves its result), and the final product (saves both factors)."""
     f = m.f
     half = f.scale(x)  # 0.5 * input
-    cube = f.unary_saves_input(x, "PowBackward0", "pow")
+    cube = f.pow(x)
     t = f.scale(cube)
     del cube
     t2 = f.add(x, t)
@@ -65,15 +65,28 @@ def _bmm_operand(m: Model, t: Tensor, strided: bool) -> Tensor:
     return m.f.copy(t, op="matmul_reshape") if strided and not m.cfg.batch1 else t
 
 
+def _broadcast_operand(m: Model, t: Tensor, heads: int) -> Tensor | None:
+    """Keys or values with fewer heads than the queries (multi-query attention passed to sdpa without
+    enable_gqa): ATen's matmul broadcasts them over the heads, expand + reshape to (B*H, ...), a view for a batch
+    of one and a copy of every head for B > 1 (saved by the bmm). None when the heads match."""
+    if t.shape[1] == heads:
+        return None
+    full = (t.shape[0], heads, *t.shape[2:])
+    wide = m.f.expand(t, full)
+    return wide if m.cfg.batch1 else m.f.copy(wide, op="matmul_reshape")
+
+
 def sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float, causal: bool,
               q_len: str = "T", k_len: str = "T", mask: Tensor | None = None, strided: bool = True,
               kv_strided: bool | None = None) -> Tensor:
     """torch's `_scaled_dot_product_attention_math`, the CPU path when dropout is on: bf16/fp16 inputs are
     upcast to fp32 first (q, k, v copies; the output is cast back), q * sqrt(scale), k^T * sqrt(scale) (both
     saved by the matmul), the causal mask (ones().tril(), then a float `where`, per call), scores, + mask,
-    `_safe_softmax` (saved), dropout (noise saved), @ v."""
+    `_safe_softmax` (saved), dropout (noise saved), @ v; the output and the probabilities cast back (the
+    latter dropped)."""
     f, sim = m.f, m.sim
-    q, k, v = f.cast(q), f.cast(k), f.cast(v)  # sdpa is an autocast op: under amp its inputs are cast first
+    v, k = f.cast(v), f.cast(k)  # sdpa is an autocast op: under amp its inputs are cast first (right to left)
+    q = f.cast(q)
     autocast, f.autocast = f.autocast, None  # ... and the composite's own operators run below autocast
     try:
         return _sdpa_math(m, q, k, v, H, d, dropout, causal, q_len, k_len, mask, strided, kv_strided)
@@ -99,7 +112,7 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
         del tri
     ks = f.scale(k)
     kv_strided = strided if kv_strided is None else kv_strided
-    qm, km = _bmm_operand(m, qs, strided), _bmm_operand(m, ks, kv_strided)
+    qm, km = _bmm_operand(m, qs, strided), _broadcast_operand(m, ks, H) or _bmm_operand(m, ks, kv_strided)
     scores = f.matmul(qm, km, ("B", H, q_len, k_len))
     del ks, qm, km  # the scaled query is a local of the C++ function: it lives until the function returns
     if fmask is not None or mask is not None:
@@ -107,10 +120,31 @@ def _sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropou
     probs = f.softmax(scores)
     del scores
     probs = f.dropout(probs, dropout)
-    vm = _bmm_operand(m, v, kv_strided)
+    vm = _broadcast_operand(m, v, H) or _bmm_operand(m, v, kv_strided)
+    # `return make_tuple(matmul(attn, v).to(origin_dtype), attn.to(origin_dtype))`: arguments evaluated right
+    # to left, so the probabilities' low-precision copy (dropped by the caller) comes first; every local
+    # (the fp32 q, k, v, the scaled query, the mask) lives until the function returns
+    probs_low = f.to(probs, dtype)
     out = f.matmul(probs, vm, ("B", H, q_len, d))
-    del probs, fmask, q, k, v, qs, vm
-    return f.to(out, dtype)
+    result = f.to(out, dtype)
+    del out, probs_low, probs, fmask, q, k, v, qs, vm
+    return result
+
+
+def sdpa_flash_masked(m: Model, q: Tensor, k: Tensor, v: Tensor, out_shape: tuple, lse_shape: tuple,
+                      mask: Tensor) -> Tensor:
+    """F.scaled_dot_product_attention with a boolean mask and no dropout on the CPU: the flash kernel, after
+    sdpa turns the mask into a float one (convert_boolean_attn_mask: logical_not, where), which the kernel
+    saves."""
+    f, sim = m.f, m.sim
+    v, k = f.cast(v), f.cast(k)  # under amp the autocast wrapper casts first (right to left) ...
+    q = f.cast(q)
+    sim.op = "logical_not"  # ... then sdpa converts the mask to the query's dtype
+    inv = sim.new(mask.shape, "bool")
+    sim.op = "where"
+    fmask = sim.new(mask.shape, q.dtype)
+    del inv
+    return f.sdpa_flash_cpu(q, k, v, out_shape, lse_shape, fmask)
 
 
 def eager_softmax_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout: float,
@@ -161,7 +195,8 @@ def gpu_attention(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d:
     if kernel not in GPU_KERNELS:
         raise ValueError(f"unknown GPU attention kernel {kernel!r}")
     f, sim = m.f, m.sim
-    q, k, v = f.cast(q), f.cast(k), f.cast(v)
+    v, k = f.cast(v), f.cast(k)  # autocast casts right to left (ops.Ops.cast)
+    q = f.cast(q)
     sim.op = f"{kernel}_attention"
     out = sim.new(("B", H, q_len, d), q.dtype)
     lse = sim.new(("B", H, q_len), "fp32")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (embedding_output, head_loss, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
-from peftcalc.stepsim.families.layers import gpu_attention
+from peftcalc.stepsim.families.layers import gpu_attention, sdpa_flash_masked
 from peftcalc.stepsim.model import Model
 
 ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "mixtral": "silu", "phi3": "silu",
@@ -24,9 +24,10 @@ def rms_norm(m: Model, x: Tensor, weight: str) -> Tensor:
     f, h = m.f, m.arch.hidden_size
     dtype = x.dtype
     x32 = f.to(x, "fp32")
-    var = f.mean_last(f.pow2(x32))
-    r = f.unary_saves_output(f.add(var), "RsqrtBackward0", "rsqrt")
-    del var
+    var = f.mean_last(f.pow(x32))
+    r = f.rsqrt(f.add(var))
+    if m.arch.family in ("gemma", "gemma2"):
+        del var  # GemmaRMSNorm._norm computes it inside one expression; Llama's is a local until the return
     y = f.mul(x32, r)
     del x32, r
     w = m.weight(weight, (h,))
@@ -129,12 +130,7 @@ def attend(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, c
         # boolean mask into a float one (convert_boolean_attn_mask: logical_not, where), which the kernel saves
         if H != KV:  # expand + reshape: a view when there is one key/value head, else a copy
             k, v = repeat_kv(m, k, KV, H, keys, d), repeat_kv(m, v, KV, H, keys, d)
-        sim.op = "logical_not"
-        inv = sim.new(mask.shape, "bool")
-        sim.op = "where"
-        fmask = sim.new(mask.shape, q.dtype)
-        del inv
-        return f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T"), fmask)
+        return sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask)
     return eager(m, q, k, v, H, KV, d, keys, dropout, mask)
 
 

@@ -10,7 +10,7 @@ from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import (causal_lm_loss, embedding_output, prefix_cache, prefix_update,
                                               prompt_inputs, run_stack)
 from peftcalc.stepsim.families.layers import (activation, cfg, eager_softmax_attention, gpu_sdpa, layer_norm,
-                                              sdpa_math)
+                                              sdpa_flash_masked, sdpa_math)
 from peftcalc.stepsim.families.llama import causal_mask
 from peftcalc.stepsim.model import Model
 
@@ -31,6 +31,8 @@ def attention(m: Model, x: Tensor, p: str, mask: Tensor | None) -> Tensor:
         o = f.view(gpu, ("B", "T", H, d))
     elif m.cfg.attention == "sdpa" and attn_p == 0 and mask is None:
         o = f.view(f.sdpa_flash_cpu(q, k, v, ("B", H, "T", d), ("B", H, "T")), ("B", "T", H, d))
+    elif m.cfg.attention == "sdpa" and attn_p == 0:  # prefix tuning: a boolean (B, 1, T, K) mask, same kernel
+        o = f.view(sdpa_flash_masked(m, q, k, v, ("B", H, "T", d), ("B", H, "T"), mask), ("B", "T", H, d))
     elif m.cfg.attention == "sdpa":
         o = sdpa_math(m, q, k, v, H, d, attn_p, causal=mask is None, k_len=keys, mask=mask,
                       kv_strided=not m.ad.prefix_tokens)

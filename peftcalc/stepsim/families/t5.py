@@ -22,11 +22,10 @@ def t5_norm(m: Model, x: Tensor, name: str) -> Tensor:
     the promoted dtype: fp32), .to(weight dtype) for bf16/fp16 weights, weight * x."""
     f, h = m.f, m.arch.hidden_size
     x32 = f.to(x, "fp32")
-    var = f.mean_last(f.pow2(x32))
+    var = f.mean_last(f.pow(x32))
     del x32
-    r = f.unary_saves_output(f.add(var), "RsqrtBackward0", "rsqrt")
-    del var
-    y = f.mul(x, r)
+    r = f.rsqrt(f.add(var))
+    y = f.mul(x, r)  # `variance` is a local of T5LayerNorm.forward: it lives until the return
     del r
     if m.dtype != "fp32":
         y = f.to(y, m.dtype)

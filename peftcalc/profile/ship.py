@@ -1,0 +1,76 @@
+"""Regenerate the profiles shipped with the package: every catalogue model the hand-written replay does not cover,
+every method of the default table, the default setup (what `peftcalc estimate --model NAME` shows), so that
+estimate answers for a catalogue model with click alone installed. Other setups are traced on first use.
+
+    python -m peftcalc.profile.ship                 # every such catalogue model (tens of minutes on 2 cores)
+    python -m peftcalc.profile.ship qwen3-8b gpt-oss-20b
+
+One file per model config (`shipped/<config sha>.json`, written atomically), holding for each method the profiles
+of the default setup's regime, and the torch/transformers/peft versions that traced them
+(tests/profile/test_shipped.py checks that they are the installed ones and that a re-trace agrees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from peftcalc.atomic import write_text_atomic
+from peftcalc.errors import PeftcalcError
+from peftcalc.methods import DEFAULT_TABLE, MethodOptions, make_method
+from peftcalc.model.spec import ModelSpec
+from peftcalc.profile import library_versions, shipped_path
+from peftcalc.profile.key import key_parts
+from peftcalc.profile.store import PROFILE_FORMAT, profile_key
+from peftcalc.setup import Setup
+from peftcalc.stepsim.result import replayable
+
+SHIPPED_SETUP = Setup()  # the default estimate's
+
+
+def shipped_models() -> list[str]:
+    """Catalogue models whose activations come from a traced profile (no hand-written replay)."""
+    from peftcalc.model.catalogue import get_model, model_names
+
+    return [n for n in model_names() if not replayable(make_method("full").adapt(get_model(n)))]
+
+
+def ship_model(spec: ModelSpec, log: Any = print) -> dict[str, Any]:
+    """Trace the default table's profiles of one model and write its shipped file; returns the file's content."""
+    from peftcalc.measure.profile import trace_profile
+
+    entries: dict[str, Any] = {}
+    for name in DEFAULT_TABLE:
+        method = make_method(name, MethodOptions())
+        try:
+            method.adapt(spec)
+        except PeftcalcError as e:  # a method the model does not take (no default targets ...): not shipped
+            log(f"  {name}: not shipped ({e})")
+            continue
+        t = time.perf_counter()
+        profile = trace_profile(spec, method, SHIPPED_SETUP)
+        parts = key_parts(spec, method, SHIPPED_SETUP)
+        entries[profile_key(parts)] = {"parts": parts, "profiles": [profile.to_dict()]}
+        log(f"  {name}: {time.perf_counter() - t:.1f} s")
+    data = {"format": PROFILE_FORMAT, "model": spec.name, "versions": library_versions(), "entries": entries}
+    write_text_atomic(shipped_path(spec), json.dumps(data, sort_keys=True, indent=1) + "\n")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    from peftcalc.model.catalogue import get_model
+
+    ap = argparse.ArgumentParser(prog="python -m peftcalc.profile.ship", description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="*", help="catalogue names (default: every model without a hand-written replay)")
+    args = ap.parse_args(argv)
+    for name in args.models or shipped_models():
+        print(name, flush=True)
+        ship_model(get_model(name), lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
