@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from peftcalc.measure.adapted import build_adapted
 from peftcalc.measure.meter import unique_storage_bytes
+from peftcalc.measure.quantize import bitsandbytes_release, fake_code_tables
 from peftcalc.measure.step import _param_and_buffer_tensors, _warm_up, make_inputs, prepare_training, stray_tensors
 from peftcalc.measure.timeline import LayerTags, TimelineMeter, find_layer_stack, layer_gradient_bytes
 from peftcalc.measure.trace import fakeify
@@ -41,12 +42,17 @@ class Tracer(contextlib.AbstractContextManager):
         try:
             self._stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
-            model, _, notes = build_adapted(self.spec, self.method, self.setup, device="meta")
-            self._stack.enter_context(FakeTensorMode(allow_non_fake_inputs=False))
+            model, adaptation, notes = build_adapted(self.spec, self.method, self.setup, device="meta")
+            mode = FakeTensorMode(allow_non_fake_inputs=False)
+            if adaptation.quantization is not None:  # bitsandbytes' code tables: built before the mode (trace.py)
+                self._stack.enter_context(fake_code_tables(mode))
+            self._stack.enter_context(bitsandbytes_release(self.setup.bitsandbytes_version))
+            self._stack.enter_context(mode)
             fakeify(model, "cpu")
             self.prep = prepare_training(model, self.spec, self.setup, "cpu", notes)
             self.layers = find_layer_stack(self.prep.model, self.spec.arch.num_layers)
-            _warm_up(self.prep, "optimizer")
+            # bitsandbytes' first forward changes what is stored (trace.py): a quantized base warms up with a step
+            _warm_up(self.prep, "step" if adaptation.quantized_base else "optimizer")
         except BaseException:
             self._stack.close()
             raise
