@@ -13,7 +13,7 @@ from peftcalc.model.spec import ModelSpec
 from peftcalc.setup import Setup
 
 STEP_FLAGS = ("precision", "attention", "gradient_checkpointing", "reentrant_checkpointing", "loss", "packing",
-              "padded", "kbit_preparation", "bitsandbytes_version")
+              "padded", "adapter_dtype", "kbit_preparation", "kbit_gradient_checkpointing", "bitsandbytes_version")
 
 
 def model_config(spec: ModelSpec) -> Mapping[str, Any]:
