@@ -30,7 +30,7 @@ from peftcalc.methods.base import Adaptation
 from peftcalc.setup import Setup, version_tuple
 from peftcalc.stepsim.model import StepConfig
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.replay import SimResult, simulate
+from peftcalc.stepsim.replay import SimResult, Where, simulate
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class Activations:
     forward_peak_bytes: int  # the most live during forward
     backward_peak_bytes: int  # the most live during backward (gradients included)
     gradient_bytes: int  # parameter gradients when backward ends (equals memory.py's, a consistency check)
+    # every candidate moment with where it happens (stepsim.replay.Where), for what lives beside the activations
+    # only at some moments (FSDP's gathered blocks); () where the activations come from elsewhere
+    moments: tuple[tuple[Where, int], ...] = ()
+    stack_counts: tuple[int, ...] = ()  # blocks per stack, in forward order (with `moments`)
 
     @property
     def total(self) -> int:
@@ -97,4 +101,16 @@ def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = 
         forward_peak_bytes=max(evaluate(p, v) for p in r.forward_peaks),
         backward_peak_bytes=max(evaluate(p, v) for p in r.backward_peaks),
         gradient_bytes=evaluate(r.gradients, v),
+        moments=_largest_by_where(r, v),
+        stack_counts=r.stack_counts,
     )
+
+
+def _largest_by_where(r: SimResult, v: dict[str, int]) -> tuple[tuple[Where, int], ...]:
+    """The largest candidate of each Where at these sizes."""
+    best: dict[Where, int] = {}
+    for m in r.moments:
+        b = evaluate(m.live, v)
+        if b > best.get(m.where, -1):
+            best[m.where] = b
+    return tuple(best.items())

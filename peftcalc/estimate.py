@@ -34,6 +34,7 @@ from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_a
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 from peftcalc.collectives import fsdp_units
+from peftcalc.sharding import Sharded, fsdp2_peaks, sharded_units
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -178,10 +179,10 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         adaptation = whole
         acts = activation_bytes(adaptation, setup, device=device)
     states = model_states(adaptation, precision, setup.optimizer, setup.optimizer_state_dtype)
-    placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
+    placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload, setup.offload_params)
     later = (activation_bytes(adaptation, setup, accumulating=True, device=device)
              if setup.gradient_accumulation > 1 else None)
-    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
+    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later, device)
     if in_flight:
         memory = replace(memory, in_flight_activation_bytes=in_flight)
     full = adapt(spec, Full())
@@ -191,9 +192,10 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,
             overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec(),
-            later: Activations | None = None) -> MemoryBreakdown:
+            later: Activations | None = None, device: str = "cuda") -> MemoryBreakdown:
     """The phases of one step on one GPU from model states, their placement and the replayed activations.
-    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`)."""
+    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`); `device`: as
+    estimate_method's ("cpu": the measured runs' gloo collectives)."""
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
     parallel = setup.num_gpus > 1
     # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
@@ -203,16 +205,15 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         + input_bytes(setup) + comm
     # Backward's gradients: the replay materialises every gradient in full; under ZeRO-2/3 each rank keeps its
     # shard once reduced.
-    grad_shortfall = states.gradient_bytes - placed.gradient_bytes
-    gathered, block_shortfall = fsdp_gathered_bytes(adaptation, setup)
-    forward = start + acts.forward_peak_bytes + gathered
-    # ZeRO-2 keeps each reduced shard; under ZeRO-3/FSDP2 each block's gradients are reduce-scattered right after its
-    # backward while the root's stay whole until the end (reduced last)
-    shortfall = grad_shortfall if setup.zero_stage == 2 else block_shortfall
-    backward = start + acts.backward_peak_bytes - shortfall + gathered
     kept = placed.gradient_bytes if later is not None else 0
-    if later is not None:
-        forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
+    sharded = _sharded(adaptation, acts, setup, device)
+    if sharded is not None:  # ZeRO-3 / FSDP2: what each moment of the replay holds beside it (peftcalc/sharding.py)
+        forward, backward = (p + kept for p in fsdp2_peaks(acts, sharded, start, placed.gradient_bytes))
+    else:
+        forward, backward = _unsharded_peaks(adaptation, states, placed, acts, setup, start)
+        if later is not None:
+            gathered = fsdp_gathered_bytes(adaptation, setup)[0]
+            forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
     temps = optimizer_temporary_bytes(states, setup, ranks)
     if setup.offload:
         opt_grads = placed.gradient_bytes
@@ -242,6 +243,26 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     )
 
 
+def _sharded(adaptation: Adaptation, acts: Activations, setup: Setup, device: str) -> Sharded | None:
+    """The FSDP units of a fully sharded run whose replay tagged its moments; None otherwise."""
+    if setup.num_gpus == 1 or setup.zero_stage < 3 or not acts.moments:
+        return None
+    return sharded_units(adaptation, setup, acts.stack_counts, device)
+
+
+def _unsharded_peaks(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations,
+                     setup: Setup, start: int) -> tuple[int, int]:
+    """Forward and backward peaks from the replay's overall peaks: one GPU, DDP, ZeRO-1/2, and ZeRO-3 where the
+    activations carry no tagged moments (a traced profile): then the gathered weights of `fsdp_gathered_bytes`
+    at both peaks, an approximation."""
+    gathered, block_shortfall = fsdp_gathered_bytes(adaptation, setup)
+    # ZeRO-2 keeps each reduced shard; under ZeRO-3/FSDP2 each block's gradients are reduce-scattered right after its
+    # backward while the root's stay whole until the end (reduced last)
+    shortfall = states.gradient_bytes - placed.gradient_bytes if setup.zero_stage == 2 else block_shortfall
+    return (start + acts.forward_peak_bytes + gathered,
+            start + acts.backward_peak_bytes - shortfall + gathered)
+
+
 def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]:
     """ZeRO-3 / FSDP2 (`fully_shard(reshard_after_forward=True)` per block, then the root): the unsharded weights a
     rank holds beside its shards at the forward and backward peaks (both in the loss and its backward): the root's
@@ -256,8 +277,8 @@ def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]
         return 0, 0
     units = fsdp_units(adaptation, setup.recipe, 1)
     block_grads = sum(u.gradient_bytes * u.count for u in units[1:])
-    return (units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0),
-            block_grads - -(-block_grads // setup.num_gpus))
+    kept = 0 if setup.offload_params and setup.offload else -(-block_grads // setup.num_gpus)  # shards offloaded
+    return units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0), block_grads - kept
 
 
 def _overhead(adaptation: Adaptation, setup: Setup, peak: int, start: int, overhead_bytes: int | None,
