@@ -29,12 +29,12 @@ from peftcalc.methods.full import Full
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
-from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
-                               stage_spec)
+from peftcalc.parallel import (Placement, check_model_parallel, fp32_shard_states, model_parallel_activations, place,
+                               stage_layers, stage_spec)
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 from peftcalc.collectives import fsdp_units
-from peftcalc.sharding import Sharded, fsdp2_peaks, sharded_units
+from peftcalc.sharding import Sharded, deepspeed, phase_peaks, units_for
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -59,7 +59,10 @@ class MemoryBreakdown:
     cpu_bytes: int = 0  # offloaded states, in host memory
     buffer_bytes: int = 0  # non-parameter tensors of the model
     input_bytes: int = 0  # the batch: token ids and labels
-    communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
+    communication_bytes: int = 0  # gradient buckets kept between steps: DDP's (a flat copy of every gradient),
+    # DeepSpeed ZeRO-3's ipg bucket
+    resident_gradient_bytes: int = 0  # gradients allocated for the whole run (DeepSpeed ZeRO-3's fp32 partitions:
+    # the same bytes as gradient_bytes, live from the step's start)
     in_flight_activation_bytes: int = 0  # pipeline parallel: saved activations of the other micro-batches in flight
     accumulated_gradient_bytes: int = 0  # gradients held between micro-batches of gradient accumulation
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
@@ -75,7 +78,7 @@ class MemoryBreakdown:
     def start_bytes(self) -> int:
         """Live at the start of a step: weights, buffers, master weights, optimizer states and the batch."""
         return self.weight_bytes + self.buffer_bytes + self.master_weight_bytes + self.optimizer_state_bytes \
-            + self.input_bytes + self.communication_bytes
+            + self.input_bytes + self.communication_bytes + self.resident_gradient_bytes
 
     @property
     def after_forward_bytes(self) -> int:
@@ -179,7 +182,11 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         adaptation = whole
         acts = activation_bytes(adaptation, setup, device=device)
     states = model_states(adaptation, precision, setup.optimizer, setup.optimizer_state_dtype)
+    if setup.fp32_shards:
+        states = fp32_shard_states(adaptation, states, setup)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload, setup.offload_params)
+    if _deepspeed3(setup):
+        placed = deepspeed.placement(adaptation, setup, placed)
     later = (activation_bytes(adaptation, setup, accumulating=True, device=device)
              if setup.gradient_accumulation > 1 else None)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later, device)
@@ -201,21 +208,27 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
     # every gradient from the first backward on (measured: exactly +gradients at every phase, bench/results).
     comm = placed.gradient_bytes if parallel and setup.zero_stage == 0 else 0
+    # DeepSpeed ZeRO-3 allocates its ipg bucket and its fp32 gradient partitions once for the run
+    resident = placed.gradient_bytes if _deepspeed3(setup) else 0
+    comm += deepspeed.bucket_bytes(adaptation, setup) if _deepspeed3(setup) else 0
     start = placed.weight_bytes + states.buffer_bytes + placed.master_weight_bytes + placed.optimizer_state_bytes \
-        + input_bytes(setup) + comm
+        + input_bytes(setup) + comm + resident
     # Backward's gradients: the replay materialises every gradient in full; under ZeRO-2/3 each rank keeps its
     # shard once reduced.
     kept = placed.gradient_bytes if later is not None else 0
     sharded = _sharded(adaptation, acts, setup, device)
-    if sharded is not None:  # ZeRO-3 / FSDP2: what each moment of the replay holds beside it (peftcalc/sharding.py)
-        forward, backward = (p + kept for p in fsdp2_peaks(acts, sharded, start, placed.gradient_bytes))
+    if sharded is not None:  # ZeRO-3: what each moment of the replay holds beside it (peftcalc/sharding/)
+        kept = 0 if resident else kept  # DeepSpeed accumulates into its resident partitions
+        forward, backward = (p + kept for p in phase_peaks(acts, sharded, start, placed.gradient_bytes - resident))
     else:
         forward, backward = _unsharded_peaks(adaptation, states, placed, acts, setup, start)
         if later is not None:
             gathered = fsdp_gathered_bytes(adaptation, setup)[0]
             forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
     temps = optimizer_temporary_bytes(states, setup, ranks)
-    if setup.offload:
+    if resident or setup.offload_params:  # stepped from the resident partitions / on the CPU
+        opt_grads = cast = 0
+    elif setup.offload:
         opt_grads = placed.gradient_bytes
         cast = 0
     else:
@@ -235,6 +248,7 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         buffer_bytes=states.buffer_bytes,
         input_bytes=input_bytes(setup),
         communication_bytes=comm,
+        resident_gradient_bytes=resident,
         accumulated_gradient_bytes=kept,
         forward_peak_bytes=forward,
         backward_peak_bytes=backward,
@@ -243,11 +257,15 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
     )
 
 
+def _deepspeed3(setup: Setup) -> bool:
+    return setup.num_gpus > 1 and setup.zero_stage == 3 and setup.sharding_impl == "deepspeed"
+
+
 def _sharded(adaptation: Adaptation, acts: Activations, setup: Setup, device: str) -> Sharded | None:
     """The FSDP units of a fully sharded run whose replay tagged its moments; None otherwise."""
     if setup.num_gpus == 1 or setup.zero_stage < 3 or not acts.moments:
         return None
-    return sharded_units(adaptation, setup, acts.stack_counts, device)
+    return units_for(adaptation, setup, acts.stack_counts, device)
 
 
 def _unsharded_peaks(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations,
