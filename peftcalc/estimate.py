@@ -34,7 +34,7 @@ from peftcalc.parallel import (Placement, check_model_parallel, fp32_shard_state
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 from peftcalc.collectives import fsdp_units
-from peftcalc.sharding import Sharded, deepspeed, phase_peaks, units_for
+from peftcalc.sharding import Sharded, deepspeed, fsdp1, phase_peaks, units_for
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -187,6 +187,8 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload, setup.offload_params)
     if _deepspeed3(setup):
         placed = deepspeed.placement(adaptation, setup, placed)
+    elif setup.num_gpus > 1 and setup.zero_stage == 3 and setup.sharding_impl == "fsdp1":
+        placed = fsdp1.placement(adaptation, setup, states, placed)
     later = (activation_bytes(adaptation, setup, accumulating=True, device=device)
              if setup.gradient_accumulation > 1 else None)
     memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later, device)

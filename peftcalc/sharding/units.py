@@ -20,6 +20,7 @@ class StackUnits:
     weight_bytes: int  # the largest block's gathered weights
     gradient_bytes: int  # the largest block's unsharded gradients
     total_gradient_bytes: int  # every block's gradients
+    frozen_bytes: int = 0  # the largest block's frozen weights
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Sharded:
     retained_bytes: int = 0  # DeepSpeed ZeRO-3: kept gathered from forward into backward (deepspeed.retained_bytes)
     # (both set by peftcalc.sharding.units_for)
     widen: int = 1  # reduced shards are cast to a dtype this many times wider (fp32 shards of 16-bit gradients)
+    # FSDP1 with peft's wrap policy: every trainable leaf inside the blocks (lora_A, lora_B) is its own unit, so the
+    # block units hold the frozen weights only (StackUnits.frozen_bytes)
+    leaf_units: bool = False
 
     def shard(self, nbytes: int) -> int:
         """What of `nbytes` of reduced gradients stays on the GPU: each rank's shard (in the shards' dtype), or
@@ -72,11 +76,15 @@ def sharded_units(adaptation: Adaptation, setup: Setup, stack_counts: tuple[int,
         if sum(u.count for u in mine) != count:
             return None
         stacks.append(StackUnits(count, max(u.weight_bytes for u in mine), max(u.gradient_bytes for u in mine),
-                                 sum(u.gradient_bytes * u.count for u in mine)))
+                                 sum(u.gradient_bytes * u.count for u in mine),
+                                 max(u.weight_bytes - u.gradient_bytes for u in mine)))
     embeddings = {p.name for p in adaptation.spec.others if p.kind == "embedding"}
     embedding_grads = sum(tensor_bytes(g, precision) * g.count for g in adaptation.tensors
                           if g.trainable and g.name in embeddings)
     widen = 4 // dtype_bytes(precision.param_dtype) if setup.fp32_shards else 1
+    # peft's fsdp_auto_wrap_policy (what HF Trainer installs for LoRA) and Answer.AI's lambda policy wrap a leaf whose
+    # weight trains: adapters' leaves, never a block's own Linear under full fine-tuning
+    leaves = setup.sharding_impl == "fsdp1" and any(g.trainable and g.added for g in adaptation.tensors)
     return Sharded(setup.sharding_impl, units[0], tuple(stacks), setup.num_gpus, setup.offload_params and setup.offload,
                    embedding_grads, device == "cpu", setup.fsdp_backward_prefetch, setup.fsdp_forward_prefetch,
-                   widen=widen)
+                   widen=widen, leaf_units=leaves)
