@@ -74,15 +74,17 @@ def place(states: ModelStates, num_gpus: int, zero_stage: int, offload: bool, of
     return Placement(w, g, m, s, cpu)
 
 
-def fp32_shard_states(adaptation: "Adaptation", states: ModelStates, setup: "Setup") -> ModelStates:
+def fp32_shard_states(adaptation: "Adaptation", states: ModelStates, setup: "Setup", kbit: bool = False
+                      ) -> ModelStates:
     """Setup.fp32_shards: accelerate's FSDP under mixed precision upcasts every trainable flat parameter to fp32
     (accelerate/accelerator.py prepare_model: `param.data = param.data.to(torch.float32)` for each FSDP module whose
     flat parameter requires grad and is not fp32; accelerate >= 0.30, PR #2674; fsdp_utils.fsdp2_prepare_model
     likewise for FSDP2): trainable tensors are stored in fp32, so are their gradient shards and optimizer states,
     with no separate master copy; frozen tensors keep the recipe's dtype."""
-    fp32 = model_states(adaptation, get_precision("fp32"), setup.optimizer, setup.optimizer_state_dtype)
-    frozen = sum(tensor_bytes(g, setup.recipe) * g.count for g in adaptation.tensors if not g.trainable)
-    frozen32 = sum(tensor_bytes(g, get_precision("fp32")) * g.count for g in adaptation.tensors if not g.trainable)
+    fp32 = model_states(adaptation, get_precision("fp32"), setup.optimizer, kbit, setup.optimizer_state_dtype)
+    frozen = sum(tensor_bytes(g, setup.recipe, adaptation) * g.count for g in adaptation.tensors if not g.trainable)
+    frozen32 = sum(tensor_bytes(g, get_precision("fp32"), adaptation) * g.count for g in adaptation.tensors
+                   if not g.trainable)
     return replace(fp32, weight_bytes=fp32.weight_bytes - frozen32 + frozen, buffer_bytes=states.buffer_bytes)
 
 

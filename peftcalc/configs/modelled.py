@@ -1,8 +1,9 @@
 """Setup values a config can ask for that the estimate does not model yet, and what it computes instead.
 
-Their behaviour is other work in progress (kbit preparation and the quantization options: the QLoRA issue). Until it lands, a value read from a file is reported as "not modelled" and the
-estimate is computed with the fallback, so the setup printed is the one computed. A test checks each entry
-still changes nothing; when a behaviour lands that test fails and the entry goes.
+A value listed here, read from a file, is reported as "not modelled" and the estimate is computed with the fallback,
+so the setup printed is the one computed. A test checks each entry still changes nothing; when a behaviour lands
+that test fails and the entry goes. None is left: kbit preparation and the quantization options (the QLoRA work)
+and parameter offload (peftcalc/parallel.py, peftcalc/sharding/) are modelled.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ class Fallback:
 
 
 FALLBACKS: tuple[Fallback, ...] = (
-    Fallback("kbit_preparation", None, None, "its fp32 upcast of the weights left unquantized is left out"),
-    Fallback("quant_type", ("fp4",), None, "counted as nf4"),
-    Fallback("double_quant", (False,), None, "counted with double quantization"),
-    Fallback("quant_storage", ("bf16", "fp16", "fp32"), None, "counted in uint8 storage (the same bytes for the codes)"),
 )
 
 

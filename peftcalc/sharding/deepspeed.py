@@ -57,7 +57,8 @@ def fetched_bytes(adaptation: Adaptation, setup: Setup) -> int:
     """The running module (the largest partitioned tensor) and the prefetch bucket, in the stored dtype."""
     precision = setup.recipe
     _, prefetch_elements, persistence = buckets(adaptation, setup)
-    largest = max((tensor_bytes(g, precision) for g in adaptation.tensors if g.numel > persistence), default=0)
+    largest = max((tensor_bytes(g, precision, adaptation) for g in adaptation.tensors if g.numel > persistence),
+                  default=0)
     prefetch = min(prefetch_elements, setup.ds_max_live_parameters) * _element_bytes(setup)
     return largest + prefetch
 
@@ -82,7 +83,8 @@ def placement(adaptation: Adaptation, setup: Setup, placed: Placement) -> Placem
     gradient partitions in fp32 (`grad_partitions_flat_buffer`; in CPU memory with offload_optimizer)."""
     precision = setup.recipe
     persistence = buckets(adaptation, setup)[2]
-    persistent = sum(tensor_bytes(g, precision) * g.count for g in adaptation.tensors if g.numel <= persistence)
+    persistent = sum(tensor_bytes(g, precision, adaptation) * g.count for g in adaptation.tensors
+                     if g.numel <= persistence)
     whole = persistent - -(-persistent // setup.num_gpus)
     grads = -(-sum(g.total for g in adaptation.tensors if g.trainable) * 4 // setup.num_gpus)
     on_cpu = placed.gradient_bytes == 0 and setup.offload
@@ -92,7 +94,8 @@ def placement(adaptation: Adaptation, setup: Setup, placed: Placement) -> Placem
 
 def _recipe_gradient_shard(adaptation: Adaptation, setup: Setup) -> int:
     precision = setup.recipe
-    return -(-sum(tensor_bytes(g, precision) * g.count for g in adaptation.tensors if g.trainable) // setup.num_gpus)
+    trainable = sum(tensor_bytes(g, precision, adaptation) * g.count for g in adaptation.tensors if g.trainable)
+    return -(-trainable // setup.num_gpus)
 
 
 def gathered_at(where: Where, s: "Sharded") -> int:

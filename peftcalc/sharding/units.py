@@ -79,7 +79,7 @@ def sharded_units(adaptation: Adaptation, setup: Setup, stack_counts: tuple[int,
                                  sum(u.gradient_bytes * u.count for u in mine),
                                  max(u.weight_bytes - u.gradient_bytes for u in mine)))
     embeddings = {p.name for p in adaptation.spec.others if p.kind == "embedding"}
-    embedding_grads = sum(tensor_bytes(g, precision) * g.count for g in adaptation.tensors
+    embedding_grads = sum(tensor_bytes(g, precision, adaptation) * g.count for g in adaptation.tensors
                           if g.trainable and g.name in embeddings)
     widen = 4 // dtype_bytes(precision.param_dtype) if setup.fp32_shards else 1
     # peft's fsdp_auto_wrap_policy (what HF Trainer installs for LoRA) and Answer.AI's lambda policy wrap a leaf whose
