@@ -67,7 +67,7 @@ def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
             f", {s.gradient_accumulation} micro-batches per optimizer step (their gradients kept between them)"
             if s.gradient_accumulation > 1 else ""),
         **recipe_lines(s),
-        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else "")
+        "parallelism": parallelism(s)
         + (f"; x {s.tensor_parallel} tensor x {s.pipeline_parallel} pipeline parallel = {s.gpus} GPUs: one GPU holds one "
            "stage's tensor shard (Megatron layout: heads, MLP width and vocabulary / tp, ceil(layers / pp) blocks, "
            "every stage given the embedding and the head, an upper bound), 1F1B keeps pp micro-batches in flight on "
@@ -174,6 +174,23 @@ def _method_dict(r: MethodEstimate, band: Uncertainty | None, per_node: int = 1)
         "full_copies_bytes": r.checkpoint.full_copies_bytes,
         "notes": list(r.notes),
     }
+
+
+SHARDING_WORDS = {"fsdp2": "FSDP2 (fully_shard)", "fsdp1": "FSDP1 (flat parameters)", "deepspeed": "DeepSpeed ZeRO"}
+
+
+def parallelism(s: Any) -> str:
+    """How the run is spread, in words (the assumptions line)."""
+    out = f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}"
+    if s.zero_stage and s.num_gpus > 1:
+        out += f" by {SHARDING_WORDS[s.sharding_impl]}"
+    if s.offload_params:
+        out += ", weight shards" + (", gradient shards and optimizer" if s.offload else "") + " in CPU memory"
+    elif s.offload:
+        out += ", optimizer offloaded to CPU"
+    if s.fp32_shards:
+        out += ", trainable shards in fp32 (accelerate's upcast)"
+    return out + (f"; host memory per node for {node_gpus(s)} GPUs" if s.offload or s.offload_params else "")
 
 
 ASSUMED_GPUS_PER_NODE = 8  # the estimate names no server: an 8-GPU node (`peftcalc plan --node` prices a real one)

@@ -27,7 +27,9 @@ _flat_param.py (the same in torch 2.2-2.13, what accelerate's FSDP plugin, HF Tr
   one: nothing is held from one unit to the next. The root's flat gradient forms when the embeddings' gradient
   arrives, at the end.
 - parameter offload (`CPUOffload(offload_params=True)`): the flat shards and `_cpu_grad` live in CPU memory; the
-  GPU holds the same gathered units and unreduced gradients (peftcalc/parallel.py).
+  GPU holds the same gathered units and unreduced gradients (peftcalc/parallel.py), and `FlatParamHandle.pre_unshard`
+  copies each unit's shard to the GPU (`flat_param_to(self.device)`), kept as `flat_param.data` until the unit is
+  resharded (`_use_sharded_flat_param`): 1/ranks more for every unsharded unit, the root's all step.
 Checked on 2- and 4-rank gloo runs (bench/results/cpu-fsdp1.jsonl, `device_id=cpu`). Not modelled: `_mp_shard` (each unit's shard cast to param_dtype for a moment before its all-gather),
 `limit_all_gathers=False` (the CPU may then run ahead of the GPU and hold more units; accelerate, HF Trainer and
 Answer.AI keep the default True: at most two all-gathers in flight), and use_orig_params=True with trainable and
@@ -51,6 +53,13 @@ if TYPE_CHECKING:
 
 
 def gathered_at(where: Where, s: "Sharded") -> int:
+    gathered = _gathered(where, s)
+    if s.gradients_offloaded:  # each unsharded unit also holds its shard's GPU copy (`flat_param_to` in pre_unshard)
+        gathered += -(-gathered // s.ranks)
+    return gathered
+
+
+def _gathered(where: Where, s: "Sharded") -> int:
     root, stacks = s.root.weight_bytes, s.stacks
     if where.phase == "forward":
         if where.block is None:
