@@ -32,7 +32,7 @@ from peftcalc.quant import kbit_prepared, keeps_4bit_input, python_dequant_forwa
 from peftcalc.setup import Setup, version_tuple
 from peftcalc.stepsim import cache as replay_cache
 from peftcalc.stepsim.poly import evaluate
-from peftcalc.stepsim.result import OUTPUT_CHUNKS, SimResult, StepConfig, replayable
+from peftcalc.stepsim.result import OUTPUT_CHUNKS, SimResult, StepConfig, Where, replayable
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class Activations:
     backward_peak_bytes: int  # the most live during backward (gradients included)
     gradient_bytes: int  # parameter gradients when backward ends (equals memory.py's, a consistency check)
     source: str = ""  # how they were obtained: the replay, or a traced profile (and which)
+    # every candidate moment with where it happens (stepsim.replay.Where), for what lives beside the activations
+    # only at some moments (FSDP's gathered blocks); () where the activations come from elsewhere
+    moments: tuple[tuple[Where, int], ...] = ()
+    stack_counts: tuple[int, ...] = ()  # blocks per stack, in forward order (with `moments`)
 
     @property
     def total(self) -> int:
@@ -118,11 +122,14 @@ def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = 
     The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
     gradients left out (`gradient_bytes` is 0)."""
     v = sizes(adaptation, setup)
+    moments: tuple[tuple[Where, int], ...] = ()
+    stack_counts: tuple[int, ...] = ()
     if replayable(adaptation):
         r = replayed(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device, adaptation))
         polys = (r.after_forward, r.forward_peaks, r.backward_peaks, r.gradients)
         source = REPLAY_SOURCE
-    else:
+        moments, stack_counts = _largest_by_where(r, v), r.stack_counts
+    else:  # (no tagged moments: sharded runs take estimate.fsdp_gathered_bytes)
         from peftcalc.profile import profile_for
 
         prof = profile_for(adaptation, setup, method, accumulating)
@@ -135,4 +142,16 @@ def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = 
         backward_peak_bytes=int(max(evaluate(p, v) for p in backward)),
         gradient_bytes=int(evaluate(grads, v)),
         source=source,
+        moments=moments,
+        stack_counts=stack_counts,
     )
+
+
+def _largest_by_where(r: SimResult, v: dict[str, int]) -> tuple[tuple[Where, int], ...]:
+    """The largest candidate of each Where at these sizes."""
+    best: dict[Where, int] = {}
+    for m in r.moments:
+        b = evaluate(m.live, v)
+        if b > best.get(m.where, -1):
+            best[m.where] = b
+    return tuple(best.items())

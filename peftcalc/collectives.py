@@ -17,6 +17,9 @@ Per strategy (what the measured torchrun runs check, to the byte, for DDP and FS
 - ZeRO-1/2 (DeepSpeed): a reduce-scatter of the trainable gradients at the accumulation boundary, then an
   all-gather of the updated weights (their stored dtype) after the optimizer step (ZeRO paper section 7: the
   same 2x volume as DDP's all-reduce).
+- FSDP1 (`FullyShardedDataParallel`, peftcalc/sharding/fsdp1.py): the same, except that the root, never freed, is
+  gathered once per micro-batch; its flat parameters are padded per unit, not per tensor (the per-tensor padding
+  is counted, a few bytes apart). DeepSpeed ZeRO-3 pads each partitioned parameter: counted the same way.
 - ZeRO-3 / FSDP2 (`fully_shard(reshard_after_forward=True)` per block, then on the root, as accelerate's
   default and peftcalc's torchrun runs wrap it): every micro-batch all-gathers each unit's weights (every block,
   and the root's embeddings, final norm and head) in forward and again in backward, and reduce-scatters each
@@ -208,7 +211,8 @@ def data_parallel(adaptation: Adaptation, setup: Setup) -> list[Collective]:
             continue
         calls = m * u.count
         out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.FORWARD, weights, calls, f"{u.name} weights"))
-        out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.BACKWARD, weights, calls, f"{u.name} weights again"))
+        if not (u.name == "root" and setup.sharding_impl == "fsdp1"):  # FSDP1 never frees the root (sharding/fsdp1)
+            out.append(Collective(Kind.ALL_GATHER, dp, n, Phase.BACKWARD, weights, calls, f"{u.name} weights again"))
         if grads_u:
             out.append(Collective(Kind.REDUCE_SCATTER, dp, n, Phase.BACKWARD, grads_u, m * u.count,
                                   f"{u.name} trainable gradients"))

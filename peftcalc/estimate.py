@@ -29,11 +29,12 @@ from peftcalc.methods.full import Full
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
-from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
-                               stage_spec)
+from peftcalc.parallel import (Placement, check_model_parallel, fp32_shard_states, model_parallel_activations, place,
+                               stage_layers, stage_spec)
 from peftcalc.kbit import kbit_preparation_applies, prepared_setup, quantized_base_notes
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
+from peftcalc.sharding import Sharded, deepspeed, fsdp1, phase_peaks, units_for
 
 # The default overhead lines (context + workspace; rounding and fragmentation are computed per estimate),
 # kept as a number for callers that pass an explicit total. `None` as overhead_bytes means: the default lines.
@@ -58,7 +59,10 @@ class MemoryBreakdown:
     cpu_bytes: int = 0  # offloaded states, in host memory
     buffer_bytes: int = 0  # non-parameter tensors of the model
     input_bytes: int = 0  # the batch: token ids and labels
-    communication_bytes: int = 0  # DDP's gradient buckets (a flat copy of every gradient, kept between steps)
+    communication_bytes: int = 0  # gradient buckets kept between steps: DDP's (a flat copy of every gradient),
+    # DeepSpeed ZeRO-3's ipg bucket
+    resident_gradient_bytes: int = 0  # gradients allocated for the whole run (DeepSpeed ZeRO-3's fp32 partitions:
+    # the same bytes as gradient_bytes, live from the step's start)
     in_flight_activation_bytes: int = 0  # pipeline parallel: saved activations of the other micro-batches in flight
     accumulated_gradient_bytes: int = 0  # gradients held between micro-batches of gradient accumulation
     forward_peak_bytes: int = 0  # the most live during forward (absolute)
@@ -74,7 +78,7 @@ class MemoryBreakdown:
     def start_bytes(self) -> int:
         """Live at the start of a step: weights, buffers, master weights, optimizer states and the batch."""
         return self.weight_bytes + self.buffer_bytes + self.master_weight_bytes + self.optimizer_state_bytes \
-            + self.input_bytes + self.communication_bytes
+            + self.input_bytes + self.communication_bytes + self.resident_gradient_bytes
 
     @property
     def after_forward_bytes(self) -> int:
@@ -180,10 +184,16 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         adaptation = whole
         acts = activation_bytes(adaptation, setup, device=device, method=method)
     states = model_states(adaptation, precision, setup.optimizer, kbit, setup.optimizer_state_dtype)
-    placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
+    if setup.fp32_shards:
+        states = fp32_shard_states(adaptation, states, setup, kbit)
+    placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload, setup.offload_params)
+    if _deepspeed3(setup):
+        placed = deepspeed.placement(adaptation, setup, placed)
+    elif setup.num_gpus > 1 and setup.zero_stage == 3 and setup.sharding_impl == "fsdp1":
+        placed = fsdp1.placement(adaptation, setup, states, placed)
     later = (activation_bytes(adaptation, setup, accumulating=True, device=device, method=method)
              if setup.gradient_accumulation > 1 else None)
-    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later)
+    memory = compose(adaptation, states, placed, acts, setup, overhead_bytes, overhead, later, device)
     if in_flight:
         memory = replace(memory, in_flight_activation_bytes=in_flight)
     full = adapt(spec, Full())
@@ -194,30 +204,36 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,
             overhead_bytes: int | None = None, overhead: OverheadSpec = OverheadSpec(),
-            later: Activations | None = None) -> MemoryBreakdown:
+            later: Activations | None = None, device: str = "cuda") -> MemoryBreakdown:
     """The phases of one step on one GPU from model states, their placement and the replayed activations.
-    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`)."""
+    `later`: the replay of a later micro-batch of gradient accumulation (see `accumulation_peaks`); `device`: as
+    estimate_method's ("cpu": the measured runs' gloo collectives)."""
     ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
     parallel = setup.num_gpus > 1
     # DDP (torch DistributedDataParallel, gradient_as_bucket_view=False): its reducer keeps a flat bucket copy of
     # every gradient from the first backward on (measured: exactly +gradients at every phase, bench/results).
     comm = placed.gradient_bytes if parallel and setup.zero_stage == 0 else 0
+    # DeepSpeed ZeRO-3 allocates its ipg bucket and its fp32 gradient partitions once for the run
+    resident = placed.gradient_bytes if _deepspeed3(setup) else 0
+    comm += deepspeed.bucket_bytes(adaptation, setup) if _deepspeed3(setup) else 0
     start = placed.weight_bytes + states.buffer_bytes + placed.master_weight_bytes + placed.optimizer_state_bytes \
-        + input_bytes(setup) + comm
+        + input_bytes(setup) + comm + resident
     # Backward's gradients: the replay materialises every gradient in full; under ZeRO-2/3 each rank keeps its
     # shard once reduced.
-    grad_shortfall = states.gradient_bytes - placed.gradient_bytes
-    gathered, block_shortfall = fsdp_gathered_bytes(adaptation, setup)
-    forward = start + acts.forward_peak_bytes + gathered
-    # ZeRO-2 keeps each reduced shard; under ZeRO-3/FSDP2 each block's gradients are reduce-scattered right after its
-    # backward while the root's stay whole until the end (reduced last)
-    shortfall = grad_shortfall if setup.zero_stage == 2 else block_shortfall
-    backward = start + acts.backward_peak_bytes - shortfall + gathered
     kept = placed.gradient_bytes if later is not None else 0
-    if later is not None:
-        forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
+    sharded = _sharded(adaptation, acts, setup, device)
+    if sharded is not None:  # ZeRO-3: what each moment of the replay holds beside it (peftcalc/sharding/)
+        kept = 0 if resident else kept  # DeepSpeed accumulates into its resident partitions
+        forward, backward = (p + kept for p in phase_peaks(acts, sharded, start, placed.gradient_bytes - resident))
+    else:
+        forward, backward = _unsharded_peaks(adaptation, states, placed, acts, setup, start)
+        if later is not None:
+            gathered = fsdp_gathered_bytes(adaptation, setup)[0]
+            forward, backward = accumulation_peaks(forward, backward, start + kept, later, gathered)
     temps = optimizer_temporary_bytes(states, setup, ranks)
-    if setup.offload:
+    if resident or setup.offload_params:  # stepped from the resident partitions / on the CPU
+        opt_grads = cast = 0
+    elif setup.offload:
         opt_grads = placed.gradient_bytes
         cast = 0
     else:
@@ -237,12 +253,37 @@ def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts
         buffer_bytes=states.buffer_bytes,
         input_bytes=input_bytes(setup),
         communication_bytes=comm,
+        resident_gradient_bytes=resident,
         accumulated_gradient_bytes=kept,
         forward_peak_bytes=forward,
         backward_peak_bytes=backward,
         optimizer_peak_bytes=optimizer,
         overhead=lines,
     )
+
+
+def _deepspeed3(setup: Setup) -> bool:
+    return setup.num_gpus > 1 and setup.zero_stage == 3 and setup.sharding_impl == "deepspeed"
+
+
+def _sharded(adaptation: Adaptation, acts: Activations, setup: Setup, device: str) -> Sharded | None:
+    """The FSDP units of a fully sharded run whose replay tagged its moments; None otherwise."""
+    if setup.num_gpus == 1 or setup.zero_stage < 3 or not acts.moments:
+        return None
+    return units_for(adaptation, setup, acts.stack_counts, device)
+
+
+def _unsharded_peaks(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations,
+                     setup: Setup, start: int) -> tuple[int, int]:
+    """Forward and backward peaks from the replay's overall peaks: one GPU, DDP, ZeRO-1/2, and ZeRO-3 where the
+    activations carry no tagged moments (a traced profile): then the gathered weights of `fsdp_gathered_bytes`
+    at both peaks, an approximation."""
+    gathered, block_shortfall = fsdp_gathered_bytes(adaptation, setup)
+    # ZeRO-2 keeps each reduced shard; under ZeRO-3/FSDP2 each block's gradients are reduce-scattered right after its
+    # backward while the root's stay whole until the end (reduced last)
+    shortfall = states.gradient_bytes - placed.gradient_bytes if setup.zero_stage == 2 else block_shortfall
+    return (start + acts.forward_peak_bytes + gathered,
+            start + acts.backward_peak_bytes - shortfall + gathered)
 
 
 def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]:
@@ -261,8 +302,8 @@ def fsdp_gathered_bytes(adaptation: Adaptation, setup: Setup) -> tuple[int, int]
 
     units = fsdp_units(adaptation, setup.recipe, 1)
     block_grads = sum(u.gradient_bytes * u.count for u in units[1:])
-    return (units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0),
-            block_grads - -(-block_grads // setup.num_gpus))
+    kept = 0 if setup.offload_params and setup.offload else -(-block_grads // setup.num_gpus)  # shards offloaded
+    return units[0].weight_bytes + max((u.weight_bytes for u in units[1:]), default=0), block_grads - kept
 
 
 def _overhead(adaptation: Adaptation, setup: Setup, peak: int, start: int, overhead_bytes: int | None,

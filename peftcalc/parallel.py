@@ -3,21 +3,35 @@ model one GPU holds under tensor and pipeline parallelism.
 
 Stage 1 partitions optimizer states (and fp32 master weights, which the paper counts with them), stage 2
 also gradients, stage 3 also the weights, each over the N data-parallel ranks. `offload` keeps optimizer
-states and master weights in CPU memory (ZeRO-Offload, Ren et al. 2021, arXiv:2101.06840). Activations
-are per GPU: --batch is the micro-batch of one GPU.
+states and master weights in CPU memory (ZeRO-Offload, Ren et al. 2021, arXiv:2101.06840). `offload_params`
+(stage 3 only) also keeps each rank's weight shards and its reduced gradient shards in CPU memory, and the
+optimizer steps there:
+
+- FSDP2 `CPUOffloadPolicy` (torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_param.py: the padded shard is
+  `.cpu()` (pinned) at init; `all_gather_inputs` copies it to the GPU (`.to(self.device)`) just before the
+  all-gather; `foreach_reduce` copies each reduced shard to the CPU (`new_sharded_grad.to(cpu)`) and drops the GPU
+  one; "the optimizer step runs on CPU with CPU optimizer states", _fsdp_api.py);
+- FSDP1 `CPUOffload(offload_params=True)` (torch/distributed/fsdp/_flat_param.py: the flat shard lives on the CPU,
+  `_cpu_grad` receives the reduced shard);
+- DeepSpeed ZeRO-3 `offload_param` + `offload_optimizer` (deepspeed/runtime/zero/partition_parameters.py keeps
+  the partitions in pinned CPU memory; stage3.py copies reduced fp32 gradient partitions to the CPU optimizer).
+
+What stays on the GPU: buffers, the gathered units and their gradients until reduce-scattered, activations
+(peftcalc/sharding.py places them per moment). Activations are per GPU: --batch is the micro-batch of one GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.memory import ModelStates
+from peftcalc.memory import ModelStates, model_states, tensor_bytes
+from peftcalc.precision import get_precision
 
 if TYPE_CHECKING:
     from peftcalc.activations import Activations
-    from peftcalc.methods.base import Method
+    from peftcalc.methods.base import Adaptation, Method
     from peftcalc.model.spec import ModelSpec
     from peftcalc.setup import Setup
 
@@ -37,7 +51,11 @@ class Placement:
     cpu_bytes: int  # per GPU's process, in host memory
 
 
-def place(states: ModelStates, num_gpus: int, zero_stage: int, offload: bool) -> Placement:
+def place(states: ModelStates, num_gpus: int, zero_stage: int, offload: bool, offload_params: bool = False
+          ) -> Placement:
+    """Model-state bytes per GPU (see the module docstring); `offload_params` needs stage 3 (Setup checks). FSDP
+    offloads parameters, gradients and the optimizer together (one flag); DeepSpeed's `offload_param` alone leaves
+    the optimizer, its fp32 states and gradient partitions on the GPU."""
     w, g, m, s = states.weight_bytes, states.gradient_bytes, states.master_weight_bytes, states.optimizer_state_bytes
     if zero_stage >= 1:  # 0-dim states (AdamW's step) stay whole on every rank (measured with FSDP2)
         m = _shard(m, num_gpus)
@@ -49,7 +67,25 @@ def place(states: ModelStates, num_gpus: int, zero_stage: int, offload: bool) ->
     cpu = 0
     if offload:
         cpu, m, s = m + s, 0, 0
+    if offload_params:  # the weight shards; the reduced gradient shards too where the optimizer steps on the CPU
+        cpu, w = cpu + w, 0
+        if offload:
+            cpu, g = cpu + g, 0
     return Placement(w, g, m, s, cpu)
+
+
+def fp32_shard_states(adaptation: "Adaptation", states: ModelStates, setup: "Setup", kbit: bool = False
+                      ) -> ModelStates:
+    """Setup.fp32_shards: accelerate's FSDP under mixed precision upcasts every trainable flat parameter to fp32
+    (accelerate/accelerator.py prepare_model: `param.data = param.data.to(torch.float32)` for each FSDP module whose
+    flat parameter requires grad and is not fp32; accelerate >= 0.30, PR #2674; fsdp_utils.fsdp2_prepare_model
+    likewise for FSDP2): trainable tensors are stored in fp32, so are their gradient shards and optimizer states,
+    with no separate master copy; frozen tensors keep the recipe's dtype."""
+    fp32 = model_states(adaptation, get_precision("fp32"), setup.optimizer, kbit, setup.optimizer_state_dtype)
+    frozen = sum(tensor_bytes(g, setup.recipe, adaptation) * g.count for g in adaptation.tensors if not g.trainable)
+    frozen32 = sum(tensor_bytes(g, get_precision("fp32"), adaptation) * g.count for g in adaptation.tensors
+                   if not g.trainable)
+    return replace(fp32, weight_bytes=fp32.weight_bytes - frozen32 + frozen, buffer_bytes=states.buffer_bytes)
 
 
 # ---- tensor and pipeline parallelism -------------------------------------------------------------------------

@@ -22,6 +22,10 @@ AdamWImpl = Literal["forloop", "foreach", "fused"]
 # "fused" (a fused linear + cross-entropy kernel that never materialises the logits: Liger, Cut Cross-Entropy).
 Loss = Literal["standard", "chunked", "fused"]
 StateDtype = Literal["fp32", "bf16"]
+# Which implementation shards the run (ZeRO stage >= 1 over 2+ GPUs): torch FSDP2 (`fully_shard`), torch FSDP1
+# (`FullyShardedDataParallel`, flat parameters per wrapped unit), or DeepSpeed ZeRO (per-module fetching, buckets).
+Sharding = Literal["fsdp2", "fsdp1", "deepspeed"]
+BackwardPrefetch = Literal["pre", "post", "none"]  # FSDP1's BackwardPrefetch.BACKWARD_PRE / BACKWARD_POST / None
 AdapterDtype = Literal["fp32", "bf16", "fp16"]
 
 ATTENTIONS: tuple[str, ...] = Attention.__args__  # type: ignore[attr-defined]
@@ -29,6 +33,15 @@ ADAMW_IMPLS: tuple[str, ...] = AdamWImpl.__args__  # type: ignore[attr-defined]
 LOSSES: tuple[str, ...] = Loss.__args__  # type: ignore[attr-defined]
 STATE_DTYPES: tuple[str, ...] = StateDtype.__args__  # type: ignore[attr-defined]
 ADAPTER_DTYPES: tuple[str, ...] = AdapterDtype.__args__  # type: ignore[attr-defined]
+SHARDINGS: tuple[str, ...] = Sharding.__args__  # type: ignore[attr-defined]
+BACKWARD_PREFETCHES: tuple[str, ...] = BackwardPrefetch.__args__  # type: ignore[attr-defined]
+# DeepSpeed's own defaults (deepspeed/runtime/zero/config.py), in elements; HF's "auto" replaces some with sizes from
+# the hidden size (transformers integrations/deepspeed.py: reduce bucket h*h, prefetch 0.9*h*h, persistence 10*h)
+DS_REDUCE_BUCKET = 500_000_000
+DS_PREFETCH_BUCKET = 50_000_000
+DS_PERSISTENCE_THRESHOLD = 100_000
+DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+DS_MAX_REUSE_DISTANCE = 1_000_000_000
 _VERSION = re.compile(r"\d+\.\d+(\.\d+)?(\.?(dev|rc|post)\d*)?")
 
 
@@ -68,6 +81,25 @@ class Setup:
     zero_stage: int = 0
     offload: bool = False  # optimizer states (and their step) in CPU memory (ZeRO-Offload)
     offload_params: bool = False  # parameters in CPU memory too (ZeRO-3 / FSDP parameter offload)
+    # the implementation (see Sharding); None: the stage's default, FSDP2 for ZeRO-2/3 (what peftcalc's torchrun runs
+    # measure) and DeepSpeed for ZeRO-1 (FSDP has no stage 1)
+    sharding: Sharding | None = None
+    # FSDP under mixed precision over a model loaded in 16 bits: accelerate (>= 0.30, PR #2674) upcasts every
+    # trainable flat parameter to fp32 and FSDP's MixedPrecision gathers it in the recipe's dtype, so trainable
+    # shards, their gradients and optimizer states are fp32 while the step computes in the recipe's dtype
+    fp32_shards: bool = False
+    fsdp_backward_prefetch: BackwardPrefetch = "pre"  # FSDP1 only (torch's default BACKWARD_PRE)
+    fsdp_forward_prefetch: bool = False  # FSDP1 only (torch's default)
+    # DeepSpeed ZeRO buckets, in elements (deepspeed/runtime/zero/config.py defaults)
+    ds_reduce_bucket_size: int = DS_REDUCE_BUCKET  # reduce_bucket_size: ZeRO-2/3 gradient bucket
+    ds_prefetch_bucket_size: int = DS_PREFETCH_BUCKET  # stage3_prefetch_bucket_size
+    ds_param_persistence_threshold: int = DS_PERSISTENCE_THRESHOLD  # stage3_param_persistence_threshold
+    ds_max_live_parameters: int = DS_MAX_LIVE_PARAMETERS  # stage3_max_live_parameters
+    ds_max_reuse_distance: int = DS_MAX_REUSE_DISTANCE  # stage3_max_reuse_distance
+    # a DeepSpeed config whose bucket sizes say "auto": transformers fills them from the model's hidden size h
+    # (integrations/deepspeed.py: reduce_bucket_size h*h, stage3_prefetch_bucket_size 0.9*h*h,
+    # stage3_param_persistence_threshold 10*h), overriding the three fields above
+    ds_auto_buckets: bool = False
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     sequence_parallel: bool = False  # with tensor parallelism: norms and dropout sharded over the sequence
@@ -85,12 +117,42 @@ class Setup:
             raise PeftcalcError("--offload moves optimizer states to CPU memory as ZeRO-Offload does: give --zero 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
             raise PeftcalcError("--offload-params keeps sharded parameters in CPU memory (ZeRO-3 / FSDP): give --zero 3")
+        self._check_sharding()
         if self.reentrant_checkpointing and not self.gradient_checkpointing:
             raise PeftcalcError("--reentrant-checkpointing chooses how --gradient-checkpointing recomputes: give both")
         if self.padded and self.packing:
             raise PeftcalcError("--padded and --packing exclude each other: packed rows carry no padding")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise PeftcalcError("--sequence-parallel shards activations across tensor-parallel ranks: give --tp 2 or more")
+
+    def _check_sharding(self) -> None:
+        if self.sharding is not None and self.sharding not in SHARDINGS:
+            raise PeftcalcError(f"--sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
+        if self.fsdp_backward_prefetch not in BACKWARD_PREFETCHES:
+            raise PeftcalcError(f"--fsdp-backward-prefetch must be one of {', '.join(BACKWARD_PREFETCHES)}, "
+                                f"got {self.fsdp_backward_prefetch!r}")
+        if self.sharding in ("fsdp1", "fsdp2") and self.zero_stage == 1:
+            raise PeftcalcError("FSDP has no ZeRO-1 (optimizer states only): give --zero 2 or 3, or --sharding deepspeed")
+        if self.sharding_impl != "deepspeed" and self.offload_params and not self.offload:
+            raise PeftcalcError("FSDP's parameter offload moves the optimizer step to the CPU too: give --offload with "
+                                "--offload-params")
+        if self.fp32_shards and self.zero_stage not in (2, 3):
+            raise PeftcalcError("--fp32-shards describes FSDP's sharded parameters: give --zero 2 or 3")
+        if self.fp32_shards and self.sharding_impl == "deepspeed":
+            raise PeftcalcError("--fp32-shards is FSDP's upcast under mixed precision; DeepSpeed keeps fp32 master "
+                                "weights instead: give --precision bf16-mixed")
+        for name in ("ds_reduce_bucket_size", "ds_prefetch_bucket_size", "ds_param_persistence_threshold",
+                     "ds_max_live_parameters", "ds_max_reuse_distance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PeftcalcError(f"--{name.replace('_', '-')} must be a whole number of elements >= 0, got {value!r}")
+
+    @property
+    def sharding_impl(self) -> str:
+        """The implementation sharding this run (see `sharding`): "fsdp2", "fsdp1" or "deepspeed"."""
+        if self.sharding is not None:
+            return self.sharding
+        return "deepspeed" if self.zero_stage == 1 else "fsdp2"
 
     def _check_versions(self) -> None:
         for value, flag in ((self.transformers_version, "--transformers-version"),):

@@ -15,7 +15,7 @@ from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
 from peftcalc.precision import RECIPES
 from peftcalc.quant import CURRENT_BITSANDBYTES
-from peftcalc.setup import ATTENTIONS, LOSSES, STATE_DTYPES, Setup
+from peftcalc.setup import ATTENTIONS, LOSSES, SHARDINGS, STATE_DTYPES, Setup
 from peftcalc.units import Unit
 
 SHAPE_OPTIONS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -141,6 +141,19 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
         click.option("--offload", is_flag=True, help="Optimizer states in CPU memory (ZeRO-Offload)."),
+        click.option("--offload-params", is_flag=True, default=None,
+                     help="With --zero 3: weight shards (and, with --offload, gradient shards) in CPU memory too "
+                          "(FSDP CPUOffload / DeepSpeed offload_param)."),
+        click.option("--sharding", type=click.Choice(list(SHARDINGS)), default=None,
+                     help="What shards ZeRO 1-3: fsdp2 (torch fully_shard; default for 2-3), fsdp1 (torch "
+                          "FullyShardedDataParallel, flat parameters) or deepspeed (default for 1)."),
+        click.option("--fp32-shards", is_flag=True, default=None,
+                     help="FSDP under mixed precision over a 16-bit model: trainable shards, their gradients and "
+                          "optimizer states in fp32 (accelerate's upcast), compute in the precision's dtype."),
+        click.option("--ds-auto-buckets", is_flag=True, default=None,
+                     help="With --sharding deepspeed: the bucket sizes transformers gives DeepSpeed's \"auto\" "
+                          "(reduce h*h, prefetch 0.9*h*h, persistence 10*h for hidden size h) instead of "
+                          "DeepSpeed's defaults."),
         click.option("--tp", type=int, default=1, show_default=True,
                      help="Tensor-parallel GPUs per model replica (Megatron layout; llama-style decoders)."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (1F1B)."),
@@ -260,7 +273,13 @@ SETUP_KEYWORDS = {"precision": "precision", "optimizer": "optimizer", "batch_siz
                   "bitsandbytes_version": "bitsandbytes_version", "num_gpus": "gpus", "zero_stage": "zero",
                   "offload": "offload", "offload_params": "offload_params", "tensor_parallel": "tp",
                   "pipeline_parallel": "pp", "sequence_parallel": "sequence_parallel",
-                  "padded": "padded", "transformers_version": "transformers_version"}
+                  "padded": "padded", "transformers_version": "transformers_version", "sharding": "sharding",
+                  "fp32_shards": "fp32_shards", "fsdp_backward_prefetch": "fsdp_backward_prefetch",
+                  "fsdp_forward_prefetch": "fsdp_forward_prefetch", "ds_reduce_bucket_size": "ds_reduce_bucket_size",
+                  "ds_prefetch_bucket_size": "ds_prefetch_bucket_size",
+                  "ds_param_persistence_threshold": "ds_param_persistence_threshold",
+                  "ds_max_live_parameters": "ds_max_live_parameters", "ds_max_reuse_distance": "ds_max_reuse_distance",
+                  "ds_auto_buckets": "ds_auto_buckets"}
 
 
 def resolve_setup(kw: dict[str, Any]) -> Setup:

@@ -18,7 +18,10 @@ from peftcalc.errors import PeftcalcError, InputError
 
 MODEL_FLAGS = ("model_name", "config_path", "params")
 SETUP_ONLY = frozenset({"loss", "packing", "reentrant_checkpointing", "kbit_preparation", "optimizer_state_dtype",
-                        "offload_params", "tp"})  # settings a Setup takes even where the command has no flag yet
+                        "offload_params", "tp", "sharding", "fsdp_backward_prefetch", "fsdp_forward_prefetch",
+                        "ds_reduce_bucket_size", "ds_prefetch_bucket_size", "ds_param_persistence_threshold",
+                        "ds_max_live_parameters", "ds_max_reuse_distance", "ds_auto_buckets"})
+# (settings a Setup takes even where the command has no flag yet)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from peftcalc.configs.common import hf_attention, hf_checkpointing, hf_optimizer, ignore_prefixed
-from peftcalc.configs.launchers import read_deepspeed_section, read_fsdp
+from peftcalc.configs.launchers import fsdp_version, read_deepspeed_section, read_fsdp
 from peftcalc.configs.reading import NO_EFFECT, Reading
 from peftcalc.configs.result import TrainingConfig
 from peftcalc.errors import PeftcalcError
@@ -39,8 +39,7 @@ IGNORED.update({
     "tokens": "tokens added to the vocabulary: a few embedding rows", "val_set_size": "the share of the data held out "
     "for evaluation: give --tokens for the training share", "tf32": "TF32 matmuls: the speed of fp32 matmuls only",
     "pad_to_sequence_len": "every batch padded to sequence_len, which --seq already assumes",
-    "eval_batch_size": "evaluation only", "torch_dtype": "resolved from bf16/fp16", "plugins": NO_EFFECT,
-    "fsdp_version": "FSDP1 and FSDP2 hold the same bytes per rank in peftcalc's model"})
+    "eval_batch_size": "evaluation only", "torch_dtype": "resolved from bf16/fp16", "plugins": NO_EFFECT})
 NOT_MODELLED = {
     "unfrozen_parameters": "only the parameters these patterns match train: not modelled, the method counts as "
                            "written",
@@ -85,6 +84,8 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> TrainingConfig:
     _adapter_fields(r, method)
     ds = read_deepspeed_section(r, "deepspeed")
     fsdp = read_fsdp(r, "fsdp", "fsdp_config")
+    if fsdp and r.has("fsdp_version"):  # axolotl's top-level key (it also reads fsdp_config.fsdp_version)
+        fsdp_version(r, "fsdp_version")
     _precision(r, method, ds is not None)
     hf_optimizer(r, "optimizer", whose="axolotl")
     _step(r)

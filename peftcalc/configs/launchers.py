@@ -28,28 +28,37 @@ DEEPSPEED_IGNORED = {
     "scheduler": NO_EFFECT, "communication_data_type": "the dtype of reduced gradients on the wire: none kept",
 }
 ZERO_IGNORED = {
-    "overlap_comm": NO_EFFECT, "contiguous_gradients": NO_EFFECT, "round_robin_gradients": NO_EFFECT,
-    "stage3_param_persistence_threshold": "small parameters left unsharded: a few MB, not modelled",
+    "overlap_comm": NO_EFFECT, "round_robin_gradients": NO_EFFECT,
+    "contiguous_gradients": "the ipg bucket is counted as with contiguous_gradients true (DeepSpeed's default)",
     "sub_group_size": "optimizer step granularity: not modelled",
-    "reduce_bucket_size": "communication bucket: not modelled (peftcalc models ZeRO gathers as whole blocks)",
-    "allgather_bucket_size": "communication bucket: not modelled",
-    "stage3_prefetch_bucket_size": "prefetch bucket: not modelled (peftcalc models ZeRO-3 as root + two blocks)",
-    "stage3_max_live_parameters": "gathered-parameter cap: not modelled (root + two blocks assumed)",
-    "max_live_parameters": "gathered-parameter cap: not modelled (root + two blocks assumed)",
-    "stage3_max_reuse_distance": NO_EFFECT, "max_reuse_distance": NO_EFFECT, "reduce_scatter": NO_EFFECT,
+    "allgather_bucket_size": "ZeRO-2's all-gather bucket: not modelled", "reduce_scatter": NO_EFFECT,
     "allgather_partitions": NO_EFFECT,
     "stage3_gather_16bit_weights_on_model_save": "also writes a consolidated 16-bit model at save time (disk, "
                                                  "not modelled)",
     "gather_16bit_weights_on_model_save": "also writes a consolidated 16-bit model at save time (disk, not modelled)",
 }
 FSDP_IGNORED = dict.fromkeys(
-    ("auto_wrap_policy", "transformer_layer_cls_to_wrap", "state_dict_type", "sync_module_states", "use_orig_params",
-     "cpu_ram_efficient_loading", "limit_all_gathers", "backward_prefetch", "forward_prefetch", "min_num_params",
-     "version", "activation_checkpointing_reentrant"), NO_EFFECT)
+    ("auto_wrap_policy", "transformer_layer_cls_to_wrap", "state_dict_type", "sync_module_states", "min_num_params",
+     "activation_checkpointing_reentrant"), NO_EFFECT)
+FSDP_IGNORED.update({
+    "use_orig_params": "with peft's wrap policy (HF Trainer) trainable and frozen parameters are in separate units: "
+                       "no difference; mixed units' frozen gradients are not modelled",
+    "cpu_ram_efficient_loading": "load time only (not modelled)",
+    "limit_all_gathers": "assumed true (accelerate's default): at most two all-gathers in flight"})
 ACCELERATE_IGNORED = dict.fromkeys(
     ("compute_environment", "debug", "machine_rank", "main_training_function", "rdzv_backend", "same_network",
      "tpu_env", "tpu_use_cluster", "tpu_use_sudo", "use_cpu", "downcast_bf16", "enable_cpu_affinity", "gpu_ids",
      "main_process_ip", "main_process_port", "num_machines", "dynamo_config"), NO_EFFECT)
+# zero_optimization keys -> Setup fields (elements); "auto" (transformers fills it from the hidden size) for the
+# first three -> ds_auto_buckets
+DS_BUCKETS = {"reduce_bucket_size": "ds_reduce_bucket_size", "stage3_prefetch_bucket_size": "ds_prefetch_bucket_size",
+              "stage3_param_persistence_threshold": "ds_param_persistence_threshold",
+              "stage3_max_live_parameters": "ds_max_live_parameters",
+              "stage3_max_reuse_distance": "ds_max_reuse_distance"}
+DS_ALIASES = {"prefetch_bucket_size": "stage3_prefetch_bucket_size",
+              "param_persistence_threshold": "stage3_param_persistence_threshold",
+              "max_live_parameters": "stage3_max_live_parameters", "max_reuse_distance": "stage3_max_reuse_distance"}
+PREFETCH = {"BACKWARD_PRE": "pre", "BACKWARD_POST": "post", "NO_PREFETCH": "none", "1": "pre", "2": "post"}
 SHARDING = {"FULL_SHARD": "3", "HYBRID_SHARD": "3", "SHARD_GRAD_OP": "2", "HYBRID_SHARD_ZERO2": "2", "NO_SHARD": "0",
             "1": "3", "2": "2", "3": "0", "4": "3", "5": "2"}  # accelerate also writes the enum's number
 
@@ -107,7 +116,8 @@ def read_deepspeed(data: Mapping[str, Any], path: str) -> TrainingConfig:
     if stage is not None:
         if str(stage) not in ("0", "1", "2", "3"):
             raise r.error("zero_optimization.stage", f"{stage!r} is not a ZeRO stage (0, 1, 2 or 3)")
-        r.used("zero_optimization.stage", f"--zero {stage}", zero=str(stage))
+        r.used("zero_optimization.stage", f"--zero {stage} (DeepSpeed)", zero=str(stage), sharding="deepspeed")
+    _deepspeed_buckets(r)
     for key, setting in (("offload_optimizer", "offload"), ("offload_param", "offload_params")):
         device = r.get(f"zero_optimization.{key}.device")
         if device in ("cpu", "nvme"):
@@ -145,6 +155,23 @@ def read_deepspeed(data: Mapping[str, Any], path: str) -> TrainingConfig:
     return r.finish(DEEPSPEED_IGNORED, containers=("zero_optimization", "bf16", "fp16", "optimizer"))
 
 
+def _deepspeed_buckets(r: Reading) -> None:
+    """The ZeRO bucket sizes (peftcalc/sharding/deepspeed.py), in elements; "auto" as transformers fills it."""
+    for key, setting in DS_BUCKETS.items():
+        name = next((f"zero_optimization.{k}" for k in (key, *[a for a, b in DS_ALIASES.items() if b == key])
+                     if r.has(f"zero_optimization.{k}")), None)
+        if name is None:
+            continue
+        value = r.get(name)
+        if value == "auto" and setting in ("ds_reduce_bucket_size", "ds_prefetch_bucket_size",
+                                           "ds_param_persistence_threshold"):
+            r.used(name, "auto: transformers' size from the hidden size h (h*h, 0.9*h*h, 10*h)", ds_auto_buckets=True)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            r.used(name, f"{int(value):,} elements", **{setting: int(value)})
+        else:
+            raise r.error(name, f"{value!r} is not a number of elements")
+
+
 def _deepspeed_optimizer(r: Reading) -> None:
     kind = str(r.get("optimizer.type", "")).lower()
     if not kind:
@@ -168,7 +195,8 @@ def read_fsdp(r: Reading, flags_key: str | None, config_key: str, prefix: str = 
     if words:
         chosen = [w for w in words if w.upper() in SHARDING]
         zero = SHARDING[chosen[0].upper()] if chosen else "3"
-        r.used(flags_key, f"FSDP: --zero {zero}" + (" + parameter offload" if "offload" in words else ""), zero=zero)
+        r.used(flags_key, f"FSDP: --zero {zero}" + (" + parameter offload" if "offload" in words else ""), zero=zero,
+               sharding="fsdp1")
         if "offload" in words:
             r.set(offload=True, offload_params=True)
     if isinstance(config, Mapping):
@@ -205,9 +233,28 @@ def _fsdp_config(r: Reading, key: str, config: Mapping[str, Any], prefix: str, z
         r.used(name("activation_checkpointing"), "--gradient-checkpointing", gradient_checkpointing=True)
     elif r.has(name("activation_checkpointing")):
         r.ignored(name("activation_checkpointing"), "off")
-    if r.has(name("version")):
-        r.ignored(name("version"), "FSDP1 and FSDP2 hold the same bytes per rank in peftcalc's model")
+    fsdp_version(r, name("version"))
+    prefetch = r.get(name("backward_prefetch"))
+    if prefetch is not None:
+        mode = PREFETCH.get(str(prefetch).upper())
+        if mode is None:
+            raise r.error(name("backward_prefetch"), f"{prefetch!r} is not BACKWARD_PRE, BACKWARD_POST or NO_PREFETCH")
+        r.used(name("backward_prefetch"), f"FSDP1 backward prefetch: {mode}", fsdp_backward_prefetch=mode)
+    forward = r.get(name("forward_prefetch"))
+    if forward is not None:
+        r.used(name("forward_prefetch"), f"FSDP1 forward prefetch: {bool(forward)}", fsdp_forward_prefetch=bool(forward))
     return zero
+
+
+def fsdp_version(r: Reading, key: str) -> None:
+    """accelerate's fsdp_version (1 unless 2: FSDP2's fully_shard, accelerate >= 1.6); FSDP1 when absent."""
+    version = r.get(key)
+    if version is None:
+        r.set(sharding="fsdp1")
+    elif str(version) in ("1", "2"):
+        r.used(key, f"FSDP{version}", sharding=f"fsdp{version}")
+    else:
+        raise r.error(key, f"{version!r} is not an FSDP version (1 or 2)")
 
 
 def read_accelerate(data: Mapping[str, Any], path: str) -> TrainingConfig:
@@ -243,7 +290,8 @@ def _accelerate_deepspeed(r: Reading) -> None:
         read_deepspeed_section(r, "deepspeed_config.deepspeed_config_file")
     stage = r.get("deepspeed_config.zero_stage")
     if stage is not None:
-        r.used("deepspeed_config.zero_stage", f"--zero {stage}", zero=str(stage))
+        r.used("deepspeed_config.zero_stage", f"--zero {stage} (DeepSpeed, its default buckets)", zero=str(stage),
+               sharding="deepspeed")
     for key, setting in (("offload_optimizer_device", "offload"), ("offload_param_device", "offload_params")):
         device = r.get(f"deepspeed_config.{key}")
         if device in ("cpu", "nvme"):

@@ -33,7 +33,8 @@ def read_v1(data: Mapping[str, Any], path: str) -> TrainingConfig:
     _quant(r)
     dist = r.get("dist_config.name")
     if dist in DIST:
-        r.used("dist_config.name", f"{dist}: --zero {DIST[dist]}", zero=DIST[dist])
+        r.used("dist_config.name", f"{dist}: --zero {DIST[dist]}", zero=DIST[dist],
+               **({"sharding": "fsdp2"} if dist == "fsdp2" else {}))
         r.warn(f"{dist} shards over the GPUs the launcher starts; the file does not say how many: give --gpus N")
     elif dist is not None:
         r.not_modelled("dist_config.name", f"{dist}: not modelled (--zero stands)")

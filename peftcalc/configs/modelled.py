@@ -1,9 +1,9 @@
 """Setup values a config can ask for that the estimate does not model yet, and what it computes instead.
 
-Their behaviour is other work in progress (kbit preparation and the quantization options: the QLoRA issue; parameter
-offload: the cluster issue). Until it lands, a value read from a file is reported as "not modelled" and the
-estimate is computed with the fallback, so the setup printed is the one computed. A test checks each entry
-still changes nothing; when a behaviour lands that test fails and the entry goes.
+A value listed here, read from a file, is reported as "not modelled" and the estimate is computed with the fallback,
+so the setup printed is the one computed. A test checks each entry still changes nothing; when a behaviour lands
+that test fails and the entry goes. None is left: kbit preparation and the quantization options (the QLoRA work)
+and parameter offload (peftcalc/parallel.py, peftcalc/sharding/) are modelled.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ class Fallback:
 
 
 FALLBACKS: tuple[Fallback, ...] = (
-    Fallback("offload_params", (True,), False, "parameters counted on the GPU (optimizer offload only)"),
 )
 
 

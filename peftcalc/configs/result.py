@@ -69,6 +69,15 @@ class Settings:
     zero: str | None = None
     offload: bool | None = None
     offload_params: bool | None = None
+    sharding: str | None = None  # fsdp1, fsdp2, deepspeed (Setup.sharding)
+    fsdp_backward_prefetch: str | None = None  # pre, post, none
+    fsdp_forward_prefetch: bool | None = None
+    ds_reduce_bucket_size: int | None = None
+    ds_prefetch_bucket_size: int | None = None
+    ds_param_persistence_threshold: int | None = None
+    ds_max_live_parameters: int | None = None
+    ds_max_reuse_distance: int | None = None
+    ds_auto_buckets: bool | None = None
     tp: int | None = None
     epochs: float | None = None
     steps: int | None = None

@@ -236,7 +236,8 @@ def _distribution(r: Reading, recipe: str | None, gpus: int | None) -> None:
         if distributed:
             zero = "2" if r.get("fsdp_reshard_after_forward") is False else "3"
         r.default("tune run", recipe, f"the recipe named on the file's header line: " + (
-            f"FSDP2, --zero {zero}" if distributed else "one GPU"), zero=zero)
+            f"FSDP2, --zero {zero}" if distributed else "one GPU"), zero=zero,
+            **({"sharding": "fsdp2"} if distributed else {}))
         if distributed and gpus:
             r.default("--nproc_per_node", gpus, f"--gpus {gpus} (the header's tune run line)", gpus=gpus)
         elif distributed:

@@ -309,4 +309,6 @@ def _launcher(r: Reading) -> None:
     zero = {"zero1": "1", "zero2": "2", "zero3": "3", "fsdp1": "3", "fsdp2": "3", "multi_gpu": "0",
             "single_gpu": "0"}.get(str(named)) if named else None
     if zero is not None:
-        r.used("accelerate_config", f"TRL's {named} launcher: --zero {zero}", zero=zero)
+        impl = {"fsdp1": "fsdp1", "fsdp2": "fsdp2"}.get(str(named), "deepspeed" if str(named).startswith("zero") else None)
+        r.used("accelerate_config", f"TRL's {named} launcher: --zero {zero}", zero=zero,
+               **({"sharding": impl} if impl else {}))

@@ -16,7 +16,9 @@ How each field is read:
 - gradient checkpointing: transformers 4.35-4.x defaults to use_reentrant=True, 5.x to False; litgpt,
   torchtune and Answer.AI's train.py wrap layers non-reentrantly.
 - GPUs: `fsdp`/`deepspeed-zero3` -> ZeRO stage 3 over `gpus`, `-offload` adds optimizer and parameter offload,
-  `ddp` -> data parallel; the value compared is per GPU.
+  `ddp` -> data parallel; the value compared is per GPU. The implementation is the one the source's launcher runs
+  (`_fsdp`, `_deepspeed`): FSDP1 for accelerate's FSDP plugin and Answer.AI's train.py, FSDP2 for torchtune,
+  DeepSpeed with its defaults and bf16 engine for accelerate's DeepSpeed plugin.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def _setup_fields(r: PublishedRecord, family: str) -> tuple[dict[str, Any], list
     fields: dict[str, Any] = dict(batch_size=r.batch_size, seq_len=r.seq_len,
                                   gradient_accumulation=r.gradient_accumulation_steps or 1)
     fields["precision"] = _precision(r)
-    fields.update(_optimizer(r, notes), **_checkpointing(r, notes), **_rows(r, notes), **_parallel(r, notes))
+    fields.update(_optimizer(r, notes), **_checkpointing(r, notes), **_rows(r, notes))
+    fields.update(_parallel(r, fields, notes))
     fields["attention"] = _attention(r, family, fields.get("packing", False), notes)
     # litgpt's finetune scripts always chunk the head and loss; torchtune's recipes chunk unless a row says not
     fields["loss"] = "chunked" if r.framework == "litgpt" or (r.framework == "torchtune" and r.loss is None) \
@@ -248,7 +251,7 @@ def _rows(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
     return {"padded": padded}
 
 
-def _parallel(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
+def _parallel(r: PublishedRecord, fields: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     sharding, gpus = r.sharding or "none", r.gpus or 1
     if r.gpus is None:
         notes.append("GPUs not stated: one")
@@ -258,11 +261,50 @@ def _parallel(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
         return {"num_gpus": gpus}
     offload = sharding.endswith("-offload")
     stage = 2 if sharding == "deepspeed-zero2" else 3
-    notes.append(f"{sharding} over {gpus} GPUs: ZeRO stage {stage}{' with offload' if offload else ''}, per GPU")
-    notes.append(CAVEAT + f"{sharding} per-GPU bytes: peftcalc's stated ZeRO-3 approximation (sharded states, the "
-                 "gathered root and two blocks), not yet checked against a sharded measurement; NCCL buffers and "
-                 "the sharded runs' loading are not modelled")
-    return {"num_gpus": gpus, "zero_stage": stage, "offload": offload, "offload_params": offload and stage == 3}
+    out: dict[str, Any] = {"num_gpus": gpus, "zero_stage": stage, "offload": offload,
+                           "offload_params": offload and stage == 3}
+    if sharding.startswith("deepspeed"):
+        out.update(_deepspeed(r, fields, notes))
+    else:
+        out.update(_fsdp(r, fields, notes))
+    notes.append(f"{sharding} over {gpus} GPUs: ZeRO stage {stage} ({out['sharding']})"
+                 f"{', parameters and optimizer in CPU memory' if offload else ''}, per GPU")
+    return out
+
+
+def _fsdp(r: PublishedRecord, fields: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """FSDP as each source's launcher runs it: torchtune's recipes call FSDP2's fully_shard; accelerate's FSDP plugin
+    (before fsdp_version 2, accelerate 1.6) and Answer.AI's train.py (`FSDP(model, ...)`) run FSDP1 with
+    BACKWARD_PRE (fms-acceleration's accelerate.yaml, PEFT's fsdp_config*.yaml; torch's default in train.py) and no
+    forward prefetch. accelerate >= 0.30 upcasts trainable flat parameters to fp32 under mixed precision (HF Trainer
+    bf16=True sets it), so a bf16-loaded model's trainable shards are fp32 there."""
+    if r.framework == "torchtune":
+        notes.append(CAVEAT + "FSDP2 per torchtune's recipes (fully_shard per block, then the root)")
+        return {"sharding": "fsdp2"}
+    out: dict[str, Any] = {"sharding": "fsdp1"}
+    accelerate = r.versions.get("accelerate")
+    trainer = not r.framework.startswith("other:answerai")
+    if trainer and fields["precision"] == "bf16-autocast" and accelerate and _version(accelerate) >= (0, 30):
+        out["fp32_shards"] = True
+        notes.append(f"accelerate {accelerate} under bf16 mixed precision: trainable FSDP shards upcast to fp32")
+    notes.append(CAVEAT + "FSDP1 (flat parameters per wrapped unit, root unsharded through the step, BACKWARD_PRE): "
+                 "modelled from torch's code, not measured; its caching allocator's extra streams, NCCL's buffers and "
+                 "the sharded loading are not")
+    return out
+
+
+def _deepspeed(r: PublishedRecord, fields: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """DeepSpeed through accelerate's deepspeed_config (no JSON: DeepSpeed's own bucket defaults); its bf16 engine
+    casts the model, adapters included, to bf16 and keeps fp32 master weights (`DeepSpeedEngine._configure_distributed_
+    model`: `self.module.bfloat16()`): peftcalc's bf16-mixed with bf16 adapters."""
+    out: dict[str, Any] = {"sharding": "deepspeed"}
+    if fields["precision"] in ("amp-bf16", "bf16-autocast", "bf16"):
+        out.update(precision="bf16-mixed", adapter_dtype="bf16")
+        notes.append("DeepSpeed bf16: bf16 weights and adapters, fp32 master weights and states")
+    notes.append(CAVEAT + "DeepSpeed ZeRO-3 (per-module gathering with the prefetch bucket, parameters kept into "
+                 "backward within the reuse distance, fp32 gradient partitions and the ipg bucket resident): modelled "
+                 "from DeepSpeed's code, not measured; NCCL's buffers and zero.Init's loading are not")
+    return out
 
 
 # transformers' first release whose models of a family default to sdpa (the family's `_supports_sdpa`); Llama-style

@@ -9,8 +9,13 @@ Wrapping, by `--zero`:
 - 0: DistributedDataParallel (every rank holds everything; gradient buckets are DDP's own memory);
 - 2: FSDP2 `fully_shard(reshard_after_forward=False)` on each transformer block, then on the root:
      gradients and optimizer states sharded, parameters kept gathered between forward and backward;
-- 3: FSDP2 `fully_shard` on each block, then on the root: parameters, gradients and states sharded.
-ZeRO-1 has no FSDP2 equivalent and CPU offload is not measured here; both are refused with a message.
+- 3: FSDP2 `fully_shard` on each block, then on the root: parameters, gradients and states sharded; with
+     `--sharding fsdp1`, FSDP1 `FullyShardedDataParallel(FULL_SHARD, BACKWARD_PRE, use_orig_params=False,
+     limit_all_gathers=True)` wrapped as HF Trainer + accelerate wrap it: each block a unit
+     (transformer_auto_wrap_policy), and for peft models every trainable leaf its own unit too
+     (peft.utils.other.fsdp_auto_wrap_policy, which transformers' Trainer installs for LoRA); on the CPU with
+     `device_id=cpu` (FSDP1 refuses a CPU-only build otherwise).
+ZeRO-1 has no FSDP equivalent, DeepSpeed and CPU offload are not measured here; they are refused with a message.
 The top-level `measured_bytes` is, per key, the largest value over ranks (the rank that runs out first).
 
 Each rank's meter also records the collectives of its measured step (measure/meter.py: every c10d operator
@@ -52,6 +57,10 @@ def check_distributed_setup(setup: Setup, nproc: int) -> Setup:
                             "use --zero 0 (DDP), 2 (sharded gradients and states) or 3 (all sharded)")
     if setup.offload:
         raise PeftcalcError("--offload is estimated but not measured by --nproc runs")
+    if setup.zero_stage and setup.sharding_impl == "deepspeed":
+        raise PeftcalcError("--sharding deepspeed is estimated but not measured by --nproc runs (FSDP1/FSDP2 are)")
+    if setup.sharding_impl == "fsdp1" and setup.zero_stage != 3:
+        raise PeftcalcError("--sharding fsdp1 is measured with --zero 3 (FULL_SHARD)")
     if setup.num_gpus not in (1, nproc):
         raise PeftcalcError(f"--gpus {setup.num_gpus} disagrees with --nproc {nproc}: give one of them")
     return replace(setup, num_gpus=nproc)
@@ -116,7 +125,7 @@ def _gathered(ctx: Context, ranks: list[dict[str, Any]], wall: float) -> Measure
                         saved_tensor_bytes=max(n.saved_tensor_bytes for n in numbers),
                         baseline_bytes=max(n.baseline_bytes for n in numbers), phase_peaks=dict(worst.phase_peaks),
                         wall_seconds=wall, total_params_built=ranks[0].get("total_params"),
-                        notes=rank_notes + (f"{nproc} processes ({backend}), {wrapper_name(setup.zero_stage)}; "
+                        notes=rank_notes + (f"{nproc} processes ({backend}), {wrapper_name(setup.zero_stage, setup.sharding_impl)}; "
                                             "tokens/s over all ranks",))
     return MeasureResult("run", ctx.device, "ok", model_info(ctx.spec), setup, ctx.method.name,
                          ranks[0].get("trainable_params"), Bytes.max_of([p.measured for p in per_rank]),
@@ -147,7 +156,9 @@ def predicted_collectives(spec: ModelSpec, method: Method, setup: Setup) -> Coll
         return None
 
 
-def wrapper_name(zero_stage: int) -> str:
+def wrapper_name(zero_stage: int, sharding: str = "fsdp2") -> str:
+    if zero_stage == 3 and sharding == "fsdp1":
+        return "FSDP1 FullyShardedDataParallel(FULL_SHARD)"
     return {0: "DDP", 2: "FSDP2 fully_shard(reshard_after_forward=False)", 3: "FSDP2 fully_shard"}[zero_stage]
 
 
@@ -168,6 +179,8 @@ def _wrap(model: Any, spec: ModelSpec, setup: Setup, device: Any) -> Any:
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if setup.sharding_impl == "fsdp1":
+        return _wrap_fsdp1(model, spec, device)
     from torch.distributed.fsdp import fully_shard
 
     reshard = setup.zero_stage == 3
@@ -176,6 +189,24 @@ def _wrap(model: Any, spec: ModelSpec, setup: Setup, device: Any) -> Any:
     fully_shard(model, reshard_after_forward=reshard)
     del torch
     return model
+
+
+def _wrap_fsdp1(model: Any, spec: ModelSpec, device: Any) -> Any:
+    import functools
+
+    from torch.distributed.fsdp import BackwardPrefetch, FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    if hasattr(model, "peft_config"):
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        policy = fsdp_auto_wrap_policy(model)
+    else:
+        policy = functools.partial(transformer_auto_wrap_policy,
+                                   transformer_layer_cls={type(b) for b in _blocks(model, spec)})
+    return FullyShardedDataParallel(model, sharding_strategy=ShardingStrategy.FULL_SHARD, auto_wrap_policy=policy,
+                                    backward_prefetch=BackwardPrefetch.BACKWARD_PRE, use_orig_params=False,
+                                    limit_all_gathers=True, device_id=device)
 
 
 def _one_step(prep: Any) -> None:

@@ -37,8 +37,10 @@ def _estimate_rows(est: Estimate, unit: Unit, bands: Bands) -> list[tuple[str, l
         ("device total (context incl.)", b(lambda r: r.memory.total)),
         ("uncertainty", [_band(bands.get(r.method)) for r in rs]),
     ]
-    if est.setup.offload:
-        rows.append(("CPU memory (offload)", b(lambda r: r.memory.cpu_bytes)))
+    if est.setup.offload or est.setup.offload_params:
+        per_node = node_gpus(est.setup)
+        rows.append(("CPU memory per GPU (offload)", b(lambda r: r.memory.cpu_bytes)))
+        rows.append((f"CPU memory per node ({per_node} GPUs)", b(lambda r: r.memory.cpu_bytes * per_node)))
     rows += [
         ("checkpoint per task", b(lambda r: r.checkpoint.checkpoint_bytes)),
         (f"{n} tasks", b(lambda r: r.checkpoint.tasks_bytes)),
@@ -92,7 +94,7 @@ def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:
             f", {s.gradient_accumulation} micro-batches per optimizer step (their gradients kept between them)"
             if s.gradient_accumulation > 1 else ""),
         **recipe_lines(s),
-        "parallelism": f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}" + (", optimizer offloaded to CPU" if s.offload else "")
+        "parallelism": parallelism(s)
         + (f"; x {s.tensor_parallel} tensor x {s.pipeline_parallel} pipeline parallel = {s.gpus} GPUs: one GPU holds one "
            "stage's tensor shard (Megatron layout: heads, MLP width and vocabulary / tp, ceil(layers / pp) blocks, "
            "every stage given the embedding and the head, an upper bound), 1F1B keeps pp micro-batches in flight on "
@@ -164,15 +166,16 @@ def estimate_dict(est: Estimate, bands: Bands | None = None, files: Any = None) 
         "setup": {"precision": s.precision, "optimizer": s.optimizer, "batch_size": s.batch_size,
                   "seq_len": s.seq_len, "gradient_checkpointing": s.gradient_checkpointing,
                   "attention": s.attention, "num_gpus": s.num_gpus, "zero_stage": s.zero_stage,
-                  "offload": s.offload, "adamw_impl": s.adamw_impl,
+                  "offload": s.offload, "offload_params": s.offload_params, "sharding": s.sharding_impl
+                  if s.zero_stage else None, "adamw_impl": s.adamw_impl,
                   "gradient_accumulation": s.gradient_accumulation, "adapter_dtype": p_adapter(est)},
-        "results": [_method_dict(r, (bands or {}).get(r.method)) for r in est.results],
+        "results": [_method_dict(r, (bands or {}).get(r.method), node_gpus(s)) for r in est.results],
         "assumptions": assumptions(est, files),
         **({"from": files.to_dict()} if files is not None else {}),
     }
 
 
-def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
+def _method_dict(r: MethodEstimate, band: Uncertainty | None, per_node: int = 1) -> dict[str, Any]:
     m = r.memory
     return {
         "method": r.method,
@@ -194,11 +197,37 @@ def _method_dict(r: MethodEstimate, band: Uncertainty | None) -> dict[str, Any]:
                            for l in m.overhead],
         "uncertainty": band.to_dict() if band else None,
         "cpu_bytes": m.cpu_bytes,
+        "cpu_bytes_per_node": m.cpu_bytes * per_node,
         "checkpoint_bytes": r.checkpoint.checkpoint_bytes,
         "tasks_bytes": r.checkpoint.tasks_bytes,
         "full_copies_bytes": r.checkpoint.full_copies_bytes,
         "notes": list(r.notes),
     }
+
+
+SHARDING_WORDS = {"fsdp2": "FSDP2 (fully_shard)", "fsdp1": "FSDP1 (flat parameters)", "deepspeed": "DeepSpeed ZeRO"}
+
+
+def parallelism(s: Any) -> str:
+    """How the run is spread, in words (the assumptions line)."""
+    out = f"{s.num_gpus} GPU(s), ZeRO stage {s.zero_stage}"
+    if s.zero_stage and s.num_gpus > 1:
+        out += f" by {SHARDING_WORDS[s.sharding_impl]}"
+    if s.offload_params:
+        out += ", weight shards" + (", gradient shards and optimizer" if s.offload else "") + " in CPU memory"
+    elif s.offload:
+        out += ", optimizer offloaded to CPU"
+    if s.fp32_shards:
+        out += ", trainable shards in fp32 (accelerate's upcast)"
+    return out + (f"; host memory per node for {node_gpus(s)} GPUs" if s.offload or s.offload_params else "")
+
+
+ASSUMED_GPUS_PER_NODE = 8  # the estimate names no server: an 8-GPU node (`peftcalc plan --node` prices a real one)
+
+
+def node_gpus(setup: Any) -> int:
+    """GPUs of one node sharing its host memory: the run's GPUs, up to an assumed 8-GPU node."""
+    return min(setup.gpus, ASSUMED_GPUS_PER_NODE)
 
 
 def p_adapter(est: Estimate) -> str:

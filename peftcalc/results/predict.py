@@ -77,7 +77,7 @@ def spec_of(request: RunRequest) -> ModelSpec:
     if request.config is not None:
         from peftcalc.model.hf_config import load_config
 
-        return load_config(request.config)
+        return load_config(_relocated(request.config))
     from peftcalc.model.catalogue import get_model
 
     return get_model(str(request.model))
@@ -89,3 +89,16 @@ def repredict(record: Record) -> Prediction:
     request = request_of(record)
     device = "cpu" if record.result.backend == "trace" else record.result.device
     return predict(spec_of(request), make_method(request.method, request.options), request.setup, device)
+
+
+def _relocated(path: str) -> str:
+    """A suite's config path as recorded (absolute, in the checkout that ran it); where that checkout is gone, the
+    same file under this checkout's bench/ folder."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() or "bench" not in p.parts:
+        return path
+    tail = p.parts[len(p.parts) - 1 - p.parts[::-1].index("bench"):]
+    here = Path(__file__).resolve().parents[2].joinpath(*tail)
+    return str(here) if here.exists() else path

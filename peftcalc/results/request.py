@@ -125,6 +125,8 @@ class RunRequest:
         bits.append(s.adamw_impl)
         if self.nproc > 1:
             bits.append(f"nproc{self.nproc} zero{s.zero_stage}")
+        if s.sharding is not None:
+            bits.append(s.sharding)
         return " ".join(bits)
 
     def with_setup(self, **changes: Any) -> "RunRequest":

@@ -16,7 +16,7 @@ import sys
 import zlib
 
 from peftcalc.methods.base import Adaptation
-from peftcalc.stepsim.result import SimResult, StepConfig
+from peftcalc.stepsim.result import Moment, SimResult, StepConfig, Where
 from peftcalc.usercache import cache_root
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,10 +54,13 @@ def _path(key: str) -> str:
 def load(key: str) -> SimResult | None:
     try:
         with open(_path(key), "rb") as f:
-            stored, after, forward, backward, grads = marshal.load(f)
+            stored, after, forward, backward, grads, moments, counts = marshal.load(f)
+        if stored != key:
+            return None
+        return SimResult(after, forward, backward, grads, tuple(Moment(Where(*w), live) for w, live in moments),
+                         counts)
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    return SimResult(after, forward, backward, grads) if stored == key else None
 
 
 def store(key: str, r: SimResult) -> None:
@@ -66,6 +69,11 @@ def store(key: str, r: SimResult) -> None:
 
     try:
         write_bytes_atomic(_path(key), marshal.dumps((key, r.after_forward, r.forward_peaks, r.backward_peaks,
-                                                     r.gradients)))
+                                                     r.gradients, tuple((_where_tuple(m.where), m.live)
+                                                                        for m in r.moments), r.stack_counts)))
     except (PeftcalcError, ValueError):
         pass  # an unwritable cache costs the next command a replay, nothing else
+
+
+def _where_tuple(w: Where) -> tuple:
+    return (w.phase, w.block, w.first, w.before, w.done, w.entering)

@@ -123,6 +123,9 @@ class Event:
     tag: Any  # (stack, role) of the layer running, None outside layers
     op: str
     index: int  # the allocation counter at this moment (the last allocation's index)
+    entered: int = 0  # forward: simulated layers entered so far (over all stacks)
+    outer_seq: int | None = None  # backward: sequence number of the outermost node running (a recomputed
+    # checkpointed layer's nodes run inside its CheckpointFunction's node, which carries the forward's number)
 
 
 @dataclass
@@ -137,6 +140,7 @@ class Stack:
     count: int  # layers in the real model
     first_start: int | None = None  # sequence number of the first layer's first node
     mid_start: int | None = None  # sequence number of the mid layer's first node
+    top_start: int | None = None  # sequence number of the last layer's first node
     state: int = 0
     held: dict = field(default_factory=dict)
 
@@ -162,6 +166,9 @@ class Sim:
         # A later micro-batch of gradient accumulation: every parameter already has its .grad (counted by the
         # caller, not here); AccumulateGrad adds each new gradient into it in place and the new one is freed.
         self.accumulating = False
+        self.entered: set[tuple[str, str]] = set()  # (stack, role) of the simulated layers entered in forward
+        self.marks: list[Event] = []  # moments at layer boundaries (`_mark`)
+        self.outer_seq: int | None = None  # see Event.outer_seq
 
     # -- storages ---------------------------------------------------------------------------------------
     def _alloc(self, s: Storage) -> None:
@@ -169,15 +176,21 @@ class Sim:
         add_into(self.live_by_tag.setdefault(s.tag, {}), s.size)
         self.allocations += 1
         self._pending = (self.phase, tuple(k.state for k in self.stacks.values()), self.tag, self.op,
-                         self.allocations)
+                         self.allocations, len(self.entered), self.outer_seq)
         if self.debug is not None:
             self.debug[id(s)] = (self.op, s.size, s.tag)
+
+    def _mark(self, op: str) -> None:
+        """Record the live bytes now as a moment in `marks` (not a local maximum of the replay's own allocations,
+        so not among `events`; a pending allocation stays pending)."""
+        self.marks.append(Event(self.phase, dict(self.live), tuple(k.state for k in self.stacks.values()),
+                                 self.tag, op, self.allocations, len(self.entered), self.outer_seq))
 
     def flush(self) -> None:
         """Record the live bytes if the last change was an allocation (a local maximum)."""
         if self._pending is not None:
-            phase, states, tag, op, index = self._pending
-            self.events.append(Event(phase, dict(self.live), states, tag, op, index))
+            phase, states, tag, op, index, entered, outer = self._pending
+            self.events.append(Event(phase, dict(self.live), states, tag, op, index, entered, outer))
             self._pending = None
 
     def _free(self, s: Storage) -> None:
@@ -250,6 +263,11 @@ class Sim:
                 st.mid_start = self._seq
             if r == "first" and st.first_start is None:
                 st.first_start = self._seq
+            if r == "top" and st.top_start is None:
+                st.top_start = self._seq
+            self.entered.add((stack, r))
+            self.tag = (stack, r)
+            self._mark("enter")  # a layer's first moment (what FSDP2 gathers there differs: replay.Where.entering)
         self.tag = (stack, r)
 
     def leave_layer(self, stack: str, index: int, count: int) -> None:
@@ -297,6 +315,7 @@ class Sim:
             if buf is None:
                 continue
             if outer:
+                self.outer_seq = n.seq
                 for name, st in self.stacks.items():
                     if st.mid_start is not None and n.seq < st.mid_start:
                         st.state = 3

@@ -51,6 +51,31 @@ class StepConfig:
 
 
 @dataclass(frozen=True)
+class Where:
+    """Where in the step a candidate moment happens. Stacks are numbered in forward order (a decoder-only model
+    has one; T5 its encoder, then its decoder).
+
+    `block`: the stack whose block runs, None outside blocks (the root's modules: embeddings, final norm, head,
+    loss); `first`: that block is its stack's first (layer 0). Forward, outside blocks: `before` no block has run
+    yet (embeddings), else after the last (or between stacks). Backward: `done`, per stack, how many of its blocks
+    have finished their backward (all of them: the embeddings' backward; none: the loss's). `entering`: the
+    moment a block is entered in forward (its input and everything before it live, none of its own tensors)."""
+
+    phase: str  # "forward" or "backward"
+    block: int | None
+    first: bool = False
+    before: bool = False
+    done: tuple[int, ...] = ()
+    entering: bool = False  # forward: the block's first moment, before any of its operators
+
+
+@dataclass(frozen=True)
+class Moment:
+    where: Where
+    live: Poly  # bytes above the step's start, every simulated and extrapolated layer included
+
+
+@dataclass(frozen=True)
 class SimResult:
     """Bytes above the step's starting point (weights, optimizer states, inputs), as polynomials."""
 
@@ -58,6 +83,8 @@ class SimResult:
     forward_peaks: tuple[Poly, ...]  # candidates for the forward's peak (the largest wins at given sizes)
     backward_peaks: tuple[Poly, ...]  # same for backward (gradients of parameters included)
     gradients: Poly  # parameter gradients when backward ends (for checks: memory.py has them exactly)
+    moments: tuple[Moment, ...] = ()  # every candidate, tagged (pruned within each Where)
+    stack_counts: tuple[int, ...] = ()  # blocks per stack, in forward order
 
 
 def replayable(adaptation: Adaptation) -> bool:

@@ -49,7 +49,7 @@ def test_json_for_one_method():
     assert d["results"][0]["trainable_params"] == 32 * 16 * (4 * 2 * h + 3 * (h + f))
     assert d["setup"] == {"precision": "bf16-mixed", "optimizer": "adamw", "batch_size": 4, "seq_len": 2048,
                           "gradient_checkpointing": False, "attention": "sdpa", "num_gpus": 1, "zero_stage": 0,
-                          "offload": False, "adamw_impl": "foreach", "gradient_accumulation": 1,
+                          "offload": False, "offload_params": False, "sharding": None, "adamw_impl": "foreach", "gradient_accumulation": 1,
                           "adapter_dtype": "fp32"}
 
 

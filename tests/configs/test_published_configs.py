@@ -243,7 +243,8 @@ COMPANIONS = {
     "llamafactory/deepspeed/ds_z3_config.json": "llamafactory/qwen3-4b-full-sft-ds3.yaml",
 }
 STANDALONE = {  # companion file -> the flags it stands for, on a model and method given on the command line
-    "llamafactory/deepspeed/ds_z3_offload_config.json": ("--zero", "3", "--offload"),
+    "llamafactory/deepspeed/ds_z3_offload_config.json": ("--zero", "3", "--offload", "--offload-params", "--sharding",
+                                                         "deepspeed", "--ds-auto-buckets"),
 }
 
 
