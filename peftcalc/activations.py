@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from peftcalc.methods.base import Adaptation
+from peftcalc.kbit import kbit_preparation_applies
+from peftcalc.quant import kbit_prepared, keeps_4bit_input, python_dequant_forward
 from peftcalc.setup import Setup, version_tuple
 from peftcalc.stepsim.model import StepConfig
 from peftcalc.stepsim.poly import evaluate
@@ -51,16 +53,25 @@ class Activations:
 BATCH_SENSITIVE = frozenset({"gpt2", "bert", "roberta", "t5", "mt5", "falcon", "bloom", "opt", "gpt_neox"})
 
 
-def step_config(setup: Setup, family: str | None = None, accumulating: bool = False, device: str = "cuda"
-                ) -> StepConfig:
+def step_config(setup: Setup, family: str | None = None, accumulating: bool = False, device: str = "cuda",
+                adaptation: Adaptation | None = None) -> StepConfig:
     """What of the setup changes the replayed step (batch and sequence stay symbols) on `device`: "cuda" (what
     users run; the GPU's attention kernels and dropout masks) or "cpu" (what the traced backend runs).
-    `accumulating`: a later micro-batch of gradient accumulation, whose parameters already hold gradients."""
-    p = setup.recipe
+    `accumulating`: a later micro-batch of gradient accumulation, whose parameters already hold gradients. With a
+    quantized base: peft's kbit preparation (fp32 parameters, quant.kbit_prepared) and what the bitsandbytes release
+    keeps."""
+    loaded = p = setup.recipe
+    quantized = adaptation is not None and adaptation.quantized_base
+    if adaptation is not None and kbit_preparation_applies(adaptation, setup):
+        p = kbit_prepared(p)
     batch1 = setup.batch_size == 1 and (setup.attention == "eager" or family is None or family in BATCH_SENSITIVE)
     mask = "packed" if setup.packing else "padded" if setup.padded and setup.batch_size > 1 else "none"
     return StepConfig(p.param_dtype, p.compute_dtype, setup.attention, setup.gradient_checkpointing, p.adapter_dtype,
-                      batch1, accumulating, autocast=p.autocast, device=device,
+                      batch1, accumulating, quant_dtype=loaded.param_dtype if quantized else "",
+                      bnb_compute_dtype=loaded.compute_dtype if quantized else "",
+                      bnb_keeps_input=quantized and keeps_4bit_input(setup.bitsandbytes_version),
+                      bnb_python_dequant=quantized and python_dequant_forward(setup.bitsandbytes_version),
+                      autocast=p.autocast, device=device,
                       reentrant=setup.gradient_checkpointing and setup.reentrant_checkpointing, loss=setup.loss,
                       mask=mask, shift_copy=setup.transformers_version is not None
                       and version_tuple(setup.transformers_version) < (4, 49))
@@ -90,7 +101,8 @@ def activation_bytes(adaptation: Adaptation, setup: Setup, accumulating: bool = 
     gradient from the micro-batches before; torch adds each new gradient into it in place and frees the new one.
     The peaks are then above start + the held gradients (which the caller adds), with the parameters' own
     gradients left out (`gradient_bytes` is 0)."""
-    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device))
+    r: SimResult = simulate(adaptation, step_config(setup, adaptation.spec.arch.family, accumulating, device,
+                                                    adaptation))
     v = sizes(adaptation, setup)
     return Activations(
         after_forward_bytes=evaluate(r.after_forward, v),

@@ -56,7 +56,7 @@ def checkpoint_bytes(adaptation: Adaptation, precision: Precision) -> int:
     entries = []
     for g in adaptation.saved:
         dtype = SAFETENSORS_DTYPE[precision.stored_dtype(g.added)]
-        nbytes = tensor_bytes(g, precision)
+        nbytes = tensor_bytes(g, precision, adaptation)
         shape = g.shape or (g.numel,)
         # peft prefixes module paths; our bottleneck adapters and full models save plain module names
         prefix = PEFT_PREFIX if adaptation.saved_by_peft and not g.name.startswith("prompt") else ""

@@ -151,7 +151,7 @@ def fsdp_units(adaptation: Adaptation, precision: Precision, ranks: int) -> tupl
         if g.format == "dense":
             size = padded_numel(g, ranks) * _stored_bytes(g, precision)
         else:  # a quantized base weight: its packed bytes (FSDP2 over bitsandbytes weights is not modelled further)
-            size = tensor_bytes(g, precision)
+            size = tensor_bytes(g, precision, adaptation)
         stack = next((p for p, _ in prefixes if "{i}" in g.name and g.name.replace("{i}", "").startswith(p)), None)
         if stack is None:
             root[0] += size * g.count

@@ -31,6 +31,7 @@ from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
 from peftcalc.parallel import (Placement, check_model_parallel, model_parallel_activations, place, stage_layers,
                                stage_spec)
+from peftcalc.kbit import kbit_preparation_applies, prepared_setup, quantized_base_notes
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
 from peftcalc.collectives import fsdp_units
@@ -168,6 +169,8 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     precision = setup.recipe
     get_optimizer(setup.optimizer)
     whole = adapt(spec, method)
+    kbit = kbit_preparation_applies(whole, setup)
+    setup = prepared_setup(whole, setup)  # what prepare_model_for_kbit_training turns on
     in_flight = 0
     if setup.tensor_parallel > 1 or setup.pipeline_parallel > 1:  # one GPU holds one stage's tensor shard
         check_model_parallel(spec, setup.tensor_parallel, setup.pipeline_parallel)
@@ -177,7 +180,7 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
     else:
         adaptation = whole
         acts = activation_bytes(adaptation, setup, device=device)
-    states = model_states(adaptation, precision, setup.optimizer, setup.optimizer_state_dtype)
+    states = model_states(adaptation, precision, setup.optimizer, kbit, setup.optimizer_state_dtype)
     placed: Placement = place(states, setup.num_gpus, setup.zero_stage, setup.offload)
     later = (activation_bytes(adaptation, setup, accumulating=True, device=device)
              if setup.gradient_accumulation > 1 else None)
@@ -186,7 +189,8 @@ def estimate_method(spec: ModelSpec, method: Method, setup: Setup, num_tasks: in
         memory = replace(memory, in_flight_activation_bytes=in_flight)
     full = adapt(spec, Full())
     return MethodEstimate(method.name, whole.params, memory, acts,
-                          checkpoint_size(whole, full, precision, num_tasks), whole.notes)
+                          checkpoint_size(whole, full, precision, num_tasks),
+                          whole.notes + quantized_base_notes(whole, setup))
 
 
 def compose(adaptation: Adaptation, states: ModelStates, placed: Placement, acts: Activations, setup: Setup,

@@ -5,9 +5,11 @@ construction and each part can be checked to the byte against a traced step. Bes
 the step holds:
 
 - buffers: rotary `inv_freq` and its `original_inv_freq` copy (fp32, transformers 5), BERT's position and
-  token-type ids, Gemma's `embed_scale`, and the constants of each QLoRA-quantized weight (bitsandbytes'
-  NF4 code, second-level code and offset: peftcalc/measure/qlinear.py) — measured: the traced "weights"
-  are parameters plus buffers;
+  token-type ids, Gemma's `embed_scale`, and the per-weight constants of a bitsandbytes-quantized base (its
+  4-bit code, the nested dynamic code and offset: quant.py) — measured: the traced "weights" are parameters,
+  buffers and bitsandbytes' QuantState tensors; a quantized weight's own bytes are its packed codes plus its
+  absmax (quant.quantized_bytes);
+- after peft's prepare_model_for_kbit_training (`kbit`): every non-quantized parameter in fp32 (quant.py).
 - torch AdamW's `step` (torch/optim/adamw.py `_init_group`) and transformers Adafactor's `RMS`: a 4-byte
   fp32 tensor per trainable tensor.
 """
@@ -21,15 +23,12 @@ from peftcalc.methods.base import Adaptation, TensorGroup
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import get_optimizer
 from peftcalc.precision import Precision
-from peftcalc.quant import int8_bytes, nf4_bytes
+from peftcalc.quant import kbit_prepared, quantized_bias_dtype, quantized_bytes
 from peftcalc.units import dtype_bytes
 
 ADAM_STEP_BYTES = 4  # torch.optim.AdamW: state["step"] = torch.tensor(0.0, dtype=float32) per parameter
 # Optimizers keeping a 0-dim fp32 tensor per parameter: AdamW's step, transformers Adafactor's RMS.
 SCALAR_STATE_OPTIMIZERS = ("adamw", "adafactor")
-# bitsandbytes' NF4 QuantState constants not in quant.nf4_bytes: the 16-entry fp32 NF4 code, the 256-entry fp32
-# code of the nested (double) quantization and its fp32 offset (bitsandbytes functional.quantize_4bit).
-NF4_CONSTANT_BYTES = 16 * 4 + 256 * 4 + 4
 
 
 @dataclass(frozen=True)
@@ -50,23 +49,26 @@ class ModelStates:
         return self.weight_bytes + self.gradient_bytes + self.master_weight_bytes + self.optimizer_state_bytes
 
 
-def tensor_bytes(g: TensorGroup, precision: Precision) -> int:
-    """Bytes of one tensor of the group as stored."""
-    if g.format == "nf4":
-        return nf4_bytes(g.numel)
-    if g.format == "int8":
-        return int8_bytes(g.numel, g.shape[0] if g.shape else 1)
+def tensor_bytes(g: TensorGroup, precision: Precision, adaptation: Adaptation | None = None) -> int:
+    """Bytes of one tensor of the group as stored (a quantized weight: packed codes and absmax)."""
+    if g.format != "dense":
+        q = adaptation.quantization if adaptation is not None else None
+        if q is None:
+            raise ValueError(f"{g.name} is stored as {g.format} but the adaptation names no quantization")
+        b = quantized_bytes(g.numel, g.shape[0] if g.shape else 1, q)
+        return b.packed + b.scales
     return g.numel * dtype_bytes(precision.stored_dtype(g.added))
 
 
 def buffer_bytes(adaptation: Adaptation, precision: Precision) -> int:
-    """Buffers of the transformers model (measured on the meta device, transformers 5) and of QLoRA's
-    quantized weights."""
+    """Buffers of the transformers model (measured on the meta device, transformers 5; in the dtype it was
+    loaded in, which kbit preparation does not change) and the constants of each quantized weight."""
     spec = adaptation.spec
     total = family_buffer_bytes(spec, dtype_bytes(precision.param_dtype))
+    q = adaptation.quantization
     for g in adaptation.tensors:
-        if g.format == "nf4":
-            total += NF4_CONSTANT_BYTES * g.count
+        if g.format != "dense" and q is not None:
+            total += quantized_bytes(g.numel, g.shape[0] if g.shape else 1, q).constants * g.count
     return total
 
 
@@ -100,10 +102,14 @@ def forloop_scratch(sizes: list[int]) -> int:
 
 
 @lru_cache(maxsize=4096)
-def model_states(adaptation: Adaptation, precision: Precision, optimizer: str,
+def model_states(adaptation: Adaptation, precision: Precision, optimizer: str, kbit: bool = False,
                  state_dtype: str | None = None) -> ModelStates:
-    """`state_dtype` ("fp32", "bf16") keeps every optimizer state in that dtype (Setup.optimizer_state_dtype: an
-    optimizer built with its own state dtype, e.g. torchao's AdamW with bf16 states); None: the recipe's."""
+    """`precision` is the recipe the model was loaded with; `kbit`: peft's prepare_model_for_kbit_training ran
+    on the quantized base (every other parameter in fp32 from then on). `state_dtype` ("fp32", "bf16") keeps
+    every optimizer state in that dtype (Setup.optimizer_state_dtype: an optimizer built with its own state dtype,
+    e.g. torchao's AdamW with bf16 states); None: the recipe's."""
+    loaded = precision
+    precision = kbit_prepared(precision) if kbit and adaptation.quantized_base else precision
     opt = get_optimizer(optimizer)
     torch_adamw = optimizer in SCALAR_STATE_OPTIMIZERS
     weights = grads = master = states = stepped = master_grads = scalars = 0
@@ -113,8 +119,11 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str,
     embeddings = {p.name for p in spec.others if p.kind in ("embedding", "position")}
     norms = {p.name for p in spec.others if p.kind == "norm"}
     last_cast = head_cast = block_cast = 0
+    q_biases = {t.name.removesuffix(".weight") + ".bias" for t in adaptation.tensors if t.format != "dense"}
     for g in adaptation.tensors:
-        one = tensor_bytes(g, precision)
+        one = tensor_bytes(g, precision, adaptation)
+        if g.name in q_biases and adaptation.quantization is not None:
+            one = g.numel * dtype_bytes(quantized_bias_dtype(adaptation.quantization, loaded, precision))
         weights += one * g.count
         if not g.trainable:
             continue
@@ -142,5 +151,6 @@ def model_states(adaptation: Adaptation, precision: Precision, optimizer: str,
             states += ADAM_STEP_BYTES * g.count * per
             scalars += ADAM_STEP_BYTES * g.count * per
     last_cast = head_cast or block_cast
-    return ModelStates(weights, grads, master, states, buffer_bytes(adaptation, precision), stepped,
+    states += opt.shared_state_bytes([g.numel for g in adaptation.tensors if g.trainable])
+    return ModelStates(weights, grads, master, states, buffer_bytes(adaptation, loaded), stepped,
                        forloop_scratch(first + middle + last), master_grads, last_cast, scalar_state_bytes=scalars)

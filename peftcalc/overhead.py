@@ -144,7 +144,7 @@ def _state_tensor_sizes(adaptation: Adaptation, precision: Precision, states_per
 
     out = []
     for g in adaptation.tensors:
-        one = tensor_bytes(g, precision)
+        one = tensor_bytes(g, precision, adaptation)
         out.append((one, g.count))
         if g.trainable:
             out.append((one, g.count))  # gradient

@@ -59,6 +59,8 @@ class Setup:
     # QLoRA, torchtune, DeepSpeed's bf16 engine)
     adapter_dtype: AdapterDtype | None = None
     kbit_preparation: bool = True  # peft's prepare_model_for_kbit_training around a quantized base
+    # its use_gradient_checkpointing: peft's default True turns checkpointing on; TRL passes its own setting
+    kbit_gradient_checkpointing: bool = True
     bitsandbytes_version: str | None = None  # None: today's release; older ones kept more for backward
     transformers_version: str | None = None  # None: today's; before 4.49 the causal-LM loss copied its fp32 logits
     # several GPUs
@@ -108,6 +110,10 @@ class Setup:
                                    "--adamw-impl"), (self.loss, LOSSES, "--loss")):
             if value not in known:
                 raise PeftcalcError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
+        if self.bitsandbytes_version is not None:
+            from peftcalc.quant import parse_bitsandbytes_version
+
+            parse_bitsandbytes_version(self.bitsandbytes_version)
         if self.optimizer_state_dtype not in (None, *STATE_DTYPES):
             raise PeftcalcError(f"--optimizer-state-dtype must be fp32 or bf16, got {self.optimizer_state_dtype!r}")
         if self.adapter_dtype not in (None, *ADAPTER_DTYPES):

@@ -158,7 +158,7 @@ def _parallel(record: Mapping[str, Any]) -> dict[str, Any]:
 def _torchtune(record: Mapping[str, Any], base: dict[str, Any]) -> Case:
     method, compiled = base["method"], bool(record.get("compile"))
     common = dict(precision="bf16-true", batch_size=record["batch_size"], seq_len=record["seq_len"], compile=compiled,
-                  grad_clipping=False, **_parallel(record))
+                  grad_clipping=False, kbit_preparation=False, **_parallel(record))  # torchao NF4, no peft preparation
     row = (record["method"].get("config") or {}).get("cumulative_techniques_up_to")
     if row is None:  # the Llama 3.1 table: the configs at 30b8519e
         size = record["id"].split("/")[-1].split("-")[0]

@@ -109,10 +109,25 @@ def compare_record(record: Record) -> list[Comparison]:
                        **base)]
 
 
+STAND_IN_NOTE = ("QLoRA runs recorded before the real bitsandbytes path (their environment names no bitsandbytes): "
+                 "they ran peftcalc's stand-in for it, which is gone; superseded by the real bitsandbytes runs "
+                 "(bench/results/SUPERSEDED.md)")
+
+
+def ran_the_stand_in(record: Record) -> bool:
+    """A bitsandbytes run recorded without a bitsandbytes version: peftcalc's removed stand-in ran it."""
+    r = record.result
+    quantized = r.method == "qlora" or r.detail.method_options.get("base_storage") not in (None, "dense")
+    return quantized and r.environment.bitsandbytes is None
+
+
 def compare_all(records: Iterable[Record]) -> list[Comparison]:
+    """Every comparison, once per run (the first record of a run), leaving out the stand-in's (STAND_IN_NOTE)."""
     seen: set[tuple] = set()
     out: list[Comparison] = []
     for rec in records:
+        if ran_the_stand_in(rec):
+            continue
         key = (rec.run_key or request_of(rec).label if rec.result.status == "ok" else rec.source,
                rec.result.backend, rec.result.device)
         if key in seen:  # the same run recorded twice (a resumed suite on another commit): keep the first

@@ -37,6 +37,8 @@ def estimate_cmd(ctx: click.Context, **kw: Any) -> None:
       peftcalc estimate --model llama-2-7b --method lora --rank 16 --targets all-linear \\
           --precision bf16-mixed --seq 2048 --batch 4
       peftcalc estimate --config ./my-model/config.json --method qlora --rank 64 --json
+      peftcalc estimate --model llama-2-7b --method qlora --targets q_proj,v_proj --precision bf16 \
+          --seq 1304 --no-kbit-preparation --bitsandbytes-version 0.41.1
       peftcalc estimate --model mistral-7b --method lora --adamw-impl fused --overhead context=600MiB
       peftcalc estimate --from examples/llama-3/qlora.yml --model llama-3-8b     # an axolotl config
       peftcalc estimate --from sft.yaml --from accelerate_zero3.yaml --batch 2  # TRL + its launcher

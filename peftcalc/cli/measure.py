@@ -127,6 +127,14 @@ def measure_text(d: dict[str, Any], unit: Unit) -> str:
         facts.append(f"CUDA: max allocated {fmt_bytes(c['max_allocated_bytes'], unit)}, max reserved "
                      f"{fmt_bytes(c['max_reserved_bytes'], unit)}, outside the allocator (context, libraries) "
                      f"{fmt_bytes(c['non_allocator_bytes'], unit)} of {fmt_bytes(c['total_bytes'], unit)}")
+    if det.get("allocator"):
+        a = det["allocator"]
+        unseen = ", ".join(f"{k} {fmt_bytes(v, unit)}" for k, v in a["unseen_bytes"].items())
+        bnb = [x for x in a["scratch"] if x["op"].startswith("bitsandbytes::")]
+        top = (bnb or a["scratch"] or [None])[0]
+        facts.append(f"at the CPU allocator, above the dispatch-level peaks: {unseen}" +
+                     (f"; largest scratch inside one operator: {top['op']} {fmt_bytes(top['scratch_bytes'], unit)}"
+                      if top else ""))
     if det["wall_seconds"] is not None:
         facts.append(f"wall time: {det['wall_seconds']:.1f} s")
     if facts:

@@ -13,6 +13,7 @@ from peftcalc.methods.targets import parse_targets
 from peftcalc.model.spec import ModelSpec
 from peftcalc.optim import OPTIMIZERS
 from peftcalc.precision import RECIPES
+from peftcalc.quant import CURRENT_BITSANDBYTES
 from peftcalc.setup import ATTENTIONS, LOSSES, STATE_DTYPES, Setup
 from peftcalc.units import Unit
 
@@ -73,7 +74,15 @@ method_options = _compose(
     click.option("--adapter-variant", type=click.Choice(["houlsby", "pfeiffer"]), default="houlsby", show_default=True),
     click.option("--prefix-projection", is_flag=True, help="Prefix tuning with the reparameterization MLP."),
     click.option("--quant-bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
-                 help="QLoRA base: 4-bit NF4 with double quantization, or 8-bit."),
+                 help="QLoRA base: 4-bit (bitsandbytes, as transformers' BitsAndBytesConfig loads it) or 8-bit "
+                      "(LLM.int8)."),
+    click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default="nf4", show_default=True,
+                 help="QLoRA 4-bit data type (bnb_4bit_quant_type)."),
+    click.option("--double-quant/--no-double-quant", default=True, show_default=True,
+                 help="QLoRA 4-bit: quantize the absmax again (bnb_4bit_use_double_quant; the paper's recipe)."),
+    click.option("--quant-storage", type=click.Choice(["uint8", "bf16", "fp16", "fp32"]), default="uint8",
+                 show_default=True, help="QLoRA 4-bit: the dtype the packed codes are stored in "
+                                         "(bnb_4bit_quant_storage; bf16 for FSDP-QLoRA)."),
     click.option("--modules-to-save", metavar="NAMES",
                  help="Modules trained in full beside the adapter, as peft's modules_to_save: embed_tokens,lm_head."),
     click.option("--lora-dropout", type=float, default=0.0, show_default=True,
@@ -109,6 +118,16 @@ def setup_options_with(precision: str = "fp32") -> Callable:
         click.option("--transformers-version", metavar="X.Y", default=None,
                      help="The transformers release whose code runs (default: today's; before 4.49 the causal-LM "
                           "loss keeps a second fp32 copy of the logits)."),
+        click.option("--kbit-preparation/--no-kbit-preparation", default=True, show_default=True,
+                     help="QLoRA: peft's prepare_model_for_kbit_training, as users run it (non-quantized parameters "
+                          "to fp32, gradient checkpointing on); off: the quantized model as loaded (e.g. litgpt)."),
+        click.option("--kbit-checkpointing/--no-kbit-checkpointing", default=True, show_default=True,
+                     help="QLoRA with kbit preparation: its use_gradient_checkpointing (peft's default on; TRL passes "
+                          "its own gradient_checkpointing: then give --no-kbit-checkpointing and set "
+                          "--gradient-checkpointing as the run did)."),
+        click.option("--bitsandbytes-version", metavar="X.Y.Z",
+                     help="QLoRA: the bitsandbytes release the run used (default: today's, "
+                          f"{CURRENT_BITSANDBYTES}); before 0.43.2 every 4-bit linear kept its input for backward."),
         click.option("--gpus", type=int, default=1, show_default=True, help="Data-parallel GPUs."),
         click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True,
                      help="ZeRO stage (3 = FSDP full sharding)."),
@@ -228,6 +247,7 @@ SETUP_KEYWORDS = {"precision": "precision", "optimizer": "optimizer", "batch_siz
                   "reentrant_checkpointing": "reentrant_checkpointing", "attention": "attention", "loss": "loss",
                   "packing": "packing", "adamw_impl": "adamw_impl", "optimizer_state_dtype": "optimizer_state_dtype",
                   "adapter_dtype": "adapter_dtype", "kbit_preparation": "kbit_preparation",
+                  "kbit_gradient_checkpointing": "kbit_checkpointing",
                   "bitsandbytes_version": "bitsandbytes_version", "num_gpus": "gpus", "zero_stage": "zero",
                   "offload": "offload", "offload_params": "offload_params", "tensor_parallel": "tp",
                   "pipeline_parallel": "pp", "sequence_parallel": "sequence_parallel",
@@ -253,6 +273,8 @@ def resolve_method_options(kw: dict[str, Any]) -> MethodOptions:
                          virtual_tokens=kw["virtual_tokens"], bottleneck=kw["bottleneck"],
                          adapter_variant=kw["adapter_variant"], prefix_projection=kw["prefix_projection"],
                          quant_bits=int(kw["quant_bits"]), lora_dropout=float(kw.get("lora_dropout") or 0.0),
+                         quant_type=kw.get("quant_type", "nf4"), double_quant=kw.get("double_quant", True),
+                         quant_storage=kw.get("quant_storage", "uint8"),
                          modules_to_save=parse_modules(kw.get("modules_to_save")))
 
 

@@ -21,11 +21,7 @@ class Fallback:
 
 
 FALLBACKS: tuple[Fallback, ...] = (
-    Fallback("kbit_preparation", None, None, "its fp32 upcast of the weights left unquantized is left out"),
     Fallback("offload_params", (True,), False, "parameters counted on the GPU (optimizer offload only)"),
-    Fallback("quant_type", ("fp4",), None, "counted as nf4"),
-    Fallback("double_quant", (False,), None, "counted with double quantization"),
-    Fallback("quant_storage", ("bf16", "fp16", "fp32"), None, "counted in uint8 storage (the same bytes for the codes)"),
 )
 
 

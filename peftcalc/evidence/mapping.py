@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.evidence.methods import Unpredictable, base_format, method_of
+from peftcalc.evidence.methods import Unpredictable, method_of, quantization_of
 from peftcalc.evidence.record import PublishedRecord
 from peftcalc.methods import Method
 from peftcalc.model.spec import ModelSpec
@@ -79,7 +79,7 @@ def map_record(r: PublishedRecord) -> Mapped | NotPredicted:
 
 
 def _map(r: PublishedRecord) -> Mapped:
-    base_format(r)  # an unmodelled quantization says so before the model does
+    quantization_of(r)  # an unmodelled quantization says so before the model does
     spec = _model(r)
     _check_moe_quantized(r, spec)
     method, caveats = method_of(r, spec)
@@ -131,12 +131,39 @@ def _setup_fields(r: PublishedRecord, family: str) -> tuple[dict[str, Any], list
     # litgpt's finetune scripts always chunk the head and loss; torchtune's recipes chunk unless a row says not
     fields["loss"] = "chunked" if r.framework == "litgpt" or (r.framework == "torchtune" and r.loss is None) \
         else LOSSES[r.loss]
+    if r.quantization is not None:
+        fields.update(_kbit(r, notes))
     version = _bitsandbytes_version(r)
     if version is not None and r.quantization is not None:
         fields["bitsandbytes_version"] = version
         notes.append(f"bitsandbytes {version}")
     fields["transformers_version"] = _transformers_version(r, notes)
     return fields, notes
+
+
+# Who calls peft's prepare_model_for_kbit_training around a quantized base, and with which checkpointing:
+# litgpt quantizes through Lightning Fabric's BitsandbytesPrecision and torchtune through torchao (neither calls
+# it); Answer.AI's fsdp_qlora train.py replaces the linears itself; TRL's SFTTrainer (and fms-hf-tuning, built on
+# it) calls it with use_gradient_checkpointing=args.gradient_checkpointing.
+NO_KBIT_PREPARATION = ("litgpt", "torchtune", "other:answerai-fsdp_qlora")
+KBIT_WITH_OWN_CHECKPOINTING = ("trl", "other:fms-hf-tuning")
+
+
+def _kbit(r: PublishedRecord, notes: list[str]) -> dict[str, Any]:
+    plugin = r.method_config.get("framework_config")
+    if isinstance(plugin, str) and plugin.startswith("accelerated-peft"):
+        # fms-acceleration's bnb plugin (framework_plugin_bnb.py) runs its own copy of prepare_model_for_kbit_training
+        # without the fp32 upcast, with the run's gradient checkpointing
+        notes.append("fms-acceleration's own kbit preparation: no fp32 upcast of the unquantized weights")
+        return {"kbit_preparation": False}
+    if r.framework.startswith(NO_KBIT_PREPARATION):
+        notes.append("no prepare_model_for_kbit_training (the framework quantizes the base itself)")
+        return {"kbit_preparation": False}
+    if r.framework.startswith(KBIT_WITH_OWN_CHECKPOINTING):
+        notes.append("prepare_model_for_kbit_training with the run's own gradient checkpointing (TRL's SFTTrainer)")
+        return {"kbit_preparation": True, "kbit_gradient_checkpointing": bool(r.gradient_checkpointing)}
+    notes.append("prepare_model_for_kbit_training as peft's QLoRA examples call it (checkpointing on)")
+    return {}
 
 
 def _transformers_version(r: PublishedRecord, notes: list[str]) -> str | None:

@@ -20,6 +20,7 @@ from peftcalc.methods.prefix import PrefixTuning
 from peftcalc.methods.prompt import PromptTuning, PTuning
 from peftcalc.methods.targets import ALL_LINEAR, matches
 from peftcalc.model.spec import ModelSpec
+from peftcalc.quant import Quantization
 
 
 class Unpredictable(Exception):
@@ -82,16 +83,20 @@ def targets_of(r: PublishedRecord, spec: ModelSpec) -> tuple[str, ...] | None:
     return None
 
 
-def base_format(r: PublishedRecord) -> str:
+def quantization_of(r: PublishedRecord) -> Quantization | None:
+    """The bitsandbytes base the record ran (torchao's NF4 stored as bitsandbytes' is, to the byte of its codes),
+    or None for a dense base. A double quantization the source does not state is taken as the QLoRA recipe's (on)."""
     q = r.quantization
     if q is None:
-        return "dense"
+        return None
     if q.library == "auto_gptq":
         raise Unpredictable("GPTQ base (auto_gptq) not modelled")
-    if q.library in ("bitsandbytes", "torchao") and (q.quant_type == "nf4" or (q.quant_type is None and q.bits == 4)):
-        return "nf4"
+    if q.library in ("bitsandbytes", "torchao") and (q.quant_type in ("nf4", "fp4") or (q.quant_type is None
+                                                                                        and q.bits == 4)):
+        kind = q.quant_type if q.quant_type in ("nf4", "fp4") else "nf4"
+        return Quantization(4, kind, True if q.double_quant is None else q.double_quant)  # type: ignore[arg-type]
     if q.library == "bitsandbytes" and q.bits == 8:
-        return "int8"
+        return Quantization(8)
     raise Unpredictable(f"{q.library} {q.quant_type or q.bits} quantization not modelled")
 
 
@@ -106,8 +111,8 @@ def method_of(r: PublishedRecord, spec: ModelSpec) -> tuple[Method, tuple[str, .
     """The peftcalc Method the record ran, and notes on what of its config is not replayed."""
     _unmodelled_config(r)
     name, cfg, notes = r.method, r.method_config, []
-    fmt = base_format(r)
-    if fmt != "dense" and name not in ("lora", "qlora"):
+    quantization = quantization_of(r)
+    if quantization is not None and name not in ("lora", "qlora"):
         raise Unpredictable(f"{name} on a quantized base not modelled")
     dropout = cfg.get("lora_dropout")
     dropout = float(dropout) if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else 0.0
@@ -116,7 +121,7 @@ def method_of(r: PublishedRecord, spec: ModelSpec) -> tuple[Method, tuple[str, .
         dora = name == "dora" or cfg.get("use_dora") is True
         if dora and dropout:
             notes.append(f"lora_dropout {dropout} with DoRA: not replayed (peft recomputes the base layer)")
-        return Lora(_rank(cfg), targets, magnitude=dora, base_format=fmt, dropout=dropout), tuple(notes)
+        return Lora(_rank(cfg), targets, magnitude=dora, quantization=quantization, dropout=dropout), tuple(notes)
     return _other(name, cfg, spec), tuple(notes)
 
 

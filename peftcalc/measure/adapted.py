@@ -20,22 +20,10 @@ from peftcalc.setup import Setup
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _expand(template: str, count: int) -> list[str]:
-    return [template.replace("{i}", str(i)) for i in range(count)] if "{i}" in template else [template]
-
-
-def quantized_modules(adaptation: Adaptation) -> tuple[str, set[str]]:
-    """The weight format and the module names of the base weights a QLoRA adaptation quantizes."""
-    formats = {g.format for g in adaptation.tensors if g.format != "dense"}
-    names = {n.removesuffix(".weight") for g in adaptation.tensors if g.format != "dense"
-             for n in _expand(g.name, g.count)}
-    return (formats.pop() if formats else "dense"), names
-
-
 def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | torch.device = "meta"
                   ) -> tuple[nn.Module, Adaptation, list[str]]:
     """The transformers model of `spec` on `device`, in the recipe's storage dtype, with `method` applied."""
-    precision = get_precision(setup.precision)
+    precision = setup.recipe  # the adapter dtype a setup asks for included
     adaptation = method.adapt(spec)
     notes: list[str] = []
     if spec.arch.num_experts and precision.param_dtype != "bf16":
@@ -55,18 +43,45 @@ def build_adapted(spec: ModelSpec, method: Method, setup: Setup, device: str | t
     if spec.arch.num_experts:
         notes.append("MoE experts run transformers' grouped_mm implementation: every (token, expert) pair of the "
                      "top-k routing goes through one grouped GEMM, so memory does not depend on how tokens are routed")
-    fmt, qnames = quantized_modules(adaptation)
-    if fmt != "dense":
-        from peftcalc.measure.qlinear import quantize_linears
-
-        quantize_linears(model, qnames, fmt, DTYPES[precision.compute_dtype])
-        notes.append(f"QLoRA base emulated without bitsandbytes: each {fmt} weight is a packed "
-                     f"{'uint8' if fmt == 'nf4' else 'int8'} tensor with bitsandbytes' constants, dequantized "
-                     "per layer in forward and backward (see peftcalc/measure/qlinear.py)")
-        if spec.arch.num_experts:
-            notes.append("fused MoE expert tensors stay unquantized (not nn.Linear)")
+    if adaptation.quantization is not None:
+        model = _quantized_base(model, adaptation, setup, device, notes)
     model = apply_method(model, spec, method, precision.adapter_dtype == "fp32")
     return model, adaptation, notes
+
+
+def _quantized_base(dense: nn.Module, adaptation: Adaptation, setup: Setup, device: str | torch.device,
+                    notes: list[str]) -> nn.Module:
+    """The model loaded again through transformers with a BitsAndBytesConfig, then (by default) prepared as
+    peft's prepare_model_for_kbit_training does (peftcalc/measure/quantize.py)."""
+    import bitsandbytes
+
+    from peftcalc.measure.quantize import TRACED_NOTE, load_quantized, prepare_kbit, quantized_modules
+
+    precision = get_precision(setup.precision)
+    q = adaptation.quantization
+    assert q is not None
+    expected = quantized_modules(adaptation)
+    model = load_quantized(dense, q, DTYPES[precision.param_dtype], precision.compute_dtype, device, expected)
+    del dense
+    built = {name for name, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")}
+    if built != expected:
+        missing, extra = sorted(expected - built)[:3], sorted(built - expected)[:3]
+        raise PeftcalcError(f"transformers quantized other modules than peftcalc's inventory says (not quantized: "
+                            f"{', '.join(missing) or '-'}; also quantized: {', '.join(extra) or '-'})")
+    notes.append(f"base quantized by bitsandbytes {bitsandbytes.__version__} ({q.label}) through transformers' "
+                 "BitsAndBytesConfig")
+    if str(device) == "meta":
+        notes.append(TRACED_NOTE)
+    if setup.kbit_preparation and adaptation.spec.arch.num_experts:
+        raise PeftcalcError(f"{adaptation.spec.name}: prepare_model_for_kbit_training casts the fused MoE experts to "
+                            "fp32 and transformers 5 runs them with grouped_mm, which takes bf16 only; "
+                            "use --no-kbit-preparation")
+    if setup.kbit_preparation:
+        model = prepare_kbit(model, setup)
+        ckpt = "" if not setup.kbit_gradient_checkpointing else ", gradient checkpointing on" + \
+            ("" if setup.gradient_checkpointing else " (peft's default; torch's default reentrant variant)")
+        notes.append(f"peft's prepare_model_for_kbit_training: every non-quantized parameter in fp32{ckpt}")
+    return model
 
 
 def apply_method(model: nn.Module, spec: ModelSpec, method: Method, fp32_adapters: bool = True) -> nn.Module:

@@ -102,7 +102,8 @@ def _result(ctx: Context, numbers: StepNumbers, info: dict[str, Any], ckpt: int 
     detail = ctx.detail(master_weight_bytes=numbers.master_weight_bytes,
                         saved_tensor_bytes=numbers.saved_tensor_bytes, baseline_bytes=numbers.baseline_bytes,
                         phase_peaks=dict(numbers.phase_peaks), cuda=cuda, wall_seconds=info.get("wall_seconds"),
-                        total_params_built=info.get("total_params"), notes=tuple(info.get("notes", ())))
+                        total_params_built=info.get("total_params"), notes=tuple(info.get("notes", ())),
+                        allocator=info.get("allocator"))
     return MeasureResult(ctx.backend, ctx.device, "ok", model_info(ctx.spec), setup, ctx.method.name,
                          info.get("trainable_params"), measured_bytes(numbers), numbers.peak_phase, ctx.predicted,
                          ckpt, step_seconds, tps, (), ctx.environment, detail)

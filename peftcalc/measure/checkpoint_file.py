@@ -59,7 +59,13 @@ def saved_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict
 
-        return dict(get_peft_model_state_dict(model))
+        state = None
+        if any(type(p).__name__ in ("Params4bit", "Int8Params") or hasattr(p, "quant_state") or hasattr(p, "SCB")
+               for p in model.parameters()):
+            # a bitsandbytes base: its own state_dict serializes every QuantState (data-dependent on fake tensors,
+            # and never in an adapter checkpoint); peft picks the adapter's tensors from parameters and buffers
+            state = dict(model.named_parameters()) | dict(model.named_buffers())
+        return dict(get_peft_model_state_dict(model, state_dict=state))
     if not all(p.requires_grad for p in model.parameters()):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
     return _dedup(model.state_dict())

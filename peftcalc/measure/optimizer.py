@@ -1,5 +1,5 @@
-"""The optimizer of the measured step: torch's AdamW with an explicit implementation, and fp32 master weights
-around it for the mixed-precision recipes."""
+"""The optimizer of the measured step: torch's AdamW with an explicit implementation, or one of bitsandbytes'
+(AdamW8bit, PagedAdamW8bit, PagedAdamW), and fp32 master weights around it for the mixed-precision recipes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,42 @@ ADAMW_KWARGS: dict[str, dict[str, bool]] = {
     "foreach": {"foreach": True},
     "fused": {"fused": True},
 }
+
+
+BNB_OPTIMIZERS = {"adamw-8bit": "AdamW8bit", "paged-adamw-8bit": "PagedAdamW8bit", "paged-adamw-32bit": "PagedAdamW"}
+
+
+def make_optimizer(params: Iterable[torch.Tensor], name: str, impl: str) -> torch.optim.Optimizer:
+    """torch's AdamW (`impl`), or the bitsandbytes optimizer `name` with its defaults (lr aside)."""
+    if name == "adamw":
+        return make_adamw(params, impl)
+    if name not in BNB_OPTIMIZERS:
+        raise PeftcalcError(f"the measured backend runs torch's AdamW and bitsandbytes' {', '.join(BNB_OPTIMIZERS)}; "
+                            f"--optimizer {name} is estimated but not measured")
+    return make_bnb_optimizer(list(params), BNB_OPTIMIZERS[name])
+
+
+def make_bnb_optimizer(params: list[torch.Tensor], cls_name: str) -> torch.optim.Optimizer:
+    """A bitsandbytes optimizer. On fake tensors its code tables (built with data-dependent Python in
+    `fill_qmap`) are made for real and handed to it as fake copies; its update kernels have fake
+    implementations (bitsandbytes/_ops.py). On the CPU a paged optimizer falls back to ordinary tensors."""
+    import warnings
+
+    import bitsandbytes as bnb
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+
+    cls = getattr(bnb.optim, cls_name)
+    fake = next((p.fake_mode for p in params if isinstance(p, FakeTensor)), None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+        if fake is None:
+            return cls(params, lr=1e-5)
+        with unset_fake_temporarily():
+            opt = cls(params, lr=1e-5)
+            if not opt.name2qmap and "8bit" in cls_name:
+                opt.fill_qmap()
+        opt.name2qmap = {k: fake.from_tensor(v) for k, v in opt.name2qmap.items()}
+        return opt
 
 
 def make_adamw(params: Iterable[torch.Tensor], impl: str) -> torch.optim.Optimizer:

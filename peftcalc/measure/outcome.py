@@ -30,18 +30,30 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(device: str) -> Environment:
+def environment(device: str, uses_bitsandbytes: bool = False) -> Environment:
     import peft
     import torch
     import transformers
 
+    bnb_version = None
+    if uses_bitsandbytes:
+        import bitsandbytes
+
+        bnb_version = bitsandbytes.__version__
     if device.startswith("cuda") and torch.cuda.is_available():
         name = torch.cuda.get_device_name()
     else:
         import platform
 
         name = f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
-    return Environment(torch.__version__, transformers.__version__, peft.__version__, name, git_commit())
+    return Environment(torch.__version__, transformers.__version__, peft.__version__, name, git_commit(), bnb_version)
+
+
+def uses_bitsandbytes(method: Method, setup: Setup) -> bool:
+    """A quantized base (QLoRA) or a bitsandbytes optimizer."""
+    from peftcalc.optim import get_optimizer
+
+    return getattr(method, "quantization", None) is not None or get_optimizer(setup.optimizer).bitsandbytes
 
 
 def model_info(spec: ModelSpec) -> ModelInfo:
@@ -92,7 +104,7 @@ def context(spec: ModelSpec, method: Method, setup: Setup, backend: str, device:
         prediction, note = None, str(e)
     except Exception as e:  # noqa: BLE001 - a broken estimate must not lose the measurement
         prediction, note = None, f"the analytic estimate failed: {type(e).__name__}: {e}"
-    env = environment("cpu" if backend == "trace" else device)
+    env = environment("cpu" if backend == "trace" else device, uses_bitsandbytes(method, setup))
     return Context(spec, method, setup, backend, device, env, prediction,
                    (f"no prediction: {note}",) if note else ())
 

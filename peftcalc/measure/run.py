@@ -23,6 +23,8 @@ import torch
 from peftcalc.measure.meter import LiveMeter
 from peftcalc.results.record import CudaNumbers
 from peftcalc.measure.adapted import build_adapted
+from peftcalc.measure.allocator import AllocatorMeter, AllocatorProfile, uses_bitsandbytes
+from peftcalc.measure.quantize import bitsandbytes_release
 from peftcalc.measure.step import StepNumbers, measured_step, prepare_training
 from peftcalc.measure.trace import model_facts
 from peftcalc.methods.base import Adaptation, Method
@@ -87,11 +89,21 @@ def run_step(spec: ModelSpec, method: Method, setup: Setup, device: str | None =
         info = model_facts(model)
         prep = prepare_training(model, spec, setup, device, notes)
         sync = _sync(device)
-        meter = LiveMeter(device_type="cuda" if cuda else None)
+        allocator = None if cuda or not uses_bitsandbytes(adaptation, setup) else AllocatorProfile()
+        meter = AllocatorMeter() if allocator is not None else LiveMeter(device_type="cuda" if cuda else None)
         if cuda:
             torch.cuda.synchronize()
-        numbers = measured_step(prep, meter, sync=sync,
-                                before_measured=(lambda: torch.cuda.reset_peak_memory_stats()) if cuda else None)
+        before = (lambda: torch.cuda.reset_peak_memory_stats()) if cuda else \
+            (lambda: allocator.start(meter)) if allocator is not None else None
+        with bitsandbytes_release(setup.bitsandbytes_version) as release:
+            try:
+                numbers = measured_step(prep, meter, sync=sync, before_measured=before)
+            finally:
+                if allocator is not None:
+                    allocator.stop()
+        prep.notes += [release] if release else []
+        if allocator is not None:
+            info["allocator"] = allocator.numbers(meter)
         cuda_numbers = None
         if cuda:
             torch.cuda.synchronize()

@@ -42,9 +42,11 @@ from torch import nn
 from peftcalc.errors import PeftcalcError
 from peftcalc.measure.adapted import DTYPES, base_model, model_has_prefix
 from peftcalc.measure.meter import LiveMeter, SavedTensorsAccount, storage_keys, unique_storage_bytes
-from peftcalc.measure.optimizer import FP16_LOSS_SCALE, MasterWeightOptimizer, make_adamw
+from peftcalc.measure.optimizer import FP16_LOSS_SCALE, MasterWeightOptimizer, make_optimizer
+from peftcalc.measure.quantize import BNB_LINEARS, quant_state_tensors
 from peftcalc.model.spec import ModelSpec
 from peftcalc.precision import Precision, get_precision
+from peftcalc.quant import kbit_prepared
 from peftcalc.setup import Setup
 
 
@@ -112,9 +114,7 @@ def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: st
 
     Call it where tensors are created for the step (inside `FakeTensorMode` when tracing)."""
     precision = get_precision(setup.precision)
-    if setup.optimizer != "adamw":
-        raise PeftcalcError(f"the measured backend runs torch's AdamW only; --optimizer {setup.optimizer} "
-                            "is estimated but not measured")
+    make = lambda ps: make_optimizer(ps, setup.optimizer, setup.adamw_impl)  # noqa: E731
     model.train()
     if setup.gradient_checkpointing:
         base = base_model(model)
@@ -129,9 +129,11 @@ def prepare_training(model: nn.Module, spec: ModelSpec, setup: Setup, device: st
         raise PeftcalcError("nothing to train: the method left no trainable parameter")
     loss_scale = FP16_LOSS_SCALE if precision.param_dtype == "fp16" else 1.0
     if precision.master:
-        opt: Any = MasterWeightOptimizer(params, lambda ps: make_adamw(ps, setup.adamw_impl), loss_scale)
+        opt: Any = MasterWeightOptimizer(params, make, loss_scale)
     else:
-        opt = make_adamw(params, setup.adamw_impl)
+        opt = make(params)
+    if setup.kbit_preparation and any(type(m).__name__ in BNB_LINEARS for m in model.modules()):
+        precision = kbit_prepared(precision)  # fp32 parameters; mixed recipes autocast (Trainer bf16/fp16=True)
     autocast = DTYPES[precision.compute_dtype] if precision.autocast else None
     dev = torch.device(device)
     return Prepared(model, opt, make_inputs(spec, setup, dev), precision, setup, autocast, dev.type, loss_scale,
@@ -158,7 +160,8 @@ class StepNumbers:
 
 
 def _param_and_buffer_tensors(model: nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters()] + [b for b in model.buffers()]
+    """Parameters, buffers, and the statistics bitsandbytes keeps beside a quantized weight (QuantState)."""
+    return [p for p in model.parameters()] + [b for b in model.buffers()] + quant_state_tensors(model)
 
 
 MATH_SDPA_NOTE = ("sdpa fell back to its math path here (on the CPU: attention dropout > 0 or an additive bias such as "
@@ -207,11 +210,13 @@ def measured_step(prep: Prepared, meter: LiveMeter, sync: Callable[[], None] | N
     meter.track_all(stray_tensors(prep.model))
     meter.track_all(prep.master_weights)
     meter.track_all(prep.inputs.values())
-    param_keys = storage_keys(weights) | storage_keys(prep.master_weights)
     sync = sync or (lambda: None)
     with meter:
         _warm_up(prep, warmup)
         sync()
+        # after the warm-up: bitsandbytes' first forward re-stores some parameters (Linear4bit's bias)
+        weights = _param_and_buffer_tensors(prep.model)
+        param_keys = storage_keys(weights) | storage_keys(prep.master_weights)
         if before_measured is not None:
             before_measured()
         meter.reset_peak()

@@ -42,7 +42,7 @@ import gc
 import itertools
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -149,6 +149,22 @@ def execute(run: RunRequest) -> MeasureResult:
                    nproc=run.nproc, save_checkpoint=run.save_checkpoint, timed_steps=run.timed_steps)
 
 
+def run_uses_bitsandbytes(run: RunRequest) -> bool:
+    from peftcalc.methods import make_method
+    from peftcalc.optim import get_optimizer
+
+    method = make_method(run.method, run.options)
+    return getattr(method, "quantization", None) is not None or get_optimizer(run.setup.optimizer).bitsandbytes
+
+
+def bitsandbytes_version() -> str | None:
+    try:
+        import bitsandbytes
+    except ImportError:
+        return None
+    return bitsandbytes.__version__
+
+
 def current_environment(backend: str) -> Environment:
     from peftcalc.measure.outcome import environment
     from peftcalc.measure.run import default_device
@@ -186,6 +202,8 @@ def run_suite(suite: Suite, results_dir: str | Path | None = None, retry_failed:
     t0 = time.perf_counter()
     for i, run in enumerate(runs, 1):
         env = envs.setdefault(run.backend, environment_of(run.backend))
+        if run_uses_bitsandbytes(run) and env.bitsandbytes is None:
+            env = replace(env, bitsandbytes=bitsandbytes_version())
         status = done.get((run.key, env.key()))
         if status is not None and not (retry_failed and status == "error"):
             summary.skipped += 1

@@ -10,6 +10,7 @@ memory — a 70B step fits in a few GB of host RAM. On the CPU this equals a rea
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from peftcalc.measure.meter import LiveMeter
 from peftcalc.measure.checkpoint_file import state_dict_file_bytes
 from peftcalc.measure.adapted import build_adapted
+from peftcalc.measure.quantize import bitsandbytes_release, fake_code_tables, fake_quantized, is_bnb_weight
 from peftcalc.measure.step import StepNumbers, measured_step, prepare_training
 from peftcalc.methods.base import Adaptation, Method
 from peftcalc.model.spec import ModelSpec
@@ -41,7 +43,9 @@ def fakeify(model: nn.Module, device: str = "cpu") -> None:
 
     for module in model.modules():
         for name, p in list(module._parameters.items()):
-            if p is not None:
+            if p is not None and is_bnb_weight(module, name):  # bitsandbytes' quantized weight: quantize a fake one
+                module._parameters[name] = fake_quantized(module, p, device)
+            elif p is not None:
                 module._parameters[name] = new(p)  # type: ignore[assignment]
         for name, b in list(module._buffers.items()):
             if b is not None:
@@ -67,13 +71,17 @@ def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool =
     model, adaptation, notes = build_adapted(spec, method, setup, device="meta")
     info = model_facts(model)
     ckpt = None
-    with FakeTensorMode(allow_non_fake_inputs=False):
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    tables = fake_code_tables(mode) if adaptation.quantization is not None else contextlib.nullcontext()
+    with tables, bitsandbytes_release(setup.bitsandbytes_version) as release, mode:  # tables: built before the mode
         fakeify(model, "cpu")
         prep = prepare_training(model, spec, setup, "cpu", notes)
-        numbers = measured_step(prep, LiveMeter(), warmup="optimizer")
+        # bitsandbytes' first forward changes what is stored (Linear4bit casts its bias to the compute dtype,
+        # Linear8bitLt moves CB/SCB to its state): a quantized model warms up with a whole step
+        numbers = measured_step(prep, LiveMeter(), warmup="step" if adaptation.quantized_base else "optimizer")
         if checkpoint:
             ckpt = state_dict_file_bytes(prep.model)
-    info["notes"] = prep.notes
+    info["notes"] = prep.notes + ([release] if release else [])
     info["wall_seconds"] = time.perf_counter() - t0
     return numbers, adaptation, info, ckpt
 

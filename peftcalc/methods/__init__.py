@@ -30,6 +30,9 @@ class MethodOptions:
     adapter_variant: str = "houlsby"
     prefix_projection: bool = False
     quant_bits: int = 4
+    quant_type: str = "nf4"  # QLoRA 4-bit: nf4 or fp4
+    double_quant: bool = True  # QLoRA 4-bit: quantize the absmax again (the paper's recipe)
+    quant_storage: str = "uint8"  # QLoRA 4-bit: the dtype the packed codes are stored in
     modules_to_save: tuple[str, ...] = ()  # peft's modules_to_save: trainable full copies (not for full)
     lora_dropout: float = 0.0  # peft's lora_dropout (LoRA, DoRA, QLoRA)
 
@@ -54,8 +57,10 @@ _INFOS = (
     MethodInfo("lora", "LoRA", "Hu et al. 2021, arXiv:2106.09685", ("--rank", "--targets"), "peft",
                lambda o: lora(o.rank, o.targets, o.lora_dropout)),
     MethodInfo("qlora", "QLoRA", "Dettmers et al. 2023, arXiv:2305.14314 (NF4 + double quantization)",
-               ("--rank", "--targets (default all-linear)", "--quant-bits 4|8"), "peft",
-               lambda o: qlora(o.rank, o.targets, o.quant_bits, o.lora_dropout)),
+               ("--rank", "--targets (default all-linear)", "--quant-bits 4|8", "--quant-type nf4|fp4",
+                "--no-double-quant", "--quant-storage", "--lora-dropout"), "peft",
+               lambda o: qlora(o.rank, o.targets, o.quant_bits, o.quant_type, o.double_quant, o.quant_storage,
+                               o.lora_dropout)),
     MethodInfo("dora", "DoRA", "Liu et al. 2024, arXiv:2402.09353", ("--rank", "--targets"), "peft",
                lambda o: dora(o.rank, o.targets, o.lora_dropout)),
     MethodInfo("adapter", "Bottleneck adapters", "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021",

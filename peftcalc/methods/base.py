@@ -12,8 +12,9 @@ from functools import cached_property
 from typing import Literal, Protocol
 
 from peftcalc.model.spec import ModelSpec
+from peftcalc.quant import Quantization, kept_dense
 
-WeightFormat = Literal["dense", "nf4", "int8"]  # how a weight is stored: dense, or bitsandbytes-quantized
+WeightFormat = Literal["dense", "nf4", "fp4", "int8"]  # how a weight is stored: dense, or bitsandbytes-quantized
 PromptEncoder = Literal["embedding", "mlp"]  # where virtual tokens come from: a table, or an MLP over it
 
 
@@ -65,13 +66,14 @@ class Adaptation:
     prompt_encoder: PromptEncoder | None = None  # virtual tokens from an embedding (prompt) or an MLP (p-tuning)
     saved_by_peft: bool = True  # checkpoint keys under peft's `base_model.model.` prefix (not: full, adapters)
     lora_dropout: float = 0.0  # peft's lora_dropout: an nn.Dropout on each adapted module's input to lora_A
+    quantization: Quantization | None = None  # how bitsandbytes stores the quantized base (QLoRA)
 
     def __hash__(self) -> int:
         # Adaptations key the memory and checkpoint caches: hash the tensor list once.
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.method, self.spec, self.tensors, self.saved, self.extra_tokens, self.prefix_tokens,
-                      self.lora_dropout))
+                      self.lora_dropout, self.quantization))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -95,12 +97,14 @@ class Method(Protocol):
     def adapt(self, spec: ModelSpec) -> Adaptation: ...
 
 
-def base_tensors(spec: ModelSpec, trainable: bool, quantize: WeightFormat = "dense") -> tuple[TensorGroup, ...]:
-    """The base model's tensors; with `quantize`, every non-head linear weight in that format (bitsandbytes)."""
+def base_tensors(spec: ModelSpec, trainable: bool, quantize: Quantization | None = None) -> tuple[TensorGroup, ...]:
+    """The base model's tensors; with `quantize`, every linear weight transformers' bitsandbytes integration
+    converts (not the head, tied weights or the model's `_keep_in_fp32_modules`: see quant.py) in that format."""
     groups: list[TensorGroup] = []
     for lin in spec.linears:
         if not lin.tied:
-            fmt: WeightFormat = "dense" if lin.head else quantize
+            converted = quantize is not None and not lin.head and not kept_dense(spec.arch.family, lin.name)
+            fmt: WeightFormat = quantize.format if quantize is not None and converted else "dense"  # type: ignore
             groups.append(TensorGroup(lin.name + ".weight", lin.weight_params, lin.count, trainable and fmt == "dense",
                                       False, fmt, (lin.out_features, lin.in_features)))
         if lin.bias:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftcalc.errors import PeftcalcError
-from peftcalc.methods.base import Adaptation, TensorGroup, WeightFormat, base_tensors
+from peftcalc.methods.base import Adaptation, TensorGroup, base_tensors
 from peftcalc.methods.targets import ALL_LINEAR, all_linear_parameters, default_lora_targets, select, unmatched
 from peftcalc.model.spec import Linear, ModelSpec, Params
+from peftcalc.quant import Quantization
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,12 @@ class Lora:
     rank: int = 8
     targets: tuple[str, ...] | None = None  # None: peft's default for the family
     magnitude: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output feature
-    base_format: WeightFormat = "dense"  # QLoRA (Dettmers et al., 2023): "nf4" or "int8" base weights
+    quantization: Quantization | None = None  # QLoRA (Dettmers et al., 2023): a bitsandbytes-quantized base
     dropout: float = 0.0  # peft's lora_dropout (its default 0: no dropout module)
 
     @property
     def name(self) -> str:
-        if self.base_format != "dense":
+        if self.quantization is not None:
             return "qlora"
         return "dora" if self.magnitude else "lora"
 
@@ -58,17 +59,22 @@ class Lora:
             added += tuple(g for p, k in moe for g in self._parameter_tensors(p, k))
             notes.append("all-linear also adapts the MoE router and the fused expert tensors, as peft does on "
                          "transformers 5 (rank 2r for gate_up_proj, which fuses w1 and w3)")
-        tensors = base_tensors(spec, trainable=False, quantize=self.base_format) + added
-        if self.base_format != "dense":
-            notes.append(f"base linears stored as {self.base_format} by bitsandbytes; "
-                         "embeddings, norms and the output head stay in the compute dtype")
+        q = self.quantization
+        tensors = base_tensors(spec, trainable=False, quantize=q) + added
+        if q is not None:
+            notes.append(f"base linears stored as {q.label} by bitsandbytes (as transformers' BitsAndBytesConfig "
+                         "loads them); the output head, embeddings and norms are not quantized")
+            if any(t.format == "dense" and t.shape and not t.added and t.name.removesuffix(".weight") in
+                   {l.name for l in spec.linears if not l.head} for t in tensors):
+                notes.append("linears the model keeps in fp32 (_keep_in_fp32_modules, e.g. T5's wo) stay "
+                             "unquantized, as transformers leaves them")
             if any(p.kind == "expert" for p in spec.others):
                 notes.append("fused MoE expert tensors are not nn.Linear in transformers 5 and stay unquantized")
         if self.dropout and self.magnitude:
             notes.append("lora_dropout with DoRA: peft recomputes the base layer on the dropped input; replayed "
                          "without the dropout")
         return Adaptation(self.name, spec, tensors, saved=added, adapted=tuple(l.name for l in adapted),
-                          notes=tuple(notes), weight_decomposed=self.magnitude,
+                          notes=tuple(notes), weight_decomposed=self.magnitude, quantization=q,
                           lora_dropout=0.0 if self.magnitude else self.dropout)
 
     def _adapter_tensors(self, lin: Linear) -> tuple[TensorGroup, ...]:
@@ -101,9 +107,9 @@ def dora(rank: int = 8, targets: tuple[str, ...] | None = None, dropout: float =
     return Lora(rank, targets, magnitude=True, dropout=dropout)
 
 
-def qlora(rank: int = 8, targets: tuple[str, ...] | None = None, bits: int = 4, dropout: float = 0.0) -> Lora:
-    """QLoRA: LoRA on every linear layer (the paper's recipe) over a 4-bit NF4 (or 8-bit) base."""
-    if bits not in (4, 8):
-        raise PeftcalcError(f"--quant-bits must be 4 or 8, got {bits}")
-    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), base_format="nf4" if bits == 4 else "int8",
-                dropout=dropout)
+def qlora(rank: int = 8, targets: tuple[str, ...] | None = None, bits: int = 4, quant_type: str = "nf4",
+          double_quant: bool = True, storage: str = "uint8", dropout: float = 0.0) -> Lora:
+    """QLoRA: LoRA on every linear layer (the paper's recipe) over a 4-bit (NF4 with double quantization by
+    default) or 8-bit (LLM.int8) bitsandbytes base."""
+    q = Quantization(bits, quant_type, double_quant, storage)  # type: ignore[arg-type]
+    return Lora(rank, targets if targets is not None else (ALL_LINEAR,), quantization=q, dropout=dropout)

@@ -63,8 +63,12 @@ def request_of(record: Record) -> RunRequest:
     opts: dict[str, Any] = {ours: given[theirs] for theirs, ours in _OPTION_FIELDS.items() if theirs in given}
     if opts.get("targets") is not None:
         opts["targets"] = tuple(opts["targets"])
-    if "base_storage" in given:
+    if "base_storage" in given:  # results recorded before the bitsandbytes base (nf4 / int8)
         opts["quant_bits"] = 4 if given["base_storage"] == "nf4" else 8
+    q = given.get("quantization")
+    if isinstance(q, Mapping):
+        opts.update(quant_bits=q["bits"], quant_type=q["quant_type"], double_quant=q["double_quant"],
+                    quant_storage=q["storage"])
     nproc = len(r.per_rank) or 1
     return RunRequest(r.method, MethodOptions(**opts), r.setup, model=r.model.name, backend=r.backend, nproc=nproc)
 

@@ -10,12 +10,13 @@ measured backend and `from_dict()` reads it back (committed results are these di
      "device_name", "git_commit"}}
 
 plus one key of our own, "detail", holding what the contract has no name for (the difference to the
-prediction, per-phase peaks, master weights on their own, CUDA allocator numbers, notes, the error message).
+prediction, per-phase peaks, master weights on their own, CUDA allocator numbers, notes, the error message, and
+for a CPU run of a bitsandbytes model the step seen at the allocator: detail.allocator).
 
 What the five byte keys mean, measured and predicted alike:
 
-- weights: parameters and buffers of the model as stored (quantized bases at their packed size), PLUS the
-  fp32 master copies of the mixed-precision recipes (also reported on their own in detail.master_weight_bytes);
+- weights: parameters and buffers of the model as stored (quantized bases at their packed size, with
+  bitsandbytes' QuantState tensors), PLUS the fp32 master copies of the mixed-precision recipes (also reported on their own in detail.master_weight_bytes);
 - gradients: the .grad tensors after backward (for a sharded run, this rank's shards);
 - optimizer_states: AdamW's exp_avg, exp_avg_sq and step tensors;
 - activations: live bytes right after forward minus right before it (what the forward left alive for
@@ -88,19 +89,24 @@ class Environment:
     peft: str
     device_name: str
     git_commit: str | None
+    bitsandbytes: str | None = None  # recorded for runs that use it (a quantized base, a bitsandbytes optimizer)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.bitsandbytes is None:
+            d.pop("bitsandbytes")
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Environment":
         d = d or {}
         return cls(str(d.get("torch")), str(d.get("transformers")), str(d.get("peft")), str(d.get("device_name")),
-                   d.get("git_commit"))
+                   d.get("git_commit"), d.get("bitsandbytes"))
 
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, ...]:
         """What makes two results comparable: library versions and device, not the commit."""
-        return (self.torch, self.transformers, self.peft, self.device_name)
+        base = (self.torch, self.transformers, self.peft, self.device_name)
+        return base if self.bitsandbytes is None else base + (f"bitsandbytes {self.bitsandbytes}",)
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,44 @@ class RankResult:
 
 
 @dataclass(frozen=True)
+class OpScratch:
+    """The largest scratch one operator held inside itself (above what it returned), over its calls."""
+
+    op: str
+    scratch_bytes: int
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "scratch_bytes": self.scratch_bytes, "calls": self.calls}
+
+
+@dataclass(frozen=True)
+class AllocatorNumbers:
+    """Peaks above the measured step's start at the allocator, beside the dispatch-level ones."""
+
+    phase_peaks: dict[str, int]  # allocator: the most allocated above the step's start, per phase
+    dispatch_phase_peaks: dict[str, int]  # LiveMeter: the same, from the operators' outputs
+    scratch: tuple[OpScratch, ...]  # the operators with the largest in-operator scratch, largest first
+
+    @property
+    def unseen_bytes(self) -> dict[str, int]:
+        """Per phase: what the allocator saw at its peak that the dispatch-level counter did not."""
+        return {k: v - self.dispatch_phase_peaks.get(k, 0) for k, v in self.phase_peaks.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase_peaks": dict(self.phase_peaks), "dispatch_phase_peaks": dict(self.dispatch_phase_peaks),
+                "unseen_bytes": self.unseen_bytes, "scratch": [s.to_dict() for s in self.scratch]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "AllocatorNumbers | None":
+        if not d:
+            return None
+        return cls(dict(d["phase_peaks"]), dict(d["dispatch_phase_peaks"]),
+                   tuple(OpScratch(s["op"], s["scratch_bytes"], s["calls"]) for s in d.get("scratch", ())))
+
+
+
+@dataclass(frozen=True)
 class CudaNumbers:
     """torch.cuda's view of the measured step (allocator-level, so it includes rounding and caching)."""
 
@@ -207,6 +251,7 @@ class Detail:
     method_options: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     error: str | None = None
+    allocator: AllocatorNumbers | None = None  # a CPU run seen at the allocator (peftcalc/measure/allocator.py)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Detail":
@@ -217,7 +262,8 @@ class Detail:
                    predicted_checkpoint_bytes=d.get("predicted_checkpoint_bytes"),
                    cuda=CudaNumbers.from_dict(d.get("cuda")), wall_seconds=d.get("wall_seconds"),
                    total_params_built=d.get("total_params_built"), method_options=dict(d.get("method_options") or {}),
-                   notes=tuple(d.get("notes") or ()), error=d.get("error"))
+                   notes=tuple(d.get("notes") or ()), error=d.get("error"),
+                   allocator=AllocatorNumbers.from_dict(d.get("allocator")))
 
 
 @dataclass(frozen=True)
@@ -287,6 +333,7 @@ class MeasureResult:
                 "per_rank_master_weight_bytes": [r.master_weight_bytes for r in self.per_rank],
                 "notes": list(d.notes),
                 "error": d.error,
+                **({"allocator": d.allocator.to_dict()} if d.allocator is not None else {}),
             },
         }
 

@@ -34,7 +34,9 @@ SETUP_KEYS = tuple(f.name for f in fields(Setup)
                    if f.name not in ("precision", "batch_size", "seq_len", "gradient_checkpointing", "attention",
                                      "adamw_impl", "zero_stage", "num_gpus"))
 SETUP_DEFAULTS = {f.name: f.default for f in fields(Setup)}
-RUN_KEYS = ("model", "config", "method", *DEFAULTS, *SETUP_KEYS)
+# Method options added later, written only when not the default (older runs keep their keys).
+OPTION_DEFAULTS: dict[str, Any] = {"quant_type": "nf4", "double_quant": True, "quant_storage": "uint8"}
+RUN_KEYS = ("model", "config", "method", *DEFAULTS, *OPTION_DEFAULTS, *SETUP_KEYS)
 NOT_IN_KEY = ("save_checkpoint", "timed_steps")  # how a run is executed, not what it measures
 BACKENDS = ("trace", "run")
 
@@ -59,7 +61,7 @@ class RunRequest:
         unknown = sorted(set(keys) - set(RUN_KEYS))
         if unknown:
             raise PeftcalcError(f"unknown run key(s) {', '.join(unknown)}; known: {', '.join(RUN_KEYS)}")
-        p = {**DEFAULTS, **keys}
+        p = {**DEFAULTS, **OPTION_DEFAULTS, **keys}
         if not p.get("method"):
             raise PeftcalcError("a run needs a method")
         targets = p["targets"]
@@ -67,7 +69,9 @@ class RunRequest:
                                 targets=tuple(targets) if isinstance(targets, list) else parse_targets(targets),
                                 virtual_tokens=int(p["virtual_tokens"]), bottleneck=int(p["bottleneck"]),
                                 adapter_variant=str(p["adapter_variant"]),
-                                prefix_projection=bool(p["prefix_projection"]), quant_bits=int(p["quant_bits"]))
+                                prefix_projection=bool(p["prefix_projection"]), quant_bits=int(p["quant_bits"]),
+                                quant_type=str(p["quant_type"]), double_quant=bool(p["double_quant"]),
+                                quant_storage=str(p["quant_storage"]))
         nproc = int(p["nproc"] or 1)
         setup = Setup(precision=p["precision"], batch_size=int(p["batch"]), seq_len=int(p["seq"]),
                       gradient_checkpointing=bool(p["gradient_checkpointing"]), attention=p["attention"],
@@ -88,6 +92,7 @@ class RunRequest:
             "prefix_projection": o.prefix_projection, "quant_bits": o.quant_bits,
             "save_checkpoint": self.save_checkpoint, "timed_steps": self.timed_steps,
         }
+        out.update({k: getattr(o, k) for k in OPTION_DEFAULTS if getattr(o, k) != OPTION_DEFAULTS[k]})
         out.update({k: getattr(s, k) for k in SETUP_KEYS if getattr(s, k) != SETUP_DEFAULTS[k]})
         out["model" if self.model is not None else "config"] = self.model if self.model is not None else self.config
         return dict(sorted(out.items()))
@@ -111,6 +116,12 @@ class RunRequest:
             bits.append("ckpt")
         if s.attention != "sdpa":
             bits.append(s.attention)
+        if self.method == "qlora":
+            bits += [f"{self.options.quant_bits}bit"] + ([] if s.kbit_preparation else ["no-kbit"]) + \
+                ([] if s.kbit_gradient_checkpointing or not s.kbit_preparation else ["kbit-no-ckpt"]) + \
+                ([f"bnb{s.bitsandbytes_version}"] if s.bitsandbytes_version else [])
+        if s.optimizer != "adamw":
+            bits.append(s.optimizer)
         bits.append(s.adamw_impl)
         if self.nproc > 1:
             bits.append(f"nproc{self.nproc} zero{s.zero_stage}")

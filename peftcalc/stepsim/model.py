@@ -2,8 +2,8 @@
 
 `Model` holds the simulation, the operators, the dtypes of the precision recipe and what the method
 changed: which base weights train (full fine-tuning), which linears carry a LoRA/DoRA/IA3 wrapper (peft's
-layer classes), which are quantized (QLoRA, as the measured backend's stand-in does it), where bottleneck
-adapters sit. Family code calls `m.linear(x, "model.layers.{i}.self_attn.q_proj")` and gets exactly what
+layer classes), which are quantized (QLoRA: bitsandbytes' Linear4bit / Linear8bitLt, per release), where
+bottleneck adapters sit. Family code calls `m.linear(x, "model.layers.{i}.self_attn.q_proj")` and gets exactly what
 the wrapped module computes.
 """
 
@@ -32,10 +32,18 @@ class StepConfig:
     accumulating: bool = False  # a later micro-batch of gradient accumulation (gradients exist; new ones add in place)
     autocast: bool | None = None  # the forward under torch.autocast(compute dtype); None: when the dtypes differ
     device: str = "cpu"  # "cpu" (what the traced backend runs) or "cuda" (the GPU kernels: fused attention, masks)
-    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop
+    reentrant: bool = False  # torch.utils.checkpoint(use_reentrant=True): full recompute, no early stop; the first
+    # forward builds no graph
     loss: str = "standard"  # "standard", "chunked" (torchtune's chunked output CE), "fused" (Liger's linear CE)
     mask: str = "none"  # the attention mask: "none" (full rows), "padded" (rows padded), "packed" (several per row)
     shift_copy: bool = False  # transformers < 4.49: the causal-LM loss copies its shifted fp32 logits
+    # bitsandbytes (a quantized base): the dtype its 4-bit weights dequantize to (QuantState.dtype: the dtype the
+    # model was loaded in), whether MatMul4Bit keeps its input for backward (releases before 0.43.2), whether
+    # its forward dequantizes in Python (before 0.50.0) rather than inside one gemm_4bit operator
+    quant_dtype: str = ""
+    bnb_compute_dtype: str = ""  # BitsAndBytesConfig's bnb_4bit_compute_dtype: the loaded recipe's compute dtype
+    bnb_keeps_input: bool = False
+    bnb_python_dequant: bool = False
 
     @property
     def uses_autocast(self) -> bool:
@@ -83,6 +91,9 @@ class Model:
         self.layer_args: tuple = ()  # tensors every layer receives (a checkpoint keeps them with its input)
         self.mask: Tensor | None = None  # the attention mask, when transformers builds one
         self.prefix_caches: dict = {}  # prefix tuning: each layer's key/value cache, alive until forward returns
+        # tensors an autograd.Function keeps as a plain ctx attribute (not save_for_backward) in a checkpointed
+        # layer's first forward, which checkpointing cannot drop (old bitsandbytes' MatMul4Bit input)
+        self.ctx_held: list[Tensor] | None = None
 
     def end_model(self) -> None:
         """The base model's forward returned (before the head and the loss): its locals die."""
@@ -134,41 +145,103 @@ class Model:
             w = self.weight(name + ".weight", (lin.out_features, lin.in_features))
             b = self.weight(name + ".bias", (lin.out_features,)) if lin.bias else None
             result = self.f.linear(x, w, b, lin.out_features, op="addmm" if b is not None else op)
-        if name in self.lora_rank:
+        if name in self.lora_rank and name in self.quantized:
+            result = self._lora_bnb(x, result, lin, self.lora_rank[name], self.quantized[name] != "int8")
+        elif name in self.lora_rank:
             result = self._lora(x, result, lin, self.lora_rank[name])
         if name in self.ia3 and self.ia3[name] == "out":
             result = self._ia3_output(result, lin)
         return result
 
     def _quantized(self, x: Tensor, lin: Linear, fmt: str) -> Tensor:
-        """peftcalc/measure/qlinear.py's QuantLinear: x.to(compute dtype); a custom autograd Function that
-        dequantizes the whole weight (packed 4-bit: an output-size buffer filled from two uint8 temporaries
-        of half the weight each; int8: a cast copy and the cast scale), multiplies, frees it, saves nothing;
-        its backward dequantizes again and returns grad @ W."""
+        """bitsandbytes' quantized linear. 4-bit (nn/modules.py Linear4bit.forward): x.to(compute dtype) (the
+        BitsAndBytesConfig's bnb_4bit_compute_dtype; transformers always passes one, so `set_compute_type` never
+        runs), `matmul_4bit` -> MatMul4Bit (autograd/_functions.py) when x requires grad, `.to(x's dtype)`. Its forward: since 0.50.0 one `gemm_4bit` operator (the dequantized weight lives only
+        inside it: peftcalc/measure/allocator.py measures that), before it `F.linear(A, dequantize_4bit(B).to(A.dtype)
+        .t(), bias)` in Python. It keeps `(None, B)` for backward, `(A, B)` before 0.43.2 (PR #1270): the input.
+        8-bit: `_int8`."""
         f = self.f
-        x = f.to(x, self.cfg.compute_dtype)
-        self._dequantize(lin, fmt)
-        out = self.sim.new(x.shape[:-1] + (lin.out_features,), x.dtype)
-        out = f.custom("_Dequant4MatmulBackward", [x], out, [])
+        if fmt == "int8":
+            return self._int8(x, lin)
+        a = f.to(x, self.cfg.bnb_compute_dtype or self.cfg.compute_dtype)
+        if self.cfg.bnb_python_dequant:
+            w = self._dequantize_4bit(lin, a.dtype)
+            self.sim.op = "linear"
+            out = self.sim.new(a.shape[:-1] + (lin.out_features,), a.dtype)
+            del w
+        else:
+            self.sim.op = "gemm_4bit"
+            out = self.sim.new(a.shape[:-1] + (lin.out_features,), a.dtype)
+        out = f.custom("MatMul4BitBackward", [a], out, [a] if self.cfg.bnb_keeps_input else [])
         if out.node is not None:
-            out.node.backward = _dequant_backward(self, lin, fmt)
-        if lin.bias:
-            out = f.add(out, self.weight(lin.name + ".bias", (lin.out_features,)))
+            out.node.backward = _dequant_backward(self, lin)
+        elif self.cfg.bnb_keeps_input:
+            self._hold_in_checkpoint(a)
+        return f.to(out, x.dtype)
+
+    def _hold_in_checkpoint(self, a: Tensor) -> None:
+        """Inside the first forward of a non-reentrant checkpointed layer the graph is built and each node's ctx
+        lives with it: `ctx.tensors = (A, B)` keeps A, which checkpointing (a saved-tensors hook) cannot drop."""
+        if self.ctx_held is not None and not self.cfg.reentrant:  # (with checkpointing the inputs require grad)
+            self.ctx_held.append(a)
+
+    def _dequantize_4bit(self, lin: Linear, dtype: str) -> Tensor:
+        """functional.dequantize_4bit(B, state).to(dtype): with double quantization the fp32 absmax first
+        (dequantize_blockwise, then += offset in place); the weight in QuantState.dtype; a copy when `dtype`
+        differs (the first one dies at once)."""
+        sim = self.sim
+        q = self.ad.quantization
+        sim.op = "dequantize_4bit"
+        absmax = sim.new((-(-lin.in_features * lin.out_features // 64),), "fp32") if q and q.double_quant else None
+        w = sim.new((lin.out_features, lin.in_features), self.cfg.quant_dtype or self.dtype)
+        del absmax
+        if w.dtype != dtype:
+            sim.op = "_to_copy"
+            w = sim.new(w.shape, dtype)
+        return w
+
+    def _int8(self, x: Tensor, lin: Linear) -> Tensor:
+        """bitsandbytes' Linear8bitLt in training on the CPU (autograd/_functions.py MatMul8bitFp): the weight
+        dequantized (`CB.to(A.dtype).mul_(SCB.unsqueeze(1).mul(1/127))`), F.linear, and `ctx.A = A`: the input is
+        kept for backward. (CUDA runs MatMul8bitLt instead, which keeps A too, plus the outlier columns.)"""
+        sim = self.sim
+        w = self._dequantize_int8(lin, x.dtype)
+        sim.op = "linear"
+        out = sim.new(x.shape[:-1] + (lin.out_features,), x.dtype)
+        del w
+        out = self.f.custom("MatMul8bitFpBackward", [x], out, [x])
+        if out.node is not None:
+            out.node.backward = _dequant_backward(self, lin, int8=True)
+        else:
+            self._hold_in_checkpoint(x)  # ctx.A = A: a ctx attribute too
         return out
 
-    def _dequantize(self, lin: Linear, fmt: str) -> None:
-        n = lin.in_features * lin.out_features
-        self.sim.op = "dequantize"
-        if fmt == "int8":
-            w = self.sim.new((lin.out_features, lin.in_features), self.cfg.compute_dtype)
-            s = self.sim.new((lin.out_features,), self.cfg.compute_dtype)
-            del s, w
-            return
-        w = self.sim.new((2 * -(-n // 2),), self.cfg.compute_dtype)
-        t = self.sim.new((-(-n // 2),), "uint8")  # packed >> 4
-        del t
-        t = self.sim.new((-(-n // 2),), "uint8")  # packed & 15
-        del t, w
+    def _dequantize_int8(self, lin: Linear, dtype: str) -> Tensor:
+        sim = self.sim
+        sim.op = "dequantize_int8"
+        w = sim.new((lin.out_features, lin.in_features), dtype)
+        s = sim.new((lin.out_features, 1), "fp32")
+        del s
+        return w
+
+    def _lora_bnb(self, x: Tensor, result: Tensor, lin: Linear, r: int, clone: bool) -> Tensor:
+        """peft's lora.bnb Linear4bit / Linear8bitLt forward: `result.clone()` (4-bit only); x cast to the adapter
+        dtype and the LoRA output cast back to the result's dtype *before* `result + output` (the plain lora.Linear
+        adds first). peft skips both casts when `torch.is_autocast_enabled()`, which asks about CUDA only: under
+        CPU autocast (the replayed device) they happen."""
+        f = self.f
+        if clone:
+            result = f.add(result, None, "clone")
+        expected = result.dtype
+        xa = f.to(x, self.cfg.adapter_dtype)
+        a_w = self.added(lin.name + ".lora_A.weight", (r, lin.in_features), self.cfg.adapter_dtype)
+        b_w = self.added(lin.name + ".lora_B.weight", (lin.out_features, r), self.cfg.adapter_dtype)
+        a = f.linear(xa, a_w, None, r)
+        del xa
+        b = f.linear(a, b_w, None, lin.out_features)
+        del a
+        b = f.to(f.scale(b), expected)
+        return f.add(result, b)
 
     def _lora(self, x: Tensor, result: Tensor, lin: Linear, r: int) -> Tensor:
         """peft lora.Linear.forward: x cast to the adapter dtype (a copy per adapted module), lora_dropout (an
@@ -297,22 +370,15 @@ class Model:
         return f.add(x, u)
 
 
-def _dequant_backward(m: Model, lin: Linear, fmt: str) -> Any:
+def _dequant_backward(m: Model, lin: Linear, int8: bool = False) -> Any:
+    """MatMul4Bit.backward: `grad_A = torch.matmul(grad_output, F.dequantize_4bit(B, state).to(grad_output.dtype))`
+    (every release); MatMul8bitFp.backward: `CB = state.CB.to(dtype_A, copy=True).mul_(...)`,
+    `grad_A = torch.matmul(grad_output.to(dtype_A), CB)`. The frozen weight gets no gradient."""
     def bw(sim: Sim, n: Any, g: list) -> list:
-        nbytes = lin.in_features * lin.out_features
-        sim.op = "dequantize"
-        if fmt == "int8":
-            w = sim.new((lin.out_features, lin.in_features), m.cfg.compute_dtype)
-            s = sim.new((lin.out_features,), m.cfg.compute_dtype)
-            del s
-        else:
-            w = sim.new((2 * -(-nbytes // 2),), m.cfg.compute_dtype)
-            t = sim.new((-(-nbytes // 2),), "uint8")
-            del t
-            t = sim.new((-(-nbytes // 2),), "uint8")
-            del t
+        shape, dtype = n.inputs[0]
+        w = m._dequantize_int8(lin, dtype) if int8 else m._dequantize_4bit(lin, dtype)
         sim.op = "mm"
-        out = [sim.new(n.inputs[0][0], n.inputs[0][1])]
+        out = [sim.new(shape, dtype)]
         del w
         return out
     return bw

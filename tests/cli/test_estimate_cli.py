@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -139,3 +140,44 @@ def test_python_dash_m_and_no_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert '"total_params": 7000000000' in out
     assert out.strip().endswith("HEAVY []")
+
+
+def test_bitsandbytes_version_and_kbit_preparation_flags():
+    """litgpt's Llama-2-7B QLoRA case (LoRA r=8 on q, v; bf16; 1,304 tokens; no kbit preparation): bitsandbytes
+    0.41.1 keeps every 4-bit linear's input. Per layer the attention input (q, k, v share it), the MLP input (gate
+    and up share it) and down_proj's input, bf16; layer 0's attention input needs no gradient; o_proj's input is
+    sdpa's output, saved anyway: tokens x 2 x (L (2H + I) - H) bytes more after forward."""
+    from peftcalc.estimate import estimate_method
+    from peftcalc.methods import MethodOptions, make_method
+    from peftcalc.model.catalogue import get_model
+    from peftcalc.setup import Setup
+
+    spec = get_model("llama-2-7b")
+    method = make_method("qlora", MethodOptions(targets=("q_proj", "v_proj")))
+    setup = Setup(precision="bf16", seq_len=1304, kbit_preparation=False)
+    old = estimate_method(spec, method, replace(setup, bitsandbytes_version="0.41.1")).memory
+    new = estimate_method(spec, method, setup).memory
+    a = spec.arch
+    assert old.activation_bytes - new.activation_bytes == 1304 * 2 * (a.num_layers * (2 * a.hidden_size + a.ffn_size)
+                                                                     - a.hidden_size)
+    args = ("estimate", "--model", "llama-2-7b", "--method", "qlora", "--targets", "q_proj,v_proj", "--precision",
+            "bf16", "--seq", "1304", "--no-kbit-preparation")
+    r_old, r_new = run(*args, "--bitsandbytes-version", "0.41.1", "--json"), run(*args, "--json")
+    assert r_old.exit_code == 0 and r_new.exit_code == 0, r_old.output
+    peak = lambda r: json.loads(r.stdout)["results"][0]["memory_bytes"]["peak"]  # noqa: E731
+    assert peak(r_old) - peak(r_new) == old.peak_bytes - new.peak_bytes > 1.5e9
+    assert "keeps the input of every 4-bit linear" in run(*args, "--bitsandbytes-version", "0.41.1").output
+
+
+def test_kbit_preparation_is_on_by_default_and_says_so():
+    r = run("estimate", "--model", "llama-2-7b", "--method", "qlora", "--precision", "bf16")
+    assert r.exit_code == 0 and "prepare_model_for_kbit_training" in r.output
+    off = run("estimate", "--model", "llama-2-7b", "--method", "qlora", "--precision", "bf16",
+              "--no-kbit-preparation")
+    assert "prepare_model_for_kbit_training (" not in off.output
+
+
+@pytest.mark.parametrize("version", ["latest", "0.38.0", "1.2.3.4"])
+def test_a_bad_bitsandbytes_version_is_one_line(version):
+    r = run("estimate", "--params", "7e9", "--method", "qlora", "--bitsandbytes-version", version)
+    assert r.exit_code == 1 and "--bitsandbytes-version" in r.output and r.output.count("\n") == 1

@@ -35,8 +35,9 @@ def fields(d: dict) -> dict[str, dict]:
 def test_flags_given_override_the_file_and_say_so():
     got = estimate_json("--from", QLORA, "--batch", "1", "--rank", "8", "--model", "llama-3-8b")
     assert got["setup"]["batch_size"] == 1 and got["setup"]["seq_len"] == 4096
-    want = estimate_json("--model", "llama-3-8b", "--method", "qlora", "--rank", "8", "--targets", "all-linear",
-                         "--precision", "bf16", "--optimizer", "adamw", "--adamw-impl", "fused", "--batch", "1",
+    want = estimate_json("--model", "llama-3-8b", "--method", "qlora", "--quant-storage", "bf16", "--rank", "8",
+                         "--targets", "all-linear", "--precision", "bf16", "--optimizer", "adamw", "--adamw-impl",
+                         "fused", "--batch", "1",
                          "--gradient-accumulation", "4", "--seq", "4096", "--gradient-checkpointing")
     assert got["results"] == want["results"]
     f = fields(got)

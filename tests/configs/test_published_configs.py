@@ -54,7 +54,7 @@ def f(*parts: object) -> tuple[str, ...]:
 CASES: dict[str, Case] = {
     # axolotl (bf16: auto without DeepSpeed = pure bf16; default optimizer adamw_torch_fused)
     "axolotl/llama3-8b-qlora.yml": Case(
-        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--optimizer-state-dtype", "fp32", Q4, "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--optimizer-state-dtype", "fp32", Q4, "--quant-storage", "bf16", "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
           4096, GC), "llama-3-8b", fast=True),
     "axolotl/llama3-8b-lora-8bit-modules-to-save.yml": Case(
         f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", Q8, "--rank", 32, ALL, "--modules-to-save", "embed_tokens,lm_head", "--precision", "bf16", "--optimizer",
@@ -72,16 +72,16 @@ CASES: dict[str, Case] = {
         f("--attention", "flash_attention_2", "--packing", "--loss", "fused", "--method", "full", "--precision", "bf16", FUSED, "--batch", 2, "--gradient-accumulation", 4, "--seq",
           4096, GC, "--zero", 3, "--offload"), stand_in=("--model", "llama-3.1-8b"), not_modelled=("fsdp_config.fsdp_offload_params", "liger_rms_norm")),
     "axolotl/llama3-70b-qlora-fsdp1.yaml": Case(
-        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--reentrant-checkpointing", Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--reentrant-checkpointing", Q4, "--quant-storage", "bf16", "--no-kbit-preparation", "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
           512, GC, "--zero", 3, "--offload"), stand_in=("--model", "llama-3-70b")),
     "axolotl/qwen3-8b-qlora-fsdp1.yaml": Case(
-        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", Q4, "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", Q4, "--quant-storage", "bf16", "--no-kbit-preparation", "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 4, "--seq",
           2048, GC, "--zero", 3, "--offload"), stand_in=("--model", "qwen2.5-7b")),
     "axolotl/qwen3-8b-lora-fused-attn.yaml": Case(
         f("--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", "--method", "lora", "--rank", 32, ALL, "--precision", "bf16", FUSED, "--batch", 1,
           "--gradient-accumulation", 4, "--seq", 4096, GC), stand_in=("--model", "qwen2.5-7b"), not_modelled=("fused_attn_kernel",)),
     "axolotl/gemma3-4b-qlora.yml": Case(
-        f("--attention", "flash_attention_2", "--packing", Q4, "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
+        f("--attention", "flash_attention_2", "--packing", Q4, "--quant-storage", "bf16", "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
           "--gradient-accumulation", 4, "--seq", 2048, GC), stand_in=("--model", "gemma-2b"), not_modelled=("unfrozen_parameters",)),
     "axolotl/mistral-7b-lora-8bit.yml": Case(
         f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--packing", "--reentrant-checkpointing", Q8, "--rank", 32, ALL, "--precision", "bf16", "--optimizer", "adamw-8bit", "--batch", 2,
@@ -97,12 +97,12 @@ CASES: dict[str, Case] = {
           500000, GC, "--zero", 3, "--offload"), "llama-3.1-8b", not_modelled=("tiled_mlp", "context_parallel_size", "deepspeed -> zero_optimization.offload_param.device")),
     # TRL / Trainer (TRL: gradient checkpointing and bf16 on by default, chunked_nll loss; ModelConfig dtype fp32)
     "trl/alignment-handbook-zephyr-7b-sft-qlora.yaml": Case(
-        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--loss", "chunked", "--padded", Q4, "--rank", 16, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED, "--batch",
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--loss", "chunked", "--padded", Q4, "--no-double-quant", "--rank", 16, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED, "--batch",
           4, "--gradient-accumulation", 2, "--seq", 2048, GC), "mistral-7b", fast=True),
     "trl/alignment-handbook-zephyr-7b-sft-full.yaml": Case(
         f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 16, "--seq", 2048, GC), "mistral-7b"),
     "trl/alignment-handbook-zephyr-7b-dpo-qlora.yaml": Case(
-        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--padded", "--optimizer-state-dtype", "fp32", Q4, "--rank", 128, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
+        f("--lora-dropout", 0.05, "--attention", "flash_attention_2", "--padded", "--optimizer-state-dtype", "fp32", Q4, "--no-double-quant", "--rank", 128, "--targets", HANDBOOK, "--precision", "bf16", "--adapter-dtype", "bf16", FUSED,
           "--batch", 4, "--gradient-accumulation", 4, "--seq", 1024, GC), stand_in=("--model", "mistral-7b")),
     "trl/alignment-handbook-zephyr-7b-gemma-sft-full.yaml": Case(
         f("--attention", "flash_attention_2", "--loss", "chunked", "--padded", "--method", "full", "--precision", "bf16", FUSED, "--batch", 4, "--gradient-accumulation", 4, "--seq",
@@ -168,19 +168,23 @@ CASES: dict[str, Case] = {
         f("--method", "lora", "--rank", 8, ALL, "--precision", "bf16-mixed", "--adapter-dtype", "bf16", FUSED,
           "--batch", 1, "--gradient-accumulation", 2, "--seq", 2048, GC, "--zero", 3)),
     "llamafactory/qwen3-4b-qlora-sft-bnb4.yaml": Case(
-        f(Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
+        f(Q4, "--quant-storage", "bf16",
+          "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
           2048, GC)),
     "llamafactory/qwen3-4b-qlora-sft-bnb-npu.yaml": Case(
-        f(Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
-          2048, GC), not_modelled=("double_quantization",)),
+        f(Q4, "--quant-storage", "bf16", "--no-double-quant",
+          "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
+          2048, GC)),
     "llamafactory/llama3-8b-lora-sft-gptq.yaml": Case(
         f("--method", "lora", "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1,
           "--gradient-accumulation", 8, "--seq", 2048, GC), stand_in=("--model", "llama-3-8b")),
     "llamafactory/llama3-8b-fsdp-qlora-sft.yaml": Case(
-        f(Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
+        f(Q4, "--quant-storage", "bf16",
+          "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
           2048, GC), stand_in=("--model", "llama-3-8b")),
     "llamafactory/accelerate-fsdp_config.yaml": Case(
-        f(Q4, "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
+        f(Q4, "--quant-storage", "bf16",
+          "--rank", 8, ALL, "--precision", "bf16", FUSED, "--batch", 1, "--gradient-accumulation", 8, "--seq",
           2048, GC, "--zero", 3, "--gpus", 2), stand_in=("--model", "llama-3-8b"),
         with_files=("llamafactory/llama3-8b-fsdp-qlora-sft.yaml",)),
     "llamafactory/qwen3-4b-full-sft-ds3.yaml": Case(

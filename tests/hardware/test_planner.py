@@ -249,9 +249,10 @@ def test_max_batch_is_monotonic_in_gpu_memory(params, method, small, extra, seq,
 
 def test_fits_only_with_checkpointing():
     """65B QLoRA without gradient checkpointing at 512 tokens: activations of 80 layers do not fit 48 GB;
-    checkpointing alone fixes it (the QLoRA paper's recipe uses it)."""
+    checkpointing alone fixes it (the QLoRA paper's recipe uses it). Without peft's kbit preparation, which would
+    turn checkpointing on by itself."""
     spec = spec_from_config(LLAMA_65B, "llama-65b", "Touvron et al. 2023")
-    setup = replace(QLORA_SETUP, gradient_checkpointing=False, batch_size=1)
+    setup = replace(QLORA_SETUP, gradient_checkpointing=False, kbit_preparation=False, batch_size=1)
     p = plan(request(spec, setup, ("a6000",), ("qlora",), QLORA_OPTIONS))
     o = asked(p, "a6000", "qlora")
     assert o.verdict is Verdict.FITS_WITH and not o.fits

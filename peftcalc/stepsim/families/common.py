@@ -37,18 +37,22 @@ def checkpointed(m: Model, fn: Callable[..., Tensor], x: Tensor, args: tuple[Ten
     tag, layer = sim.tag, m.layer
     sim.grad_enabled = False
     before = len(sim.params)
+    m.ctx_held = []
     out = fn(x, *args)
+    held, m.ctx_held = m.ctx_held, None
     sim.grad_enabled = True
     trains = any(p.trainable for p in sim.params[before:])
     del sim.params[before:]  # the recompute creates them again
     inputs = [x, *args]
-    out.node = sim.node("CheckpointBackward", inputs, inputs, _recompute(m, fn, tag, layer), force=trains,
+    out.node = sim.node("CheckpointBackward", inputs, inputs, _recompute(m, fn, tag, layer, held), force=trains,
                         ctx=[t.storage if t is not None else None for t in inputs])
     out.requires_grad = out.node is not None
     return out
 
 
-def _recompute(m: Model, fn: Callable[..., Tensor], tag: object, layer: int) -> Callable:
+def _recompute(m: Model, fn: Callable[..., Tensor], tag: object, layer: int, held: list[Tensor]) -> Callable:
+    """`held`: what the first forward's nodes keep outside their saved tensors (Model.ctx_held); freed once the
+    layer's backward has run."""
     def backward(sim: Sim, n, g: list) -> list:
         was_tag, was_layer = sim.tag, m.layer
         sim.tag, m.layer = tag, layer
@@ -90,6 +94,7 @@ def _recompute(m: Model, fn: Callable[..., Tensor], tag: object, layer: int) -> 
         sim.backward([root], nested)
         del root, nested
         out = None
+        held.clear()
         sim.tag, m.layer = was_tag, was_layer
         return [leaf.grad if leaf is not None else None for leaf in leaves]
     return backward

@@ -114,11 +114,7 @@ def feed_forward(m: Model, x: Tensor, p: str) -> Tensor:
     else:
         h = activation(m, m.linear(x, p + "DenseReluDense.wi"), act_name)
     h = f.dropout(h, p_drop)
-    if m.quantized.get(p + "DenseReluDense.wo") == "nf4":
-        # T5DenseActDense casts its input to wo.weight.dtype when they differ and the weight is not int8: with a
-        # packed 4-bit weight that is uint8, and no gradient flows back through it (as in the traced step)
-        h = f.to(h, "uint8")
-    return m.linear(h, p + "DenseReluDense.wo")
+    return m.linear(h, p + "DenseReluDense.wo")  # never quantized: T5's _keep_in_fp32_modules (quant.py)
 
 
 def block(m: Model, x: Tensor, i: int, stack: str, bias: Tensor, enc: Tensor | None, cross_bias: Tensor | None
