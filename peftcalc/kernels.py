@@ -114,8 +114,14 @@ class StepKernels:
 
 def step_kernels(adaptation: Adaptation, setup: Setup) -> StepKernels:
     """The kernels of one micro-batch of `setup` on one GPU (one data-parallel rank's whole model)."""
-    phases, counts = _replay(adaptation, step_config(setup, adaptation.spec.arch.family))
-    v = sizes(adaptation, setup)
+    cfg = step_config(setup, adaptation.spec.arch.family)
+    return _kernels(adaptation, cfg, tuple(sorted(sizes(adaptation, setup).items())))
+
+
+@lru_cache(maxsize=4096)
+def _kernels(adaptation: Adaptation, cfg: StepConfig, values: tuple[tuple[str, int], ...]) -> StepKernels:
+    phases, counts = _replay(adaptation, cfg)
+    v = dict(values)
     causal = adaptation.spec.arch.family not in ENCODERS
     fwd, bwd = (_evaluate(p, dict(counts), v, adaptation, causal) for p in phases)
     return StepKernels(fwd, bwd)
@@ -147,7 +153,8 @@ class _Counting(Sim):
         return self.records[self.phase]
 
     def _alloc(self, s: Storage) -> None:
-        super()._alloc(s)
+        """Count the allocation (the memory bookkeeping of Sim is not needed here: live bytes are activations.py's)."""
+        self.allocations += 1
         op, previous, self._previous = self.op, self._previous, self.op
         if op.endswith("_attention") or op.endswith("AttentionBackward0"):
             if op != previous:  # a call allocates its output, logsumexp (and scratch) one after the other
@@ -158,6 +165,9 @@ class _Counting(Sim):
             return
         add_into(self.now.written.setdefault(s.tag, {}), s.size)
         self.now.launches[s.tag] = self.now.launches.get(s.tag, 0) + 1
+
+    def _free(self, s: Storage) -> None:
+        pass
 
     def fused_io(self, tensors: Sequence[Tensor]) -> None:
         """Activations entering or leaving an extern kernel: once each (see the module docstring)."""

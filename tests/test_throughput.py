@@ -123,3 +123,16 @@ def test_cli_json_and_exit_status(tmp_path):
     one.write_text(json.dumps({k: v for k, v in RECORDS[TITAN].items() if k != "_file"}) + "\n")
     r = CliRunner().invoke(main, ["validate", "--throughput", str(one), "--json", "--target", "100"])
     assert r.exit_code == 0 and json.loads(r.stdout)["summary"]["points"] == 1
+
+
+def test_leave_one_source_out_factor_is_fitted_on_the_others_only():
+    """Predicted times 0.8 and 0.5 of the published ones: source a's factor comes from b's records alone (1 / 0.5)
+    and over-corrects a (0.8 x 2 - 1 = +60 %)."""
+    from peftcalc.throughput import Comparison, held_out_by_source
+
+    def c(source, error):
+        return Comparison(f"{source}/{error}", source, "train_step_seconds_total", 1.0, 1 + error / 100, error, None)
+
+    out = held_out_by_source([c("a", -20.0), c("a", -20.0), c("b", -50.0)])
+    assert out["a"] == (pytest.approx(2.0), pytest.approx(60.0))
+    assert out["b"] == (pytest.approx(1.25), pytest.approx(37.5))  # 0.5 x 1.25 - 1 = -37.5 %

@@ -37,6 +37,9 @@ def throughput_text(comparisons: list[Comparison], s: Summary, target: float) ->
                f"{'reached' if s.median_abs_percent <= target else 'NOT reached'})")
     out.append("By source (median |error|): " + ", ".join(f"{k} {v:.1f} %" for k, v in s.by_source.items()))
     out.append("Worst: " + "; ".join(f"{c.id} {c.error_percent:+.1f} %" for c in s.worst))
+    if s.held_out:
+        out.append("Not applied, for reference: one time factor fitted on the other sources (leave one source out) "
+                   "would give " + ", ".join(f"{k} x{f:.2f} -> {m:.1f} %" for k, (f, m) in s.held_out.items()))
     reasons: dict[str, int] = {}
     for c in comparisons:
         if c.excluded:
@@ -55,7 +58,9 @@ def throughput_dict(comparisons: list[Comparison], s: Summary, target: float) ->
                     "by_source_median_abs_percent": {k: round(v, 2) for k, v in s.by_source.items()},
                     "target_percent": target,
                     "reached": s.median_abs_percent is not None and s.median_abs_percent <= target,
-                    "worst": [c.id for c in s.worst]},
+                    "worst": [c.id for c in s.worst],
+                    "held_out_factor": {k: {"factor": round(f, 4), "median_abs_percent": round(m, 2)}
+                                        for k, (f, m) in s.held_out.items()}},
         "records": [{"id": c.id, "source": c.source, "metric": c.metric, "published": c.published,
                      "predicted": c.predicted, "error_percent": c.error_percent, "excluded": c.excluded,
                      "note": c.note or None, "mfu": c.mfu} for c in comparisons],
