@@ -1,4 +1,8 @@
-"""Training compute: FLOPs per token by method, and what they cost in time and money at an assumed MFU.
+"""Training compute: FLOPs per token by method (the count MFU is quoted in), and what a run costs in money.
+
+The step's time is not derived from these counts: hardware/compute_time.py times the replayed step's kernels
+(kernels.py: every matmul with its shape, attention, memory-bound work) at the GPU's measured rates; these FLOPs give
+the MFU that time implies, and the time under a user's --mfu.
 
 Conventions (integers: FLOPs are ints with the unit in the name; time and money are floats, formatted in
 render code only):
@@ -24,15 +28,15 @@ render code only):
   negligible next to 4N either way).
 * Gradient checkpointing recomputes the forward of every transformer block once during backward (HF's
   per-block checkpointing): + 2·(N - head) + the attention forward + 2 per trainable adapter parameter.
-  Strictly, MFU (PaLM appendix B) excludes rematerialization; the utilisation we apply is to the FLOPs the
-  GPU executes, recomputation included (PaLM's "HFU"), so checkpointing costs time as it does in practice.
+  Strictly, MFU (PaLM appendix B) excludes rematerialization; the utilisation reported here is over the FLOPs
+  the GPU executes, recomputation included (PaLM's "HFU").
 * Prompt tuning / p-tuning prepend virtual tokens: every sequence of `seq` data tokens runs as seq + v
   positions. Prefix tuning adds v keys/values to every attention layer: T = seq + v in the attention term.
   FLOPs are reported per DATA token (what --tokens counts).
 * QLoRA's dequantization of the 4-bit base (bitsandbytes dequantizes each weight before its matmul, in
-  forward, backward and recomputation) is elementwise work, not counted as FLOPs here; its cost is carried by
-  QLoRA's lower default MFU (hardware/mfu.py). Likewise DoRA's per-step weight-norm computation and
-  p-tuning's prompt MLP (run once per step, not per token) are not counted.
+  forward, backward and recomputation) is elementwise work, not counted as FLOPs here; the time model costs it
+  as memory traffic (kernels.py). Likewise DoRA's per-step weight-norm computation and p-tuning's prompt MLP
+  (run once per step, not per token) are not counted here; the replay times them.
 * Encoder-decoder models are approximated as every token passing through every layer (input and target of
   equal length); the cross-attention term is not counted separately.
 """

@@ -103,6 +103,9 @@ class Setup:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     sequence_parallel: bool = False  # with tensor parallelism: norms and dropout sharded over the sequence
+    # time only (the memory estimate is the eager step's)
+    compile: bool = False  # torch.compile: pointwise operators fuse between matmuls (kernels.py)
+    grad_clipping: bool = True  # clip_grad_norm_ before each optimizer step (transformers' Trainer: max_grad_norm=1.0)
 
     def __post_init__(self) -> None:
         for field_name, flag in (("batch_size", "--batch"), ("seq_len", "--seq"), ("num_gpus", "--gpus"),
@@ -122,6 +125,9 @@ class Setup:
             raise PeftcalcError("--reentrant-checkpointing chooses how --gradient-checkpointing recomputes: give both")
         if self.padded and self.packing:
             raise PeftcalcError("--padded and --packing exclude each other: packed rows carry no padding")
+        for value, flag in ((self.compile, "--compile"), (self.grad_clipping, "--grad-clipping")):
+            if not isinstance(value, bool):
+                raise PeftcalcError(f"{flag} is a yes/no setting, got {value!r}")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise PeftcalcError("--sequence-parallel shards activations across tensor-parallel ranks: give --tp 2 or more")
 

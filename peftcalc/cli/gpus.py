@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -19,8 +20,8 @@ TERA = 10**12
 def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool) -> None:
     """The GPU catalogue: usable memory, dense peak TFLOPS, bandwidth, rent and purchase prices, sources.
 
-    Prices are typical figures with their month; the planner's default MFU per GPU is an assumption
-    (override it with `peftcalc plan --mfu`).
+    Prices are typical figures with their month; the matmul rate is what the planner's time model uses (measured
+    where a public measurement exists, see --json's matmul_source; `peftcalc plan --mfu` replaces the model).
 
     \b
     Examples:
@@ -32,7 +33,7 @@ def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool
     from peftcalc.errors import PeftcalcError
     from peftcalc.hardware.catalogue import catalogue_with
     from peftcalc.hardware.catalogue import PRICE_WINDOW
-    from peftcalc.hardware.mfu import default_mfu
+    from peftcalc.hardware.rates import rates_for
     from peftcalc.hardware.nodes import node_for
     from peftcalc.render.text import fmt_bytes, table, to_csv
 
@@ -40,12 +41,16 @@ def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool
         raise PeftcalcError("--json and --csv are exclusive: choose one")
     unit = Unit(units)
     gpus = sorted(catalogue_with(gpu_files).values(), key=lambda g: g.id)
+    def matmul(g: Any) -> float | None:
+        rates = rates_for(g, "bf16" if g.bf16_flops_per_s else "fp16" if g.fp16_flops_per_s else "fp32")
+        return None if rates is None else round(rates.matmul_flops_per_s)
+
     if as_json:
-        click.echo(json.dumps([{**asdict(g), "default_mfu": default_mfu(g).value} for g in gpus], indent=2))
+        click.echo(json.dumps([{**asdict(g), "matmul_flops_per_s": matmul(g)} for g in gpus], indent=2))
         return
     if as_csv:
-        header = [*asdict(gpus[0]).keys(), "default_mfu"]
-        click.echo(to_csv(header, [[*asdict(g).values(), default_mfu(g).value] for g in gpus]), nl=False)
+        header = [*asdict(gpus[0]).keys(), "matmul_flops_per_s"]
+        click.echo(to_csv(header, [[*asdict(g).values(), matmul(g)] for g in gpus]), nl=False)
         return
 
     def tflops(v: int | None) -> str:
@@ -62,12 +67,13 @@ def gpus_cmd(gpu_files: tuple[str, ...], units: str, as_json: bool, as_csv: bool
         buy = "-" if g.purchase_usd is None else dated(f"${g.purchase_usd:,}", g.purchase_date)
         rows.append([g.id, g.name, fmt_bytes(g.memory_bytes, unit), fmt_bytes(g.usable_memory_bytes, unit),
                      tflops(g.bf16_flops_per_s), tflops(g.fp16_flops_per_s), tflops(g.fp32_flops_per_s),
-                     f"{g.memory_bandwidth_bytes_per_s / GB:,.0f} GB/s", f"{default_mfu(g).value:.0%}", rent, buy,
+                     f"{g.memory_bandwidth_bytes_per_s / GB:,.0f} GB/s", tflops(matmul(g)), rent, buy,
                      node_for(g).id])
-    out = [table(["id", "name", "memory", "usable", "bf16 TF", "fp16 TF", "fp32 TF", "bandwidth", "MFU*", "rent",
+    out = [table(["id", "name", "memory", "usable", "bf16 TF", "fp16 TF", "fp32 TF", "bandwidth", "matmul TF*", "rent",
                   "buy", "node"], rows, align_left=2)]
     out += ["", "TF = dense TFLOPS (no sparsity), tensor cores where the GPU has them; '-' = not available.",
-            "* default MFU the planner assumes for full fine-tuning (`peftcalc plan --mfu` overrides it).",
+            "* achievable matmul rate (bf16, else fp16) the planner's time model uses: measured where a public "
+            "measurement exists (--json: matmul_source), else the peak x 0.803 (peftcalc/hardware/rates.py).",
             "Usable memory: what a training process can allocate (capacity minus ECC/driver reserve; per-GPU notes "
             "in --json).",
             f"Prices are dated; 'old' marks a month before {PRICE_WINDOW[0]} (the catalogue was brought to "

@@ -158,6 +158,11 @@ def setup_options_with(precision: str = "fp32") -> Callable:
                      help="Tensor-parallel GPUs per model replica (Megatron layout; llama-style decoders)."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (1F1B)."),
         click.option("--sequence-parallel", is_flag=True, help="With --tp: activations split over the tensor ranks."),
+        click.option("--compile", is_flag=True, default=None,
+                     help="The model runs under torch.compile: pointwise operators fuse between matmuls (time only)."),
+        click.option("--grad-clipping/--no-grad-clipping", default=None,
+                     help="clip_grad_norm_ before each optimizer step (time only; default on, as transformers' "
+                          "Trainer clips at max_grad_norm=1.0)."),
         click.option("--adapter-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
                      help="Adapter weights' dtype (default: the recipe's, fp32 as peft keeps them; bf16 as TRL's "
                           "QLoRA and torchtune do)."),
@@ -219,8 +224,8 @@ planning_options = _compose(
                  help="Optimizer steps instead of --tokens x --epochs: steps x tokens per step (micro-batch x "
                       "accumulation x GPUs x --seq at the setup asked)."),
     click.option("--mfu", type=float, default=None,
-                 help="Model FLOPs utilisation in (0, 1] for every GPU and method (default: per GPU family, see "
-                      "assumptions)."),
+                 help="Your measured model FLOPs utilisation in (0, 1], applied to every GPU and method instead of "
+                      "the kernel model (default: the replayed step's kernels at each GPU's rates; see assumptions)."),
 )
 
 
@@ -273,7 +278,8 @@ SETUP_KEYWORDS = {"precision": "precision", "optimizer": "optimizer", "batch_siz
                   "bitsandbytes_version": "bitsandbytes_version", "num_gpus": "gpus", "zero_stage": "zero",
                   "offload": "offload", "offload_params": "offload_params", "tensor_parallel": "tp",
                   "pipeline_parallel": "pp", "sequence_parallel": "sequence_parallel",
-                  "padded": "padded", "transformers_version": "transformers_version", "sharding": "sharding",
+                  "padded": "padded", "transformers_version": "transformers_version", "compile": "compile",
+                  "grad_clipping": "grad_clipping", "sharding": "sharding",
                   "fp32_shards": "fp32_shards", "fsdp_backward_prefetch": "fsdp_backward_prefetch",
                   "fsdp_forward_prefetch": "fsdp_forward_prefetch", "ds_reduce_bucket_size": "ds_reduce_bucket_size",
                   "ds_prefetch_bucket_size": "ds_prefetch_bucket_size",

@@ -55,6 +55,10 @@ class Gpu:
     source: str  # datasheet URL
     tdp_watts: int
     notes: str = ""
+    # measured achievable dense matmul rate (best shape, torch.mm), where a public measurement exists; None: not measured
+    matmul_bf16_flops_per_s: int | None = None
+    matmul_fp16_flops_per_s: int | None = None
+    matmul_source: str = ""  # the table and the row quoted
 
     def flops_per_s(self, dtype: str) -> int | None:
         """Dense peak for `dtype` ("bf16", "fp16", "fp32"); None where the GPU lacks it."""
@@ -89,6 +93,9 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool, bool, bool]] = {
     "source": ((str,), False, False, False),
     "tdp_watts": ((int,), True, False, True),
     "notes": ((str,), False, False, False),
+    "matmul_bf16_flops_per_s": ((int,), True, False, True),
+    "matmul_fp16_flops_per_s": ((int,), True, False, True),
+    "matmul_source": ((str,), False, False, False),
 }
 assert set(_SCHEMA) == {f.name for f in fields(Gpu)}
 

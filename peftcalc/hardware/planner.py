@@ -28,7 +28,7 @@ from peftcalc.compute import Flops, break_even_runs, check_mfu, check_run, purch
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import DEFAULT_OVERHEAD_BYTES, MemoryBreakdown, adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu
-from peftcalc.hardware.mfu import Mfu, mfu_for
+from peftcalc.hardware.mfu import IMPLIED, Mfu, given_mfu
 from peftcalc.hardware.model_parallel import candidates
 from peftcalc.hardware.nodes import Node, node_for
 from peftcalc.hardware.steptime import StepTime, step_time
@@ -320,7 +320,7 @@ class Verdict(str, Enum):
 class Cost:
     flops: Flops
     run_flops: int
-    mfu: Mfu
+    mfu: Mfu | None  # given with --mfu, or the one the predicted time implies (None where it could not be timed)
     hours: float | None  # None where the GPU lacks the compute dtype or a link cannot be timed
     rent_usd: float | None  # None where nobody rents the GPU by the hour
     purchase_usd: int | None
@@ -432,7 +432,7 @@ class PlanRequest:
     max_gpus: int = 8
     tokens: int = 100_000_000
     epochs: float = 1.0
-    mfu: float | None = None  # None: the defaults of hardware/mfu.py
+    mfu: float | None = None  # None: the kernel model (hardware/compute_time.py) times the step
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
     nodes: tuple[Node, ...] = ()  # node types chosen with --node (at most one per GPU)
     node_catalogue: tuple[Node, ...] = ()  # the node types to default from (--node-file added); () = built-in
@@ -539,7 +539,7 @@ def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: s
     """Time (one optimizer step by part, times the steps of the run), rent and purchase of `run` on its GPUs."""
     flops = flops_of(ev, method, run)
     total = run_flops(flops, *request.run_tokens)
-    mfu = mfu_for(gpu, ev.adaptation(method).quantized_base, request.mfu)
+    mfu = given_mfu(request.mfu)
     dtype = get_precision(run.precision).compute_dtype
     peak = gpu.flops_per_s(dtype)
     purchase, estimated = purchase_of(node, gpu, run.gpus)
@@ -547,9 +547,11 @@ def cost_of(ev: Evaluator, request: PlanRequest, gpu: Gpu, node: Node, method: s
         note = f"{gpu.id} has no {dtype} tensor cores: choose another --precision (fp16-mixed)"
         return Cost(flops, total, mfu, None, None, purchase, None, note, None, estimated)
     try:
-        step = step_time(ev.adaptation(method), run, node, flops, peak, mfu.value, gpu.memory_bandwidth_bytes_per_s)
+        step = step_time(ev.adaptation(method), run, node, gpu, flops, request.mfu)
     except PeftcalcError as e:
         return Cost(flops, total, mfu, None, None, purchase, None, str(e), None, estimated)
+    if mfu is None:
+        mfu = Mfu(step.mfu, IMPLIED)
     tokens, epochs = request.run_tokens
     steps = tokens * epochs / step.tokens_per_step
     hours = steps * step.step_seconds / SECONDS_PER_HOUR

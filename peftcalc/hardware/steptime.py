@@ -3,14 +3,13 @@
     step = compute (with the pipeline bubble) + the communication not hidden behind compute
            + the offload traffic and CPU optimizer step not hidden behind compute
 
-Compute: the step's FLOPs (compute.py, recomputation included) on one GPU, split over the tensor and pipeline
-ranks, at the dense peak of the compute dtype times the assumed MFU (mfu.py). A micro-batch's forward is the
-forward FLOPs; its backward the rest. Pipeline parallel runs 1F1B (Narayanan et al. 2021, arXiv:2104.04473,
-section 2.2): m micro-batches over p stages take (m + p - 1) micro-batch times, a bubble of (p - 1) / m.
-
-The optimizer step (on the GPU) is elementwise and memory-bound (the roofline model, Williams et al. 2009): AdamW
-reads and writes every trainable weight, its master copy and its states once and reads its gradient, at the GPU's
-memory bandwidth (an optimistic bound); it is part of compute.
+Compute: the step's kernels at the GPU's achievable rates (compute_time.py: a roofline per matmul, fused attention,
+memory-bound traffic, host launch time, the optimizer's traffic; kernels.py reads them off the replayed step,
+rates.py says what the GPU reaches), or, with --mfu, the step's FLOPs (compute.py) / (dense peak x MFU). A
+micro-batch's forward is its forward kernels; its backward the rest (recomputation included). Pipeline parallel
+runs 1F1B (Narayanan et al. 2021, arXiv:2104.04473, section 2.2): m micro-batches over p stages take (m + p - 1)
+micro-batch times, a bubble of (p - 1) / m. The optimizer step and gradient clipping follow the last micro-batch
+(part of compute).
 
 Communication: every collective of collectives.py, the bytes a rank sends over the ring divided by the link the
 ring crosses: the node's intra-node bandwidth while the group stays inside a node, its inter-node bandwidth per
@@ -45,9 +44,13 @@ from peftcalc.errors import PeftcalcError
 from peftcalc.hardware.nodes import Node
 from peftcalc.memory import has_master, state_dtype, stored_dtype
 from peftcalc.methods.base import Adaptation
-from peftcalc.optim import get_optimizer
+from peftcalc.compute import check_mfu
+from peftcalc.hardware.catalogue import Gpu
+from peftcalc.hardware.compute_time import Compute, kernel_compute, mfu_compute, optimizer_seconds
+from peftcalc.hardware.rates import rates_for
 from peftcalc.precision import get_precision
 from peftcalc.setup import Setup
+from peftcalc.stepsim.result import replayable
 from peftcalc.units import dtype_bytes
 
 ASSUMED_HOST_MEMORY_BYTES_PER_S = 200 * 10**9  # per node, for the CPU optimizer step (see the docstring)
@@ -61,9 +64,19 @@ ASSUMPTIONS = {
     "offload": ("gradients to the host hidden behind backward; CPU AdamW (30 B/parameter over an ASSUMED 200 GB/s "
                 "of host memory bandwidth per node) and the weights' return exposed"),
     "pipeline": "1F1B: (m + p - 1) micro-batch times per step for m micro-batches over p stages",
-    "optimizer": ("the GPU's optimizer step is memory traffic (each trainable weight, master copy and state read "
-                  "and written once, each gradient read) at the GPU's memory bandwidth, inside compute"),
+    "optimizer": ("the GPU's optimizer step and gradient clipping are memory traffic at the GPU's bandwidth, counted "
+                  "as torch's foreach/fused AdamW and clip_grad_norm_ access each tensor (compute_time.py), inside "
+                  "compute"),
+    "kernels": ("compute from the replayed step's kernels (kernels.py): every matmul by its roofline at the GPU's "
+                "measured matmul rate, fused attention at FlashAttention-2's utilisation, other operators as memory "
+                "traffic (bytes written x 2.5), host launch time where it exceeds the GPU's; torch.compile fuses "
+                "pointwise operators (--compile); no data loading, logging or evaluation time"),
 }
+
+
+# Models the hand-written replay does not cover have no kernel list: their compute is a lower bound.
+NO_KERNELS = ("no replayed kernels for this model or method (a traced activation profile has none): every model "
+              "FLOP at the measured matmul rate, no attention, memory-bound or launch time: a lower bound")
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,9 @@ class StepTime:
     tokens_per_step: int  # data tokens of one optimizer step over all GPUs
     volume: CommVolume
     links: tuple[tuple[str, str, int], ...]  # (group, link kind, bytes/s each way) of the groups that communicate
+    compute_parts: dict[str, float]  # compute_seconds by kind (matmul, attention, memory, host, optimizer, bubble)
+    mfu: float  # model FLOPs (compute.py) / (compute_seconds x dense peak): the utilisation the time implies
+    rates_basis: tuple[str, ...] = ()  # where the GPU's rates come from (empty under --mfu)
 
     @property
     def step_seconds(self) -> float:
@@ -114,55 +130,42 @@ def _seconds(cs: list[Collective], phase: Phase | None, setup: Setup, node: Node
     return sum(c.sent_bytes / link_of(c.group, setup, node)[1] for c in cs if phase is None or c.phase is phase)
 
 
-@dataclass(frozen=True)
-class Compute:
-    microbatch_seconds: float  # forward + backward of one micro-batch on one GPU (its 1/(tp x pp) share)
-    forward_seconds: float
-
-    @property
-    def backward_seconds(self) -> float:
-        return self.microbatch_seconds - self.forward_seconds
-
-
-def compute_of(flops: Flops, setup: Setup, peak_flops_per_s: int, mfu: float) -> Compute:
-    share = setup.tensor_parallel * setup.pipeline_parallel
-    rate = peak_flops_per_s * mfu * share
-    return Compute(flops.flops_per_seq * setup.batch_size / rate, flops.forward_flops_per_seq * setup.batch_size / rate)
-
-
-def optimizer_seconds(adaptation: Adaptation, setup: Setup, memory_bytes_per_s: int | None) -> float:
-    """The GPU's optimizer step as memory traffic: each trainable weight, master copy and state read and written
-    once, each gradient read (ZeRO-1+ steps this rank's shard only; offload steps on the CPU)."""
-    if setup.offload or not memory_bytes_per_s:
-        return 0.0
-    precision, opt = get_precision(setup.precision), get_optimizer(setup.optimizer)
-    traffic = 0
-    for g in adaptation.tensors:
-        if not g.trainable:
-            continue
-        weight = g.total * dtype_bytes(stored_dtype(g, precision))
-        master = g.total * 4 if has_master(g, precision) else 0
-        states = opt.state_bytes(g, state_dtype(g, precision)) * g.count
-        traffic += 2 * (weight + master + states) + weight
-    ranks = setup.num_gpus if setup.zero_stage >= 1 else 1
-    return traffic / (ranks * setup.tensor_parallel * setup.pipeline_parallel) / memory_bytes_per_s
-
-
-def step_time(adaptation: Adaptation, setup: Setup, node: Node, flops: Flops, peak_flops_per_s: int,
-              mfu: float, memory_bytes_per_s: int | None = None) -> StepTime:
-    """One optimizer step of `setup` on GPUs of `node` (see the module docstring for every assumption);
-    `memory_bytes_per_s` (the GPU's) times the optimizer step."""
-    c = compute_of(flops, setup, peak_flops_per_s, mfu)
+def step_time(adaptation: Adaptation, setup: Setup, node: Node, gpu: Gpu, flops: Flops, mfu: float | None = None,
+              power_watts: int | None = None) -> StepTime:
+    """One optimizer step of `setup` on GPUs `gpu` in `node` (see the module docstring for every assumption).
+    `mfu`: time the compute at this utilisation of the dense peak instead of from the kernels (--mfu);
+    `power_watts`: the GPUs run capped below their TDP (rates.py)."""
+    dtype = setup.recipe.compute_dtype
+    peak = gpu.flops_per_s(dtype)
+    rates = rates_for(gpu, dtype, power_watts)
+    if peak is None or rates is None:
+        raise PeftcalcError(f"{gpu.id} has no {dtype} peak: its compute cannot be timed")
+    basis = rates.basis if mfu is None else ()
+    if mfu is not None:
+        check_mfu(mfu)
+        c = mfu_compute(flops, setup, peak, mfu)
+    elif not replayable(adaptation):  # a derived architecture or peft method: no replayed kernels to time
+        c = mfu_compute(flops, setup, int(rates.matmul_flops_per_s), 1.0)
+        c = Compute(c.microbatch_seconds, c.forward_seconds, {"matmul (every FLOP)": c.microbatch_seconds})
+        basis += (NO_KERNELS,)
+    else:
+        c = kernel_compute(adaptation, setup, rates)
     m, p = setup.gradient_accumulation, setup.pipeline_parallel
     bubble = (p - 1) * c.microbatch_seconds
-    opt = optimizer_seconds(adaptation, setup, memory_bytes_per_s)
+    opt = optimizer_seconds(adaptation, setup, rates.memory_bytes_per_s)
     compute = m * c.microbatch_seconds + bubble + opt
     volume = step_volume(adaptation, setup)
     comm_total, comm_exposed = _communication(list(volume.collectives), setup, node, c)
     off_total, off_exposed = _offload(adaptation, setup, node, c)
     tokens = setup.seq_len * setup.batch_size * m * setup.num_gpus
     links = tuple(sorted({(g.value, *link_of(g, setup, node)) for g in {x.group for x in volume.collectives}}))
-    return StepTime(compute, comm_exposed, off_exposed, comm_total, off_total, bubble, opt, tokens, volume, links)
+    parts = {k: m * v for k, v in c.parts.items()}
+    parts["optimizer"] = opt
+    if bubble:
+        parts["pipeline bubble"] = bubble
+    model_flops = flops.flops_per_seq * setup.batch_size * m / (setup.tensor_parallel * p)
+    return StepTime(compute, comm_exposed, off_exposed, comm_total, off_total, bubble, opt, tokens, volume, links,
+                    parts, model_flops / (compute * peak) if compute else 0.0, basis)
 
 
 def _communication(cs: list[Collective], setup: Setup, node: Node, c: Compute) -> tuple[float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftcalc.estimate import Estimate
-from peftcalc.hardware.mfu import mfu_for
+from peftcalc.hardware.rates import rates_for
 from peftcalc.methods import make_method
 from peftcalc.hardware.planner import (ASSUMED_HOST_SHARE, MAX_BATCH_SIZE, MAX_SEQ_LEN, STRATEGIES, Option, Plan,
                                        Verdict)
@@ -32,27 +32,13 @@ def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
                     "PaLM appendix B, Chowdhery et al. 2022 arXiv:2204.02311, the MFU convention); frozen-base "
                     "methods 4N + 12·L·H·Q·T + 6 x trainable params (no weight gradients for frozen weights); "
                     "gradient checkpointing adds one forward of the blocks; virtual tokens lengthen every sequence, "
-                    "prefixes the keys; N = parameters in matmuls (embeddings excluded, active experts only); "
-                    "QLoRA's dequantization is not counted as FLOPs but in its lower MFU (see peftcalc/compute.py)")
-    if r.mfu is not None:
-        out["MFU"] = f"{r.mfu:g} for every GPU and method (--mfu), applied to the FLOPs above, recomputation included"
-    else:
-        groups: dict[tuple[float, str], list[str]] = {}  # one line per assumption, not per GPU
-        for gpu in r.gpus:
-            m = mfu_for(gpu, False, None)
-            groups.setdefault((m.value, m.basis), []).append(gpu.id)
-        lines = [f"{value:.0%} for {', '.join(ids)} ({basis})" for (value, basis), ids in groups.items()]
-        quantized = [m for m in r.methods if make_method(m, r.options).adapt(r.spec).quantized_base]
-        if quantized:
-            q = mfu_for(r.gpus[0], True, None)
-            lines.append(f"{', '.join(quantized)} x{q.value / mfu_for(r.gpus[0], False, None).value:.2f}")
-        out["MFU"] = ("ASSUMED defaults, override with --mfu; applied to the FLOPs above, recomputation included: "
-                      + "; ".join(lines))
+                    "prefixes the keys; N = parameters in matmuls (embeddings excluded, active experts only); the "
+                    "count MFU is quoted in, not what times the step (see compute)")
+    out["compute"] = _compute_line(r)
     out["time"] = ("steps x (compute + exposed communication + exposed offload) per optimizer step "
-                   "(peftcalc/hardware/steptime.py): compute = the step's FLOPs on one GPU / (dense peak FLOP/s of the "
-                   "compute dtype x MFU); communication = each collective's bytes per rank (ring algorithm; "
+                   "(peftcalc/hardware/steptime.py); communication = each collective's bytes per rank (ring algorithm; "
                    "peftcalc/collectives.py) / the bandwidth of the slowest link it crosses (intra-node, or inter-node "
-                   "per GPU once a group spans nodes); no evaluation, checkpointing or start-up time")
+                   "per GPU once a group spans nodes); no data loading, evaluation, checkpointing or start-up time")
     for k, v in STEP_ASSUMPTIONS.items():
         out[f"time: {k}"] = v
     nodes = {}
@@ -88,6 +74,27 @@ def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
     return out
 
 
+def _compute_line(r: Any) -> str:
+    if r.mfu is not None:
+        return f"MFU {r.mfu:g} for every GPU and method (--mfu), applied to the FLOPs above, recomputation included"
+    st = r.setup
+    return ("the replayed step's kernels at each GPU's rates (peftcalc/hardware/compute_time.py): every matmul by its "
+            "roofline, fused attention, the other operators' memory traffic, host launch time, the optimizer's traffic"
+            f"{' and gradient clipping' if st.grad_clipping else ''}; "
+            f"{'torch.compile (fused pointwise operators)' if st.compile else 'eager PyTorch'}; the MFU column is the "
+            "one that time implies. Rates: " + "; ".join(_rates_line(gpu, st.recipe.compute_dtype) for gpu in r.gpus))
+
+
+def _rates_line(gpu: Any, dtype: str) -> str:
+    rates, peak = rates_for(gpu, dtype), gpu.flops_per_s(dtype)
+    if rates is None:
+        return f"{gpu.id}: no {dtype} peak"
+    how = "measured" if "measured" in rates.basis[0] else "peak x 0.803, no public measurement"
+    return (f"{gpu.id}: matmuls {rates.matmul_flops_per_s / 1e12:,.0f} TFLOP/s ({how}; `peftcalc gpus --json` "
+            f"matmul_source), attention {rates.attention_flops_per_s / peak:.0%} of the peak, "
+            f"{rates.memory_bytes_per_s / 1e9:,.0f} GB/s")
+
+
 def _gbps(v: int | None) -> str:
     return "none" if v is None else f"{v / 1e9:,.1f} GB/s"
 
@@ -95,10 +102,12 @@ def _gbps(v: int | None) -> str:
 def _step_dict(o: Option) -> dict[str, Any]:
     step = o.cost.step if o.cost else None
     if step is None:
-        return {"step_seconds": None, "step_seconds_by_part": None, "communication": None}
+        return {"step_seconds": None, "step_seconds_by_part": None, "compute_seconds_by_kind": None,
+                "communication": None}
     return {
         "step_seconds": step.step_seconds,
         "step_seconds_by_part": step.by_part,
+        "compute_seconds_by_kind": step.compute_parts,
         "communication": {
             "sent_bytes_per_step": step.volume.sent_bytes,
             "by_kind": step.volume.by_kind(),
@@ -164,7 +173,7 @@ def _option_dict(o: Option) -> dict[str, Any]:
             "per_gpu_bytes": o.run_memory.total},
         "flops_per_token": o.flops.flops_per_token,
         "run_flops": c.run_flops if c else None,
-        "mfu": c.mfu.value if c else None,
+        "mfu": c.mfu.value if c and c.mfu else None,
         "purchase_estimated": c.purchase_estimated if c else None,
         "break_even_runs": c.break_even_runs if c else None,
         "note": c.note if c else None,
@@ -233,14 +242,14 @@ def step_table(p: Plan) -> list[str]:
         if step is None:
             continue
         links = ", ".join(f"{g}: {k} {b / 1e9:,.0f} GB/s" for g, k, b in step.links) or "-"
-        rows.append([o.gpu.id, gpus_text(o), o.strategy, o.method, _secs(step.step_seconds), _secs(step.compute_seconds),
-                     _secs(step.communication_seconds), _secs(step.offload_seconds),
+        rows.append([o.gpu.id, gpus_text(o), o.strategy, o.method, _secs(step.step_seconds),
+                     _secs(step.compute_seconds), f"{step.mfu:.0%}", _secs(step.communication_seconds), _secs(step.offload_seconds),
                      f"{step.volume.sent_bytes / 1e9:,.1f} GB", f"{step.tokens_per_step:,}", links])
     if not rows:
         return []
-    return ["", "Time per optimizer step (compute incl. pipeline bubble; communication and offload: what compute does "
-                "not hide; sent = bytes one GPU sends per step)",
-            table(["gpu", "GPUs", "strategy", "method", "step", "compute", "communication", "offload", "sent",
+    return ["", "Time per optimizer step (compute incl. pipeline bubble; MFU: what the compute time implies; "
+                "communication and offload: what compute does not hide; sent = bytes one GPU sends per step)",
+            table(["gpu", "GPUs", "strategy", "method", "step", "compute", "MFU", "communication", "offload", "sent",
                    "tokens/step", "links"], rows, align_left=4)]
 
 

@@ -184,7 +184,7 @@ def _plan_sections(ctx: ModelContext, plan: fr.PlanView, gpus: Sequence[Gpu], tr
         Table("gpu-fit", "GPU fit matrix, in words (peak per GPU, or what it needs)", fit, _fit_pivot(fit, ctx.unit)),
     ]), Section("Time and cost per GPU option", [
         "For each method and GPU, the fewest GPUs that fit, how long the run takes and what renting them costs, "
-        "from `peftcalc plan` (its FLOPs, MFU and price assumptions are listed below)."], [
+        "from `peftcalc plan` (its FLOPs, compute-rate and price assumptions are listed below)."], [
         Plot("time-cost", "Time and cost per GPU option",
              fig.time_cost_figure(cost, ctx.setup_line + (f" · {training}" if training else ""), cost_methods)),
         Table("time-cost", "GPUs, time and rent of the fewest GPUs that run each method", cost,

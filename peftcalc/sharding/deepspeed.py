@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from peftcalc.activations import Activations
-from peftcalc.memory import tensor_bytes
+from peftcalc.memory import stored_dtype, tensor_bytes
 from peftcalc.methods.base import Adaptation
 from peftcalc.parallel import Placement
 from peftcalc.setup import Setup
@@ -74,7 +74,7 @@ def retained_bytes(adaptation: Adaptation, setup: Setup) -> int:
 
 def bucket_bytes(adaptation: Adaptation, setup: Setup) -> int:
     """The ipg bucket (contiguous_gradients): `reduce_bucket_size` elements per trainable gradient dtype."""
-    dtypes = {setup.recipe.stored_dtype(g.added) for g in adaptation.tensors if g.trainable}
+    dtypes = {stored_dtype(g, setup.recipe) for g in adaptation.tensors if g.trainable}
     return sum(buckets(adaptation, setup)[0] * dtype_bytes(d) for d in dtypes)
 
 

@@ -13,7 +13,9 @@ from peftcalc.compute import run_flops, training_flops_per_seq
 from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import adapt, estimate_method
 from peftcalc.hardware.catalogue import Gpu, all_gpus, get_gpu
-from peftcalc.hardware.mfu import FAMILY_MFU, default_mfu, mfu_for
+from peftcalc.hardware.compute_time import kernel_compute
+from peftcalc.hardware.mfu import GIVEN, IMPLIED, given_mfu
+from peftcalc.hardware.rates import rates_for
 from peftcalc.hardware.planner import (
     ASSUMED_HOST_SHARE,
     STRATEGIES,
@@ -316,52 +318,64 @@ def test_options_frontier_and_nulls():
 
 
 def test_cost_arithmetic():
+    """Hours = optimizer steps x (micro-batch compute + the optimizer's traffic) on one GPU; rent = hours x price."""
     spec = get_model("llama-2-7b")
     setup = Setup(precision="bf16-mixed", seq_len=1024)
     p = plan(request(spec, setup, ("h100-80gb",), ("lora",), tokens=50_000_000, epochs=3))
     o = asked(p, "h100-80gb", "lora")
     gpu = get_gpu("h100-80gb")
-    flops = training_flops_per_seq(adapt(spec, make_method("lora")), 1024, False)
+    lora = adapt(spec, make_method("lora"))
+    flops = training_flops_per_seq(lora, 1024, False)
     total = run_flops(flops, 50_000_000, 3)
     assert o.cost.run_flops == total
     steps = 50_000_000 * 3 / 1024
-    # AdamW on LoRA's fp32 adapters as memory traffic: weight, exp_avg, exp_avg_sq read and written, gradient read
-    trainable = sum(g.total for g in adapt(spec, make_method("lora")).tensors if g.trainable)
-    optimizer = trainable * 7 * 4 / gpu.memory_bandwidth_bytes_per_s
+    # foreach AdamW on LoRA's fp32 adapters: 4 param + 14 state + 3 gradient accesses of 4 bytes, and clipping's 3
+    trainable = sum(g.total for g in lora.tensors if g.trainable)
+    optimizer = trainable * (21 + 3) * 4 / gpu.memory_bandwidth_bytes_per_s
     assert o.cost.step.optimizer_seconds == pytest.approx(optimizer)
-    hours = (total / (gpu.bf16_flops_per_s * FAMILY_MFU["hopper"][0]) + steps * optimizer) / 3600
+    micro = kernel_compute(lora, setup, rates_for(gpu, "bf16")).microbatch_seconds
+    hours = steps * (micro + optimizer) / 3600
     assert o.hours == pytest.approx(hours)
     assert o.rent_usd == pytest.approx(hours * gpu.rent_usd_per_hour)
     # one GPU of an 8-GPU server with no sourced server price: the GPU plus the stated host share, an estimate
     assert o.purchase_usd == round(gpu.purchase_usd * (1 + ASSUMED_HOST_SHARE)) and o.cost.purchase_estimated
     assert o.cost.step.step_seconds * (50_000_000 * 3 / 1024) / 3600 == pytest.approx(o.hours)
     assert o.cost.break_even_runs == pytest.approx(o.purchase_usd / o.rent_usd)
+    # the MFU reported is the one the time implies: model FLOPs / (compute time x dense peak)
+    implied = flops.flops_per_seq / (o.cost.step.compute_seconds * gpu.bf16_flops_per_s)
+    assert o.cost.mfu.value == pytest.approx(implied) and o.cost.mfu.basis == IMPLIED
 
 
-def test_mfu_override_and_defaults():
+def test_mfu_override_replaces_the_kernel_model():
     spec = get_model("llama-2-7b")
     base = request(spec, Setup(precision="bf16-mixed"), ("a100-80gb",), ("lora", "qlora"))
     default = plan(base)
     half = plan(replace(base, mfu=0.2))
     for m in ("lora", "qlora"):
         d, h = asked(default, "a100-80gb", m), asked(half, "a100-80gb", m)
-        # the matmuls scale with 1/MFU; the optimizer step is memory traffic and does not
+        # the matmuls take FLOPs / (peak x MFU); the optimizer step is memory traffic either way
         opt_d, opt_h = d.cost.step.optimizer_seconds, h.cost.step.optimizer_seconds
         assert opt_d == opt_h > 0
-        steps = d.hours * 3600 / d.cost.step.step_seconds
-        assert h.hours * 3600 / steps - opt_h == pytest.approx((d.hours * 3600 / steps - opt_d) * d.cost.mfu.value / 0.2)
-        assert h.cost.mfu.value == 0.2
+        micro = h.cost.step.compute_seconds - opt_h
+        assert micro == pytest.approx(h.flops.flops_per_seq / (get_gpu("a100-80gb").bf16_flops_per_s * 0.2))
+        assert h.cost.mfu.value == 0.2 and h.cost.mfu.basis == GIVEN
+        assert 0 < d.cost.mfu.value < 1 and d.cost.mfu.basis == IMPLIED
+    # QLoRA dequantizes every 4-bit weight before its matmuls: more time for about the same FLOPs
     assert asked(default, "a100-80gb", "qlora").cost.mfu.value < asked(default, "a100-80gb", "lora").cost.mfu.value
+    assert given_mfu(None) is None and given_mfu(0.55).value == 0.55
+    with pytest.raises(PeftcalcError, match="--mfu must be a fraction"):
+        given_mfu(1.5)
+
+
+def test_every_gpu_has_stated_rates():
+    """Measured matmul rates where a public measurement exists, the stated default otherwise; attention and
+    memory rates for every catalogue GPU (fp32-only GPUs time at their fp32 peak)."""
     for gpu in all_gpus():
-        m = default_mfu(gpu)
-        assert 0 < m.value <= 1 and m.basis
-    assert mfu_for(get_gpu("h100-80gb"), False, 0.55).value == 0.55
-
-
-def test_unknown_family_gets_a_stated_default():
-    gpu = replace(get_gpu("a100-80gb"), id="mystery", family="quantum")
-    m = default_mfu(gpu)
-    assert m.value == 0.30 and "quantum" in m.basis
+        dtype = "bf16" if gpu.bf16_flops_per_s else "fp16"
+        r = rates_for(gpu, dtype)
+        assert r is not None and r.matmul_flops_per_s > 0 and r.attention_flops_per_s > 0 and r.basis
+        measured = gpu.matmul_bf16_flops_per_s if dtype == "bf16" else gpu.matmul_fp16_flops_per_s
+        assert ("measured" in r.basis[0]) == (measured is not None)
 
 
 def test_no_bf16_means_no_time():

@@ -109,7 +109,7 @@ def test_plan_view_of_a_real_plan_keeps_every_option(small_spec, gpus):
                          methods=("full", "lora"), max_gpus=2))
     view = fr.PlanView.of(p)
     df = fr.plan_frame(view.rows)
-    assert len(df) == len(p.options) and "MFU" in view.assumptions
+    assert len(df) == len(p.options) and "compute" in view.assumptions
     for o, (_, row) in zip(p.options, df.iterrows()):
         assert (row["gpu"], row["method"], row["num_gpus"], row["per_gpu_bytes"]) == \
             (o.gpu.id, o.method, o.num_gpus, o.memory.total)
