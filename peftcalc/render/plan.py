@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftcalc.estimate import Estimate
+from peftcalc.estimate import Estimate, adapt
 from peftcalc.hardware.rates import rates_for
 from peftcalc.methods import make_method
 from peftcalc.hardware.planner import (ASSUMED_HOST_SHARE, MAX_BATCH_SIZE, MAX_SEQ_LEN, STRATEGIES, Option, Plan,
                                        Verdict)
-from peftcalc.hardware.steptime import ASSUMPTIONS as STEP_ASSUMPTIONS
-from peftcalc.render.estimate import assumptions
+from peftcalc.hardware.steptime import ASSUMPTIONS as STEP_ASSUMPTIONS, NO_KERNELS
+from peftcalc.render.estimate import PROFILED, REPLAYED, assumptions
 from peftcalc.render.text import fmt_bytes, fmt_hours, fmt_limit, fmt_signed, fmt_usd, table, to_csv
+from peftcalc.stepsim.result import replayable
 from peftcalc.units import Unit
 
 
@@ -34,7 +35,12 @@ def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
                     "gradient checkpointing adds one forward of the blocks; virtual tokens lengthen every sequence, "
                     "prefixes the keys; N = parameters in matmuls (embeddings excluded, active experts only); the "
                     "count MFU is quoted in, not what times the step (see compute)")
-    out["compute"] = _compute_line(r)
+    replayed, profiled = _activation_paths(r)
+    out["activations"] = "; ".join(
+        ([REPLAYED + (f" for {', '.join(replayed)}" if profiled else "")] if replayed else [])
+        + ([PROFILED + f" for {', '.join(profiled)}"] if profiled else []))
+    out["compute"] = _compute_line(r) + (f"; {', '.join(profiled)}: {NO_KERNELS}" if profiled and r.mfu is None
+                                         else "")
     out["time"] = ("steps x (compute + exposed communication + exposed offload) per optimizer step "
                    "(peftcalc/hardware/steptime.py); communication = each collective's bytes per rank (ring algorithm; "
                    "peftcalc/collectives.py) / the bandwidth of the slowest link it crosses (intra-node, or inter-node "
@@ -72,6 +78,14 @@ def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
         out["precision note"] = ("--precision fp32 computes at the fp32 peak, far below tensor-core "
                                  "rates; most runs use --precision bf16-mixed")
     return out
+
+
+def _activation_paths(r: Any) -> tuple[list[str], list[str]]:
+    """The requested methods whose step the hand-written replay covers, and those a traced profile estimates."""
+    replayed, profiled = [], []
+    for name in r.methods:
+        (replayed if replayable(adapt(r.spec, make_method(name, r.options))) else profiled).append(name)
+    return replayed, profiled
 
 
 def _compute_line(r: Any) -> str:
