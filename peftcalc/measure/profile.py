@@ -104,7 +104,22 @@ def supports_sdpa(spec: ModelSpec) -> bool:
     return bool(getattr(cls, "_supports_sdpa", True))
 
 
+# What transformers or peft raise where a model cannot run a method's step (peft's prefix cache in a hybrid
+# Mamba model's forward, say): the real step fails the same way, so the estimate says so in one line.
+STEP_FAILURES = (ValueError, TypeError, RuntimeError, NotImplementedError)
+
+
 def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: bool = False) -> Profile:
+    """`_trace_profile`, with a failure of the traced transformers + peft step reported as a PeftcalcError."""
+    try:
+        return _trace_profile(spec, method, setup, accumulating)
+    except STEP_FAILURES as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeftcalcError(f"{spec.name} with {method.name}: the transformers + peft training step fails when "
+                            f"traced ({type(e).__name__}: {first})") from None
+
+
+def _trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: bool = False) -> Profile:
     """The profile of `spec` adapted by `method` for `setup`'s regime of sizes (see the module docstring);
     `accumulating`: of a later micro-batch of gradient accumulation.
 
