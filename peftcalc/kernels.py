@@ -244,7 +244,9 @@ class _CountingModel(Model):
         weight = lin.in_features * lin.out_features
         sim.gemm(numel(x.shape[:-1]), lin.in_features, lin.out_features, {(): weight}, DTYPE_BYTES[out.dtype],
                  x.requires_grad, False)
-        deq = {(): round(DEQUANT_TRAFFIC.get(fmt, 1.25) * weight * DTYPE_BYTES[self.cfg.compute_dtype])}
+        # (the weight dequantizes to QuantState.dtype, the loaded dtype, whatever kbit preparation upcasts)
+        dequantized = DTYPE_BYTES[self.cfg.quant_dtype or self.cfg.compute_dtype]
+        deq = {(): round(DEQUANT_TRAFFIC.get(fmt, 1.25) * weight * dequantized)}
         add_into(sim.now.dequant.setdefault(sim.tag, {}), deq)
         if sim.grad_enabled and x.requires_grad:
             add_into(sim.records["backward"].dequant.setdefault(sim.tag, {}), deq)

@@ -14,6 +14,7 @@ import marshal
 import os
 import sys
 import zlib
+from dataclasses import fields
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.stepsim.result import Moment, SimResult, StepConfig, Where
@@ -39,10 +40,11 @@ def source_stamp() -> str:
 
 def replay_key(adaptation: Adaptation, cfg: StepConfig) -> str:
     """Everything the replay reads: the inventory and config of the model, the adaptation, the step, the code."""
-    spec, a = adaptation.spec, adaptation
-    return repr((source_stamp(), spec.arch, spec.linears, spec.others, sorted(spec.hf_config.items()), a.method,
-                 a.tensors, a.extra_tokens, a.prefix_tokens, a.trains_base, a.weight_decomposed, a.prompt_encoder,
-                 cfg))
+    spec = adaptation.spec
+    # every field of the adaptation but the spec (whose parts the replay reads are listed): a field added later
+    # (lora_dropout, quantization) cannot be left out of the key
+    method = tuple((f.name, getattr(adaptation, f.name)) for f in fields(adaptation) if f.name != "spec")
+    return repr((source_stamp(), spec.arch, spec.linears, spec.others, sorted(spec.hf_config.items()), method, cfg))
 
 
 def _path(key: str) -> str:
