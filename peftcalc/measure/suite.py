@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable
 from peftcalc.errors import PeftcalcError
 from peftcalc.results.files import Record, append_line, read_lines
 from peftcalc.results.record import Detail, Environment, MeasureResult
-from peftcalc.results.request import DEFAULTS, RUN_KEYS, RunRequest
+from peftcalc.results.request import DEFAULTS, RUN_KEYS, RunRequest, portable_key
 
 try:
     import tomllib
@@ -229,7 +229,8 @@ def _recorded(out: Path) -> dict[tuple[str, tuple[str, ...]], str]:
     done = {}
     for _, obj in read_lines(out):
         if "run_key" in obj:
-            done[(obj["run_key"], Environment.from_dict(obj.get("environment")).key())] = obj.get("status", "")
+            done[(portable_key(obj["run_key"]), Environment.from_dict(obj.get("environment")).key())] = \
+                obj.get("status", "")
     return done
 
 

@@ -100,8 +100,7 @@ class RunRequest:
     @property
     def key(self) -> str:
         """What identifies the run across resumes: every key but how it is executed."""
-        return json.dumps({k: v for k, v in self.keys().items() if k not in NOT_IN_KEY}, sort_keys=True,
-                          separators=(",", ":"))
+        return portable_key({k: v for k, v in self.keys().items() if k not in NOT_IN_KEY})
 
     @property
     def model_label(self) -> str:
@@ -131,3 +130,15 @@ class RunRequest:
 
     def with_setup(self, **changes: Any) -> "RunRequest":
         return replace(self, setup=replace(self.setup, **changes))
+
+
+def portable_key(keys: dict[str, Any] | str) -> str:
+    """A run key (or a recorded one, as JSON) the same in every checkout: a suite's config path, recorded absolute,
+    from its `bench/` folder on (else a run resumed in another worktree or clone runs again)."""
+    d = json.loads(keys) if isinstance(keys, str) else dict(keys)
+    config = d.get("config")
+    if isinstance(config, str):
+        parts = config.replace("\\", "/").split("/")
+        if "bench" in parts:
+            d["config"] = "/".join(parts[len(parts) - 1 - parts[::-1].index("bench"):])
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))

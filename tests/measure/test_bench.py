@@ -139,6 +139,26 @@ def test_resume_skips_recorded_runs_and_failures_do_not_stop_the_suite(tmp_path)
     assert len(calls3) == len(s.runs)
 
 
+def test_a_suite_moved_to_another_checkout_resumes(tmp_path):
+    """Config paths are recorded absolute; the run key compares them from the suite's bench/ folder on, so a clone
+    or worktree does not run (and append) what another checkout recorded."""
+    text = '[[matrix]]\nconfig = "configs/c/config.json"\nmethod = "lora"\n'
+    runs = []
+    for where in ("a", "b"):
+        folder = tmp_path / where / "bench" / "suites"
+        (folder / "configs" / "c").mkdir(parents=True)
+        (folder / "configs" / "c" / "config.json").write_text("{}")
+        (folder / "s.toml").write_text('name = "s"\n' + text)
+        runs.append(load_suite(folder / "s.toml").runs[0])
+    assert runs[0].config != runs[1].config and runs[0].key == runs[1].key
+    runner, calls = _fake_runner(set())
+    run_suite(load_suite(tmp_path / "a" / "bench" / "suites" / "s.toml"), tmp_path / "out", runner=runner,
+              environment_of=lambda b: ENV)
+    again = run_suite(load_suite(tmp_path / "b" / "bench" / "suites" / "s.toml"), tmp_path / "out", runner=runner,
+                      environment_of=lambda b: ENV)
+    assert len(calls) == 1 and again.skipped == 1
+
+
 def test_time_budget_leaves_runs_for_later(tmp_path):
     s = load_suite(_suite(tmp_path, SUITE))
     runner, calls = _fake_runner(set())
