@@ -31,6 +31,7 @@ from peftcalc.optim import get_optimizer
 from peftcalc.overhead import OverheadLine, OverheadSpec, overhead_lines, rounding_bytes, segment_bytes
 from peftcalc.parallel import (Placement, check_model_parallel, fp32_shard_states, model_parallel_activations, place,
                                stage_layers, stage_spec)
+from peftcalc.errors import PeftcalcError
 from peftcalc.kbit import kbit_preparation_applies, prepared_setup, quantized_base_notes
 from peftcalc.setup import Setup
 from peftcalc.checkpoint import CheckpointSize, checkpoint_size
@@ -134,6 +135,8 @@ class Estimate:
     setup: Setup
     options: MethodOptions
     results: tuple[MethodEstimate, ...]
+    # methods of the default table this model cannot take (method, why): asked by name, they are errors
+    not_estimated: tuple[tuple[str, str], ...] = ()
 
     def result(self, method: str) -> MethodEstimate:
         return next(r for r in self.results if r.method == method)
@@ -332,7 +335,17 @@ def accumulation_peaks(forward: int, backward: int, start: int, later: Activatio
 def estimate(spec: ModelSpec, setup: Setup, methods: tuple[str, ...] = DEFAULT_TABLE,
              options: MethodOptions = MethodOptions(), num_tasks: int = 10,
              overhead_bytes: int | None = DEFAULT_OVERHEAD_BYTES, overhead: OverheadSpec = OverheadSpec()) -> Estimate:
-    """Estimate every method in `methods` for one model and setup."""
-    results = tuple(estimate_method(spec, make_method(m, options), setup, num_tasks, overhead_bytes, overhead)
-                    for m in methods)
-    return Estimate(spec, setup, options, results)
+    """Estimate every method in `methods` for one model and setup. Methods asked for by name fail with their error;
+    of the default table, those the model cannot take (no place for an adapter, a step peft or transformers cannot
+    run) are left out and listed, unless none is left."""
+    results, skipped = [], []
+    for m in methods:
+        try:
+            results.append(estimate_method(spec, make_method(m, options), setup, num_tasks, overhead_bytes, overhead))
+        except PeftcalcError as e:
+            if methods != DEFAULT_TABLE:
+                raise
+            skipped.append((m, str(e)))
+    if not results:
+        raise PeftcalcError(skipped[0][1])
+    return Estimate(spec, setup, options, tuple(results), tuple(skipped))

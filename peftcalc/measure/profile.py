@@ -113,6 +113,8 @@ def trace_profile(spec: ModelSpec, method: Method, setup: Setup, accumulating: b
     """`_trace_profile`, with a failure of the traced transformers + peft step reported as a PeftcalcError."""
     try:
         return _trace_profile(spec, method, setup, accumulating)
+    except PeftcalcError:  # (a ValueError too) already says what
+        raise
     except FitError as e:  # (a ValueError too, but ours: the step ran, its bytes are not an exact polynomial)
         raise PeftcalcError(f"{spec.name} with {method.name}: no exact activation profile: {e}") from None
     except STEP_FAILURES as e:

@@ -35,12 +35,14 @@ def shipped_path(spec: ModelSpec) -> Path:
 
 
 @lru_cache(maxsize=64)
-def _shipped(path: Path) -> dict[str, list[Profile]]:
+def _shipped(path: Path) -> tuple[dict[str, list[Profile]], dict[str, str]]:
+    """A shipped file's profiles by key, and the keys its default setup could not trace, with why."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return {key: [Profile.from_dict(p) for p in entry["profiles"]] for key, entry in data.get("entries", {}).items()}
+        return {}, {}
+    return ({key: [Profile.from_dict(p) for p in entry["profiles"]] for key, entry in data.get("entries", {}).items()},
+            data.get("refused", {}))
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +96,10 @@ def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None, acc
                             f"(full rows, the standard loss): {unsupported} is modelled by the replay of the "
                             "hand-written families only")
     parts = key_parts(spec, method, setup, accumulating)
-    hit = find(_shipped(shipped_path(spec)).get(profile_key(parts), []), setup.batch_size, setup.seq_len)
+    shipped, refused = _shipped(shipped_path(spec))
+    if profile_key(parts) in refused:
+        raise PeftcalcError(refused[profile_key(parts)])
+    hit = find(shipped.get(profile_key(parts), []), setup.batch_size, setup.seq_len)
     if hit is not None:
         return hit
     versions = library_versions()

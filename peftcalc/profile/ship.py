@@ -6,8 +6,9 @@ estimate answers for a catalogue model with click alone installed. Other setups 
     python -m peftcalc.profile.ship qwen3-8b gpt-oss-20b
 
 One file per model config (`shipped/<config sha>.json`, written atomically), holding for each method the profiles
-of the default setup's regime, and the torch/transformers/peft versions that traced them
-(tests/profile/test_shipped.py checks that they are the installed ones and that a re-trace agrees).
+of the default setup's regime (or, where that step cannot be traced, why: estimate says so without tracing), and
+the torch/transformers/peft versions that traced them (tests/profile/test_shipped.py checks that every such model
+has its file and that a re-trace agrees).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from peftcalc.atomic import write_text_atomic
 from peftcalc.errors import PeftcalcError
-from peftcalc.methods import DEFAULT_TABLE, MethodOptions, make_method
+from peftcalc.kbit import prepared_setup
+from peftcalc.methods import DEFAULT_TABLE, Method, MethodOptions, make_method
 from peftcalc.model.spec import ModelSpec
 from peftcalc.profile import library_versions, shipped_path
 from peftcalc.profile.key import key_parts
@@ -29,6 +31,12 @@ from peftcalc.setup import Setup
 from peftcalc.stepsim.result import replayable
 
 SHIPPED_SETUP = Setup()  # the default estimate's
+
+
+def shipped_setup(spec: ModelSpec, method: Method) -> Setup:
+    """The setup the default estimate traces `method` with: SHIPPED_SETUP as the step runs it (a quantized base:
+    peft's kbit preparation turns checkpointing on, kbit.prepared_setup)."""
+    return prepared_setup(method.adapt(spec), SHIPPED_SETUP)
 
 
 def shipped_models() -> list[str]:
@@ -43,25 +51,27 @@ def ship_model(spec: ModelSpec, log: Any = print) -> dict[str, Any]:
     from peftcalc.measure.profile import trace_profile
 
     entries: dict[str, Any] = {}
+    refused: dict[str, str] = {}  # what the default setup cannot trace, and why: estimate says so without tracing
     for name in DEFAULT_TABLE:
         method = make_method(name, MethodOptions())
         try:
             method.adapt(spec)
-        except PeftcalcError as e:  # a method the model does not take (no default targets ...): not shipped
+        except PeftcalcError as e:  # a method the model does not take (no default targets ...): refused anyway
             log(f"  {name}: not shipped ({e})")
             continue
         t = time.perf_counter()
+        setup = shipped_setup(spec, method)
+        key = profile_key(key_parts(spec, method, setup))
         try:
-            profile = trace_profile(spec, method, SHIPPED_SETUP)
-        except PeftcalcError as e:  # a step the default setup cannot trace (MoE experts in fp32): estimate says why
+            profile = trace_profile(spec, method, setup)
+        except PeftcalcError as e:  # a step the default setup cannot trace (MoE experts in fp32, a prefix cache)
             log(f"  {name}: not shipped ({e})")
+            refused[key] = str(e)
             continue
-        parts = key_parts(spec, method, SHIPPED_SETUP)
-        entries[profile_key(parts)] = {"parts": parts, "profiles": [profile.to_dict()]}
+        entries[key] = {"parts": key_parts(spec, method, setup), "profiles": [profile.to_dict()]}
         log(f"  {name}: {time.perf_counter() - t:.1f} s")
-    data = {"format": PROFILE_FORMAT, "model": spec.name, "versions": library_versions(), "entries": entries}
-    if not entries:
-        return data
+    data = {"format": PROFILE_FORMAT, "model": spec.name, "versions": library_versions(), "entries": entries,
+            "refused": refused}
     write_text_atomic(shipped_path(spec), json.dumps(data, sort_keys=True, indent=1) + "\n")
     return data
 

@@ -146,6 +146,7 @@ def estimate_text(est: Estimate, unit: Unit, bands: Bands | None = None, files: 
         out.append(f"  per matrix: a {h}x{h} matrix has {full:,} parameters; LoRA r={r} trains r(m+n) = {low:,}, "
                    f"{full / low:,.0f}x fewer")
     notes = [f"  {x.method}: {note}" for x in est.results for note in x.notes]
+    notes += [f"  {m}: not estimated: {why}" for m, why in est.not_estimated]
     if notes:
         out += ["", "Notes", *notes]
     out.append(f"  ({unit.value} = {unit.bytes:,} bytes)")
@@ -170,6 +171,7 @@ def estimate_dict(est: Estimate, bands: Bands | None = None, files: Any = None) 
                   if s.zero_stage else None, "adamw_impl": s.adamw_impl,
                   "gradient_accumulation": s.gradient_accumulation, "adapter_dtype": p_adapter(est)},
         "results": [_method_dict(r, (bands or {}).get(r.method), node_gpus(s)) for r in est.results],
+        "not_estimated": dict(est.not_estimated),
         "assumptions": assumptions(est, files),
         **({"from": files.to_dict()} if files is not None else {}),
     }
