@@ -1,10 +1,11 @@
-"""Benchmark: an uncatalogued architecture's inventory, first (derived with transformers) and cached, a catalogue
-model's shipped inventory, and the refusal of sizes no real model has, each against a bare `import click` in the
+"""Benchmark: an uncatalogued architecture's inventory, first (derived with transformers) and cached, its first
+estimate (the default table's activation profiles traced, the inventory already cached) and the same estimate
+again (profiles cached), a catalogue model's shipped inventory and estimate, and the refusal of sizes no real model has, each against a bare `import click` in the
 same run (ratios, and the peak memory of each process).
 
 Run:  python bench/derive_speed.py [--repeats 5] [--config PATH]
-The uncatalogued model is a 7-8B config (default: OLMo-2 7B's from the catalogue, written to a temporary folder so
-it is not found as a catalogue entry); the first run of each repeat starts from an empty cache (XDG_CACHE_HOME).
+The uncatalogued model is a 7B config (default: OLMo-2 7B's from the catalogue with 30 layers instead of 32, written
+to a temporary folder: no catalogue entry, inventory or profile matches it); the first run of each repeat starts from an empty cache (XDG_CACHE_HOME).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main() -> None:
     if not args.config:
         cfg_path.parent.mkdir()
         entry = json.loads((ROOT / "peftcalc/model/catalogue/olmo-2-1124-7b-instruct.json").read_text())
-        cfg_path.write_text(json.dumps(entry["config"]))
+        config = dict(entry["config"], num_hidden_layers=30)  # not the catalogue's config: nothing shipped for it
+        cfg_path.write_text(json.dumps(config))
     layers = work / "layers" / "config.json"
     layers.parent.mkdir()
     layers.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 10**6}))
@@ -51,7 +53,10 @@ def main() -> None:
         "import click": [sys.executable, "-c", "import click"],
         "first inventory (derive, 7-8B)": peftcalc + ["models", "--config", str(cfg_path)],
         "cached inventory": peftcalc + ["models", "--config", str(cfg_path)],
+        "first estimate (9 profiles traced)": peftcalc + ["estimate", "--config", str(cfg_path)],
+        "same estimate again (cached)": peftcalc + ["estimate", "--config", str(cfg_path)],
         "catalogue qwen3-8b (shipped)": peftcalc + ["models", "--model", "qwen3-8b"],
+        "estimate qwen3-8b (shipped profiles)": peftcalc + ["estimate", "--model", "qwen3-8b"],
         "estimate --params 1e14 (refused)": peftcalc + ["estimate", "--params", "1e14"],
         "config with 10^6 layers (refused)": peftcalc + ["estimate", "--config", str(layers)],
     }
