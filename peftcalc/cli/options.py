@@ -154,6 +154,14 @@ def setup_options_with(precision: str = "fp32") -> Callable:
                      help="With --sharding deepspeed: the bucket sizes transformers gives DeepSpeed's \"auto\" "
                           "(reduce h*h, prefetch 0.9*h*h, persistence 10*h for hidden size h) instead of "
                           "DeepSpeed's defaults."),
+        click.option("--fsdp-forward-prefetch", is_flag=True, default=None,
+                     help="With --sharding fsdp1: forward_prefetch=True (the next unit gathered during the current "
+                          "unit's forward)."),
+        click.option("--ds-max-live-parameters", type=int, default=None, metavar="N",
+                     help="With --sharding deepspeed: stage3_max_live_parameters (default 1e9; 0 releases each "
+                          "gathered module at once)."),
+        click.option("--ds-max-reuse-distance", type=int, default=None, metavar="N",
+                     help="With --sharding deepspeed: stage3_max_reuse_distance (default 1e9)."),
         click.option("--tp", type=int, default=1, show_default=True,
                      help="Tensor-parallel GPUs per model replica (Megatron layout; llama-style decoders)."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (1F1B)."),
