@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from peftcalc.errors import PeftcalcError
 from peftcalc.methods.base import Adaptation
 from peftcalc.model.spec import ModelSpec
 
@@ -37,7 +38,8 @@ def layer_count(cfg: Mapping[str, Any]) -> int:
     for k in LAYER_LISTS:
         if isinstance(cfg.get(k), (list, tuple)):
             return len(cfg[k])
-    raise ValueError("the config names no number of layers")
+    raise PeftcalcError("traced profiles need the layer count at the config's top level; this config names none "
+                        "(a multimodal config's nested text_config is not profiled yet)")
 
 
 def per_layer_values(cfg: Mapping[str, Any], count: int) -> dict[str, Sequence[Any]]:

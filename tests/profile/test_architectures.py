@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from peftcalc.errors import PeftcalcError
 from peftcalc.estimate import estimate_method
 from peftcalc.measure.api import measure
 from peftcalc.measure.profile import supports_sdpa
@@ -48,8 +49,18 @@ def with_layers(cfg: dict[str, Any], n: int) -> dict[str, Any]:
     return out
 
 
+# Architectures whose profile cannot be built yet, each refused in one line (the README lists them):
+NOT_YET = {
+    "jamba": "its per-layer types (attention/Mamba period, experts period) change when layers are left out",
+    "llama4_text": "its interleaved MoE and no-RoPE layers change when layers are left out",
+    "qwen2_5_vl": "a multimodal config: the layer count lives in the nested text_config",
+}
+
+
 def case(arch: str, method: str):
     marks = [] if arch in FAST else [pytest.mark.slow]
+    if arch in NOT_YET:
+        marks.append(pytest.mark.xfail(strict=True, raises=PeftcalcError, reason=NOT_YET[arch]))
     return pytest.param(arch, method, marks=marks, id=f"{arch}-{method}")
 
 
