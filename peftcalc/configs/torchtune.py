@@ -235,7 +235,7 @@ def _distribution(r: Reading, recipe: str | None, gpus: int | None) -> None:
         zero = "0"
         if distributed:
             zero = "2" if r.get("fsdp_reshard_after_forward") is False else "3"
-        r.default("tune run", recipe, f"the recipe named on the file's header line: " + (
+        r.default("tune run", recipe, "the recipe named on the file's header line: " + (
             f"FSDP2, --zero {zero}" if distributed else "one GPU"), zero=zero,
             **({"sharding": "fsdp2"} if distributed else {}))
         if distributed and gpus:

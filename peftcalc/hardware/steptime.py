@@ -42,7 +42,7 @@ from peftcalc.collectives import Collective, CommVolume, Group, Phase, step_volu
 from peftcalc.compute import Flops
 from peftcalc.errors import PeftcalcError
 from peftcalc.hardware.nodes import Node
-from peftcalc.memory import has_master, state_dtype, stored_dtype
+from peftcalc.memory import stored_dtype
 from peftcalc.methods.base import Adaptation
 from peftcalc.compute import check_mfu
 from peftcalc.hardware.catalogue import Gpu

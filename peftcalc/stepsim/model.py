@@ -35,7 +35,6 @@ class Model:
         self.full = adaptation.trains_base
         self.layer = 0  # index substituted for "{i}"
         self._linears = {l.name: l for l in self.spec.linears}
-        trainable = {g.name for g in adaptation.tensors if g.trainable}
         # per adapted linear: its LoRA rank (LoRA, DoRA, QLoRA) or its IA3 side ("in" / "out")
         self.lora_rank: dict[str, int] = {}
         self.ia3: dict[str, str] = {}

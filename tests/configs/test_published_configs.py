@@ -10,7 +10,7 @@ catalogue yet is estimated on a stand-in model on both sides (the mapping, not t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest

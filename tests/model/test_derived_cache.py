@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from peftcalc.model.catalogue import entry, get_model, model_names
+from peftcalc.model.catalogue import entry, model_names
 from peftcalc.model.derived import SHIPPED_DIR, cache_dir, shipped_path
 from peftcalc.model.families import FAMILIES
 from peftcalc.model.inventory import config_sha256, inventory_key

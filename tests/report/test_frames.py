@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pytest
 
-from peftcalc.errors import PeftcalcError
 from peftcalc.methods import MethodOptions
 from peftcalc.report import frames as fr
 from peftcalc.results.files import Record

@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftcalc.stepsim.engine import Tensor
 from peftcalc.stepsim.families.common import OUTPUT_CHUNKS, chunked_cross_entropy, fused_linear_cross_entropy
 
 from .harness import activation, predict

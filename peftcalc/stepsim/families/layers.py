@@ -84,7 +84,7 @@ def sdpa_math(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, d: int, dropout
     saved by the matmul), the causal mask (ones().tril(), then a float `where`, per call), scores, + mask,
     `_safe_softmax` (saved), dropout (noise saved), @ v; the output and the probabilities cast back (the
     latter dropped)."""
-    f, sim = m.f, m.sim
+    f = m.f
     v, k = f.cast(v), f.cast(k)  # sdpa is an autocast op: under amp its inputs are cast first (right to left)
     q = f.cast(q)
     autocast, f.autocast = f.autocast, None  # ... and the composite's own operators run below autocast

@@ -115,7 +115,7 @@ def attend(m: Model, q: Tensor, k: Tensor, v: Tensor, H: int, KV: int, d: int, c
            dropout: float = 0.0, mask: Tensor | None = None) -> Tensor:
     """transformers integrations/sdpa_attention.py (grouped-query heads passed with enable_gqa),
     flash_attention.py, flex_attention.py or eager_attention_forward."""
-    f, sim = m.f, m.sim
+    f = m.f
     keys = "K" if m.ad.prefix_tokens else "T"
     if m.cfg.attention == "flash_attention_2":
         return flash_attention_2(m, q, k, v, H, KV, d, keys)
@@ -307,7 +307,7 @@ def mlp(m: Model, x: Tensor, prefix: str) -> Tensor:
 
 def layer(m: Model, x: Tensor, i: int, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
     """LlamaDecoderLayer.forward (Gemma2 adds post-attention and pre/post-feedforward norms)."""
-    prefix = f"model.layers.{{i}}."
+    prefix = "model.layers.{i}."
     a = m.arch
     residual = x
     h = rms_norm(m, x, prefix + "input_layernorm.weight")
