@@ -114,6 +114,10 @@ def validate_cmd(results: tuple[str, ...], trace_suite: str | None, tolerance: f
         return
     if tolerance <= 0 or max_tolerance <= 0 or not 0 < share <= 100:
         raise PeftcalcError("--tolerance and --max-tolerance must be positive and --share in (0, 100]")
+    if write_history:  # checked before the work, not after it
+        from peftcalc.atomic import check_folder
+
+        check_folder(Path(write_history).resolve().parent, "--write-history in")
     comparisons = compare_all(_records(results, trace_suite))
     if not comparisons:
         raise PeftcalcError("no successful measured run in the given results")

@@ -23,13 +23,16 @@ def _selected(records, frameworks, confidences, sources, methods):
 def validate_published(paths: tuple[str, ...], worst: int | None, as_json: bool, frameworks: tuple[str, ...],
                        confidences: tuple[str, ...], sources: tuple[str, ...], methods: tuple[str, ...],
                        write_bands: str | None, write_predictions: str | None, gate: bool) -> None:
-    from peftcalc.atomic import write_text_atomic
+    from peftcalc.atomic import check_folder, write_text_atomic
     from peftcalc.evidence.compare import compare_all
     from peftcalc.evidence.load import load_records
     from peftcalc.evidence.summary import bands, conclude
     from peftcalc.evidence.table import predictions_text
     from peftcalc.render.published import published_dict, published_text
 
+    for path, flag in ((write_bands, "--write-bands"), (write_predictions, "--write-predictions")):
+        if path:  # checked before the work, not after it
+            check_folder(Path(path).resolve().parent, f"{flag} in")
     records = _selected(load_records(paths), frameworks, confidences, sources, methods)
     comparisons = compare_all(records)
     conclusion = conclude(comparisons, worst or 5)

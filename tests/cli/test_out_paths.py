@@ -40,9 +40,12 @@ def test_report_over_a_file(tmp_path):
     assert r.exit_code == 2 and "is a file" in r.output and f.read_text() == "mine"
 
 
-def test_validate_history_to_an_unwritable_place():
-    r = CliRunner().invoke(main, ["validate", "--write-history", "/proc/x/history.json"])
-    assert r.exit_code == 2 and "cannot write" in r.output and "Traceback" not in r.output, r.output
+@pytest.mark.parametrize("args", [["--write-history", "/proc/x/history.json"],
+                                  ["--published", "--write-bands", "/proc/x/bands.json"],
+                                  ["--published", "--write-predictions", "/proc/x/p.jsonl"]])
+def test_validate_to_an_unwritable_place_fails_before_the_work(args):
+    r = CliRunner().invoke(main, ["validate", *args])
+    assert r.exit_code == 2 and "cannot write" in r.output and r.output.count("\n") == 1, r.output
 
 
 def test_bench_to_an_unwritable_results_dir():

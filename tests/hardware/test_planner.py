@@ -38,6 +38,7 @@ from peftcalc.model.catalogue import get_model, model_names
 from peftcalc.model.hf_config import spec_from_config
 from peftcalc.model.infer import infer_spec
 from peftcalc.setup import Setup
+from peftcalc.stepsim.result import replayable
 from peftcalc.units import GB
 
 # LLaMA-65B as published (Touvron et al. 2023, arXiv:2302.13971, Table 2; the released params.json):
@@ -207,8 +208,13 @@ def test_evaluator_equals_estimate_method(params, method, precision, batch, seq,
 
 # ---- properties --------------------------------------------------------------------------------------------
 
+# Catalogue models with a hand replay: the property is the sharding arithmetic, the same for traced profiles, which
+# cost seconds to minutes per new setup (deepseek-v3 in bf16).
+REPLAYED = [n for n in model_names() if replayable(make_method("full").adapt(get_model(n)))]
+
+
 @settings(max_examples=80, deadline=None)
-@given(model=st.sampled_from(model_names()), method=st.sampled_from(DEFAULT_TABLE),
+@given(model=st.sampled_from(REPLAYED), method=st.sampled_from(DEFAULT_TABLE),
        precision=st.sampled_from(["fp32", "bf16-mixed", "fp16-mixed", "bf16"]), n=st.integers(2, 511),
        offload=st.booleans(), batch=st.integers(1, 16))
 def test_more_gpus_never_need_more_memory_per_gpu_under_zero3(model, method, precision, n, offload, batch):
