@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -63,6 +63,23 @@ def _stray(v: object) -> bool:
     return (isinstance(v, torch.Tensor) and not isinstance(v, (nn.Parameter, FakeTensor)))
 
 
+@contextlib.contextmanager
+def fake_step_mode(adaptation: Adaptation, setup: Setup) -> Iterator[str | None]:
+    """The FakeTensorMode a step of `adaptation` is traced in: with a quantized base, bitsandbytes' code tables
+    made fake (built before the mode) and the behaviour of the setup's bitsandbytes release; yields that release's
+    note (None for today's)."""
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    tables = fake_code_tables(mode) if adaptation.quantization is not None else contextlib.nullcontext()
+    with tables, bitsandbytes_release(setup.bitsandbytes_version) as release, mode:
+        yield release
+
+
+def warmup_of(adaptation: Adaptation) -> str:
+    """bitsandbytes' first forward changes what is stored (Linear4bit casts its bias to the compute dtype,
+    Linear8bitLt moves CB/SCB to its state): a quantized model warms up with a whole step."""
+    return "step" if adaptation.quantized_base else "optimizer"
+
+
 def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool = True
                ) -> tuple[StepNumbers, Adaptation, dict[str, Any], int | None]:
     """Trace the warm-up and measured step. Returns the numbers, the adaptation, facts about the model (trainable
@@ -71,14 +88,10 @@ def trace_step(spec: ModelSpec, method: Method, setup: Setup, checkpoint: bool =
     model, adaptation, notes = build_adapted(spec, method, setup, device="meta")
     info = model_facts(model)
     ckpt = None
-    mode = FakeTensorMode(allow_non_fake_inputs=False)
-    tables = fake_code_tables(mode) if adaptation.quantization is not None else contextlib.nullcontext()
-    with tables, bitsandbytes_release(setup.bitsandbytes_version) as release, mode:  # tables: built before the mode
+    with fake_step_mode(adaptation, setup) as release:
         fakeify(model, "cpu")
         prep = prepare_training(model, spec, setup, "cpu", notes)
-        # bitsandbytes' first forward changes what is stored (Linear4bit casts its bias to the compute dtype,
-        # Linear8bitLt moves CB/SCB to its state): a quantized model warms up with a whole step
-        numbers = measured_step(prep, LiveMeter(), warmup="step" if adaptation.quantized_base else "optimizer")
+        numbers = measured_step(prep, LiveMeter(), warmup=warmup_of(adaptation))
         if checkpoint:
             ckpt = state_dict_file_bytes(prep.model)
     info["notes"] = prep.notes + ([release] if release else [])

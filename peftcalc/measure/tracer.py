@@ -15,14 +15,12 @@ import warnings
 from dataclasses import replace
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from peftcalc.measure.adapted import build_adapted
 from peftcalc.measure.meter import unique_storage_bytes
-from peftcalc.measure.quantize import bitsandbytes_release, fake_code_tables
 from peftcalc.measure.step import _param_and_buffer_tensors, _warm_up, make_inputs, prepare_training, stray_tensors
 from peftcalc.measure.timeline import LayerTags, TimelineMeter, find_layer_stack, layer_gradient_bytes
-from peftcalc.measure.trace import fakeify
+from peftcalc.measure.trace import fake_step_mode, fakeify, warmup_of
 from peftcalc.methods.base import Method
 from peftcalc.model.spec import ModelSpec
 from peftcalc.profile.step import Timeline
@@ -43,16 +41,11 @@ class Tracer(contextlib.AbstractContextManager):
             self._stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
             model, adaptation, notes = build_adapted(self.spec, self.method, self.setup, device="meta")
-            mode = FakeTensorMode(allow_non_fake_inputs=False)
-            if adaptation.quantization is not None:  # bitsandbytes' code tables: built before the mode (trace.py)
-                self._stack.enter_context(fake_code_tables(mode))
-            self._stack.enter_context(bitsandbytes_release(self.setup.bitsandbytes_version))
-            self._stack.enter_context(mode)
+            self._stack.enter_context(fake_step_mode(adaptation, self.setup))
             fakeify(model, "cpu")
             self.prep = prepare_training(model, self.spec, self.setup, "cpu", notes)
             self.layers = find_layer_stack(self.prep.model, self.spec.arch.num_layers)
-            # bitsandbytes' first forward changes what is stored (trace.py): a quantized base warms up with a step
-            _warm_up(self.prep, "step" if adaptation.quantized_base else "optimizer")
+            _warm_up(self.prep, warmup_of(adaptation))
         except BaseException:
             self._stack.close()
             raise

@@ -97,9 +97,10 @@ def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None, acc
                             "hand-written families only")
     parts = key_parts(spec, method, setup, accumulating)
     shipped, refused = _shipped(shipped_path(spec))
-    if profile_key(parts) in refused:
-        raise PeftcalcError(refused[profile_key(parts)])
-    hit = find(shipped.get(profile_key(parts), []), setup.batch_size, setup.seq_len)
+    shipped_key = profile_key(parts)
+    if shipped_key in refused:
+        raise PeftcalcError(refused[shipped_key])
+    hit = find(shipped.get(shipped_key, []), setup.batch_size, setup.seq_len)
     if hit is not None:
         return hit
     versions = library_versions()

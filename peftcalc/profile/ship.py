@@ -61,14 +61,15 @@ def ship_model(spec: ModelSpec, log: Any = print) -> dict[str, Any]:
             continue
         t = time.perf_counter()
         setup = shipped_setup(spec, method)
-        key = profile_key(key_parts(spec, method, setup))
+        parts = key_parts(spec, method, setup)
+        key = profile_key(parts)
         try:
             profile = trace_profile(spec, method, setup)
         except PeftcalcError as e:  # a step the default setup cannot trace (MoE experts in fp32, a prefix cache)
             log(f"  {name}: not shipped ({e})")
             refused[key] = str(e)
             continue
-        entries[key] = {"parts": key_parts(spec, method, setup), "profiles": [profile.to_dict()]}
+        entries[key] = {"parts": parts, "profiles": [profile.to_dict()]}
         log(f"  {name}: {time.perf_counter() - t:.1f} s")
     data = {"format": PROFILE_FORMAT, "model": spec.name, "versions": library_versions(), "entries": entries,
             "refused": refused}

@@ -14,7 +14,7 @@ import marshal
 import os
 import sys
 import zlib
-from dataclasses import fields
+from dataclasses import astuple, fields
 
 from peftcalc.methods.base import Adaptation
 from peftcalc.stepsim.result import Moment, SimResult, StepConfig, Where
@@ -71,11 +71,7 @@ def store(key: str, r: SimResult) -> None:
 
     try:
         write_bytes_atomic(_path(key), marshal.dumps((key, r.after_forward, r.forward_peaks, r.backward_peaks,
-                                                     r.gradients, tuple((_where_tuple(m.where), m.live)
+                                                     r.gradients, tuple((astuple(m.where), m.live)
                                                                         for m in r.moments), r.stack_counts)))
     except (PeftcalcError, ValueError):
         pass  # an unwritable cache costs the next command a replay, nothing else
-
-
-def _where_tuple(w: Where) -> tuple:
-    return (w.phase, w.block, w.first, w.before, w.done, w.entering)
