@@ -92,3 +92,21 @@ def test_full_fp32_batch_one_with_checkpointing():
 ])
 def test_families_methods_and_recipes(name, method, setup):
     check(name, method, [setup])
+
+
+def test_a_model_whose_layers_change_when_some_are_left_out_is_refused_before_any_step(monkeypatch):
+    """Jamba places its attention and expert layers by period and offset: a reduced config of 3 layers has other
+    layer types than the same layers of the real one. Both reduced models are checked before the first traced step
+    (tracing the first layout's Mamba scan took 80 s before the second was found wrong)."""
+    from peftcalc.errors import PeftcalcError
+    from peftcalc.measure import profile
+
+    monkeypatch.setattr(profile.Tracer, "__enter__", lambda self: pytest.fail("a step was traced"))
+    cfg = dict(model_type="jamba", hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=128, attn_layer_period=2, attn_layer_offset=1,
+               expert_layer_period=2, expert_layer_offset=1, num_experts=4, num_experts_per_tok=2, mamba_d_state=8,
+               mamba_dt_rank=8)
+    jamba = spec_from_config(cfg, "tiny-jamba-6", "tests/measure/test_profile.py")
+    for method in ("full", "lora"):
+        with pytest.raises(PeftcalcError, match="leaving layers out of the config changes"):
+            trace_profile(jamba, make_method(method, MethodOptions()), Setup(precision="bf16", batch_size=4, seq_len=333))
