@@ -1,5 +1,6 @@
 """Test tiers. `pytest -m "not slow"` is the everyday tier (under 3 minutes on 2 cores); plain `pytest` runs
-everything, as CI does.
+everything, as CI does. Both run on one pytest-xdist worker per core (pyproject.toml's addopts; `-n 0` runs in one
+process, for a debugger).
 
 Slow, marked where they are written: real multi-process runs (torchrun), headless Chromium, regenerating
 the committed reports, whole bench suites, and real CPU steps beyond one per kind. Slow by rule, here: a test
@@ -40,9 +41,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     """Derived inventories and adaptations go to a cache of the test session (set before collection, which
-    already reads models), never the user's; nothing asks the Hugging Face Hub."""
+    already reads models), never the user's, and shared by the workers of a parallel run (they inherit it: what one
+    has traced the others read; every cache write is atomic); nothing asks the Hugging Face Hub."""
     import os
     import tempfile
 
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="peftcalc-test-cache-")
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="peftcalc-test-cache-")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # the cores shared out: OpenMP threads spinning between kernels would take another worker's core
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads  # (before torch is imported)
