@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from peftcalc.cli import main
 from peftcalc.estimate import estimate_method
 from peftcalc.methods import make_method
-from peftcalc.model.catalogue import get_model
+from peftcalc.model.catalogue import entry, get_model
+from peftcalc.model.hf_config import spec_from_config
 from peftcalc.setup import Setup
 
 
@@ -27,16 +28,21 @@ from peftcalc.setup import Setup
 def test_accumulation_peaks_equal_the_traced_step(name, method, checkpointing, precision):
     """Accumulation adds no error of its own: the forward and backward peaks' errors with 3 micro-batches are no
     larger than with one (zero in most cases; the replay's own small discrepancies — checkpointed bf16 GPT-2,
-    DoRA under autocast — stay as they are)."""
+    DoRA under autocast — stay as they are). Qwen2.5-0.5B with 4 of its 24 layers: what accumulation adds is the
+    gradients held between micro-batches, whatever the number of layers, and its 24 traced layers took 46 s."""
     from peftcalc.measure.api import measure
 
+    spec = get_model(name)
+    if name.startswith("qwen"):
+        e = entry(name)
+        spec = spec_from_config({**e["config"], "num_hidden_layers": 4}, f"{name} (4 layers)", e["source"])
     errors = []
     for accumulation in (1, 3):
         setup = Setup(precision=precision, batch_size=2, seq_len=128, gradient_accumulation=accumulation,
                       gradient_checkpointing=checkpointing)
-        r = measure(get_model(name), make_method(method), setup, backend="trace")
+        r = measure(spec, make_method(method), setup, backend="trace")
         assert r.status == "ok", r.detail.error
-        mem = estimate_method(get_model(name), make_method(method), setup, device="cpu").memory  # as traced
+        mem = estimate_method(spec, make_method(method), setup, device="cpu").memory  # as traced
         errors.append((abs(r.detail.phase_peaks["forward"] - mem.forward_peak_bytes),
                        abs(r.detail.phase_peaks["backward"] - mem.backward_peak_bytes)))
     assert errors[1][0] <= errors[0][0] and errors[1][1] <= errors[0][1], errors
