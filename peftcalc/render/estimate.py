@@ -72,12 +72,19 @@ def activations_assumption(est: Estimate) -> str:
             profiled.setdefault(source.removeprefix("traced profile").strip(" ()"), []).append(r.method)
         else:
             replayed.append(r.method)
+    return activations_line(replayed, profiled) + "; the peak is the largest of the forward, backward and optimizer phases"
+
+
+def activations_line(replayed: list[str], profiled: dict[str, list[str]]) -> str:
+    """The replay for the `replayed` methods, traced profiles for the `profiled` ones, by the profile's source ("":
+    not traced yet, as when a plan names the path before it estimates)."""
     parts = []
     if replayed:
         parts.append(REPLAYED + ("" if not profiled else f" for {', '.join(replayed)}"))
     if profiled:
-        parts.append(PROFILED + ": " + "; ".join(f"{', '.join(m)}: {src}" for src, m in profiled.items()))
-    return "; ".join(parts) + "; the peak is the largest of the forward, backward and optimizer phases"
+        parts.append(PROFILED + ": " + "; ".join(", ".join(m) + (f": {src}" if src else "")
+                                                 for src, m in profiled.items()))
+    return "; ".join(parts)
 
 
 def assumptions(est: Estimate, files: Any = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from peftcalc.methods import make_method
 from peftcalc.hardware.planner import (ASSUMED_HOST_SHARE, MAX_BATCH_SIZE, MAX_SEQ_LEN, STRATEGIES, Option, Plan,
                                        Verdict)
 from peftcalc.hardware.steptime import ASSUMPTIONS as STEP_ASSUMPTIONS, NO_KERNELS
-from peftcalc.render.estimate import PROFILED, REPLAYED, assumptions
+from peftcalc.render.estimate import activations_line, assumptions
 from peftcalc.render.text import fmt_bytes, fmt_hours, fmt_limit, fmt_signed, fmt_usd, table, to_csv
 from peftcalc.stepsim.result import replayable
 from peftcalc.units import Unit
@@ -36,9 +36,7 @@ def plan_assumptions(p: Plan, files: Any = None) -> dict[str, str]:
                     "prefixes the keys; N = parameters in matmuls (embeddings excluded, active experts only); the "
                     "count MFU is quoted in, not what times the step (see compute)")
     replayed, profiled = _activation_paths(r)
-    out["activations"] = "; ".join(
-        ([REPLAYED + (f" for {', '.join(replayed)}" if profiled else "")] if replayed else [])
-        + ([PROFILED + f" for {', '.join(profiled)}"] if profiled else []))
+    out["activations"] = activations_line(replayed, {"": profiled} if profiled else {})
     out["compute"] = _compute_line(r) + (f"; {', '.join(profiled)}: {NO_KERNELS}" if profiled and r.mfu is None
                                          else "")
     out["time"] = ("steps x (compute + exposed communication + exposed offload) per optimizer step "

@@ -263,3 +263,17 @@ def test_plan_imports_no_heavy_modules():
             "print('HEAVY', [m for m in ('torch', 'numpy', 'pandas', 'matplotlib', 'transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("HEAVY []")
+
+
+@pytest.mark.slow
+def test_assumptions_name_each_methods_activation_path():
+    """A hand-written family's methods are replayed (kernels and all); a derived architecture's come from traced
+    profiles, the same line the estimate prints, and its time from FLOPs alone, said to be a lower bound. (Slow: the
+    planner's batch and length search traces Qwen3-8B's profiles beyond the shipped regime, 10 s.)"""
+    from peftcalc.hardware.steptime import NO_KERNELS
+    from peftcalc.render.estimate import PROFILED, REPLAYED
+
+    hand = ok_json("--model", "llama-2-7b", "--method", "lora", "--gpu", "a100-80gb")["assumptions"]
+    assert hand["activations"] == REPLAYED and NO_KERNELS not in hand["compute"]
+    derived = ok_json("--model", "qwen3-8b", "--method", "lora", "--gpu", "a100-80gb")["assumptions"]
+    assert derived["activations"] == f"{PROFILED}: lora" and derived["compute"].endswith(f"lora: {NO_KERNELS}")
