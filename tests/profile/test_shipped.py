@@ -67,3 +67,22 @@ def test_an_estimate_of_a_shipped_model_imports_no_torch(model, refused, tmp_pat
         assert status != "0" and "mixture of experts" in out and out.count("\n") <= 3, out
     else:
         assert status == "0" and "traced profiles" in out, out
+
+
+def test_the_committed_runs_of_shipped_models_are_repredicted_without_tracing(monkeypatch, tmp_path):
+    """ship adds the setups of each model's committed measured runs: `peftcalc validate` re-predicts them from the
+    package (an empty cache, tracing forbidden), as it did after tracing them (the gate test checks the numbers)."""
+    pytest.importorskip("torch")
+    from peftcalc.measure import profile as traced
+    from peftcalc.results.files import committed_results, read_records
+    from peftcalc.results.predict import repredict, request_of
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(traced, "trace_profile", lambda *a, **k: pytest.fail(f"traced {a[0].name} {a[1].name}"))
+    shipped = set(shipped_models())
+    runs = [r for r in read_records(committed_results()) if request_of(r).model in shipped]
+    if not runs:
+        pytest.skip("no committed results")
+    assert {str(request_of(r).model) for r in runs} >= {"qwen3-0.6b", "qwen3-30b-a3b", "gpt-oss-20b", "qwen3.5-9b"}
+    for record in runs:
+        assert repredict(record).bytes.peak > 0
