@@ -18,22 +18,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from peftcalc.errors import ConfigError, PeftcalcError
 from peftcalc.model.inventory import INVENTORY_FORMAT, config_sha256, inventory_key, inventory_text, parse_layers
 from peftcalc.model.spec import Architecture, Derivation, Linear, ModelSpec, Params, Scope
+from peftcalc.usercache import cache_root
 
 SHIPPED_DIR = Path(__file__).with_name("inventories")
 SCOPES: tuple[Scope, ...] = ("text", "full")
 
 
 def cache_dir() -> Path:
-    """peftcalc's cache folder: $XDG_CACHE_HOME/peftcalc, else ~/.cache/peftcalc (XDG Base Directory spec)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "peftcalc"
+    """peftcalc's folder of the user's cache (usercache.py)."""
+    return Path(cache_root())
 
 
 def _layers(entry: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:

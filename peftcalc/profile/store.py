@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal, Mapping
 from peftcalc.atomic import write_text_atomic
 from peftcalc.errors import PeftcalcError
 from peftcalc.stepsim.poly import Poly
+from peftcalc.usercache import cache_root
 
 PROFILE_FORMAT = 1
 SHIPPED_DIR = Path(__file__).with_name("shipped")
@@ -101,9 +101,8 @@ def profile_key(parts: Mapping[str, Any]) -> str:
 
 
 def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/peftcalc/profiles, else ~/.cache/peftcalc/profiles (XDG Base Directory spec)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "peftcalc" / "profiles"
+    """The profiles in peftcalc's folder of the user's cache (usercache.py)."""
+    return Path(cache_root()) / "profiles"
 
 
 def read_profiles(path: Path, key: str) -> list[Profile]:
