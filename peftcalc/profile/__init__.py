@@ -119,3 +119,9 @@ def profile_for(adaptation: Adaptation, setup: Setup, method: Method | None, acc
     profile = trace_profile(spec, method, setup, accumulating)
     write_profiles(path, key, {**parts, "versions": versions, "model": spec.name}, cached + [profile])
     return profile
+
+
+def shipped_parts(cached_parts: dict) -> dict:
+    """A cache file's key parts as a shipped file keys them: less the library versions (and the model's name, written
+    for whoever reads the file), which profile_for adds to the cache's key."""
+    return {k: v for k, v in cached_parts.items() if k not in ("versions", "model")}

@@ -31,7 +31,7 @@ from peftcalc.errors import PeftcalcError
 from peftcalc.kbit import prepared_setup
 from peftcalc.methods import DEFAULT_TABLE, Method, MethodOptions, make_method
 from peftcalc.model.spec import ModelSpec
-from peftcalc.profile import library_versions, shipped_path
+from peftcalc.profile import library_versions, shipped_parts, shipped_path
 from peftcalc.profile.key import key_parts
 from peftcalc.profile.store import PROFILE_FORMAT, profile_key
 from peftcalc.setup import Setup
@@ -80,7 +80,7 @@ def ship_model(spec: ModelSpec, log: Any = print) -> dict[str, Any]:
         log(f"  {name}: {time.perf_counter() - t:.1f} s")
     data = {"format": PROFILE_FORMAT, "model": spec.name, "versions": library_versions(), "entries": entries,
             "refused": refused}
-    _write(spec, data)
+    _write(spec, data)  # first: the runs' re-predictions find these (and no older file's), trace only the rest
     return add_committed_runs(spec, data, log)
 
 
@@ -131,7 +131,7 @@ def _catalogue_model(record: Any) -> str | None:
 
 def _take_in(data: dict[str, Any], cached: dict[str, Any]) -> None:
     """A cache file's profiles into the shipped content, under the key without the library versions."""
-    parts = {k: v for k, v in cached["parts"].items() if k not in ("versions", "model")}
+    parts = shipped_parts(cached["parts"])
     entry = data["entries"].setdefault(profile_key(parts), {"parts": parts, "profiles": []})
     regimes = [p["regime"] for p in entry["profiles"]]
     entry["profiles"] += [p for p in cached["profiles"] if p["regime"] not in regimes]
